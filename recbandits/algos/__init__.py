@@ -1,0 +1,1 @@
+"""recbandits.algos: see the README for what lands here."""

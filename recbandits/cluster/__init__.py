@@ -1,0 +1,1 @@
+"""recbandits.cluster: see the README for what lands here."""

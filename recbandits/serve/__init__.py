@@ -1,0 +1,1 @@
+"""recbandits.serve: see the README for what lands here."""
