@@ -22,7 +22,6 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gymnasium as gym  # noqa: E402
-import numpy as np  # noqa: E402
 
 from recbandits.envs import (  # noqa: E402
     MovieLensEnv,

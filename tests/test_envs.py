@@ -17,9 +17,9 @@ from recbandits.envs import (
     MovieLensRankingEnv,
     MovieLensRankingVectorEnv,
     MovieLensVectorEnv,
+    _random,
     factorize_movielens,
 )
-from recbandits.envs import _random
 
 SINGLE_AND_VECTOR = [
     (MovieLensEnv, MovieLensVectorEnv, dict(rank=8, num_movies=15, reward_noise_std=0.5, drift_rate=0.05)),

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from recbandits.envs.core import BanditVectorEnv
 
 REFERENCE_POLICIES = ("random", "oracle")

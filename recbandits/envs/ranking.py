@@ -12,7 +12,13 @@ from gymnasium.vector.utils import batch_space
 
 from recbandits.data.movielens import MovieLensData
 from recbandits.envs import _random
-from recbandits.envs.core import BanditEnv, BanditVectorEnv, RewardModel, check_action_range, click_probability
+from recbandits.envs.core import (
+    BanditEnv,
+    BanditVectorEnv,
+    RewardModel,
+    check_action_range,
+    click_probability,
+)
 from recbandits.envs.factorization import MovieSelection
 from recbandits.envs.per_arm import CandidateFeatures, CandidateSimulator
 
