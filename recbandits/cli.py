@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 from recbandits.data.cli import data_app
@@ -9,36 +12,93 @@ from recbandits.data.cli import data_app
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Contextual-bandit recommendation on Ray.")
 app.add_typer(data_app, name="data")
 
+DataDir = Annotated[
+    str | None, typer.Option("--data-dir", help="MovieLens directory (default: $RECBANDITS_DATA_DIR or the embedded data).")
+]
+Address = Annotated[
+    str | None, typer.Option("--address", help="Ray cluster: auto, host:port or ray://host:port (default: a local Ray).")
+]
 
-@app.command()
-def demo(
-    data_dir: str | None = typer.Option(None, "--data-dir", help="MovieLens directory (default: the embedded synthetic data)."),
-    steps: int = typer.Option(20_000, help="Env steps per policy and env."),
-    seed: int = typer.Option(0, help="Seed of the simulators."),
-) -> None:
-    """A tour on the default data: the dataset, then the random and oracle references on every env."""
+
+def _fail(message: str) -> typer.Exit:
+    from rich.console import Console
+    from rich.text import Text
+
+    Console(stderr=True).print(Text(message, style="red"), soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+def _print_summary(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from recbandits.algos.reference import rollout_reference_policy
+    table = Table(title="Simulation summary")
+    headers = {
+        "policy": "policy", "env_steps": "env steps", "cumulative_regret": "cumulative regret",
+        "per_step_regret_last_tenth": "regret/step (last 10%)", "suboptimal_arm_rate_last_iteration": "suboptimal rate",
+        "env_steps_per_s": "env steps/s",
+    }  # fmt: skip
+    for key, header in headers.items():
+        table.add_column(header, justify="left" if key == "policy" else "right")
+    for row in summary["runs"]:
+        table.add_row(row["policy"], f"{row['env_steps']:,}", f"{row['cumulative_regret']:,.1f}",
+                      f"{row['per_step_regret_last_tenth']:.4f}", f"{row['suboptimal_arm_rate_last_iteration']:.1%}",
+                      f"{row['env_steps_per_s']:,.0f}")
+    console = Console()
+    console.print(table)
+    console.print(f"outputs in {summary['out']}: metrics.csv, regret.png, tensorboard/, checkpoint/", soft_wrap=True)
+
+
+@app.command()
+def simulate(
+    env: Annotated[str, typer.Option(help="movielens | movielens-per-arm | movielens-ranking")] = "movielens",
+    algo: Annotated[str, typer.Option(help="linucb | lints | eps-greedy | random | oracle")] = "linucb",
+    steps: Annotated[int, typer.Option(help="Env steps to train for.")] = 100_000,
+    num_env_runners: Annotated[int, typer.Option(help="Parallel env runner actors (0: sample in the driver).")] = 1,
+    num_envs: Annotated[int, typer.Option(help="Sub-envs per env runner (the batch of one vector step).")] = 256,
+    rollout_fragment_length: Annotated[int, typer.Option(help="Vector steps per runner per iteration.")] = 8,
+    data_dir: DataDir = None,
+    seed: Annotated[int, typer.Option(help="Seed of the simulators and the policies.")] = 0,
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/simulate"),
+    address: Address = None,
+    alpha: Annotated[float | None, typer.Option(help="LinUCB width multiplier.")] = None,
+    lambda_: Annotated[float | None, typer.Option("--lambda", help="Ridge regularization.")] = None,
+    gamma: Annotated[float | None, typer.Option(help="Forgetting factor per batch (1: none).")] = None,
+    epsilon: Annotated[float | None, typer.Option(help="Exploration rate of eps-greedy.")] = None,
+    drift_rate: Annotated[float | None, typer.Option(help="Env preference drift, radians per step.")] = None,
+    references: Annotated[bool, typer.Option(help="Also run the random and oracle references.")] = True,
+) -> None:
+    """Train a bandit on a simulated MovieLens env; write metrics.csv, TensorBoard events, regret.png, a checkpoint."""
+    from recbandits.algos.simulate import SimulationSpec
+    from recbandits.algos.simulate import simulate as run_simulation
+
+    training = {key: value for key, value in
+                dict(alpha=alpha, lambda_=lambda_, gamma=gamma, epsilon=epsilon).items() if value is not None}
+    env_config = {} if drift_rate is None else {"drift_rate": drift_rate}
+    try:
+        spec = SimulationSpec(env=env, algo=algo, steps=steps, num_env_runners=num_env_runners,
+                              num_envs_per_env_runner=num_envs, rollout_fragment_length=rollout_fragment_length,
+                              data_dir=data_dir, seed=seed, env_config=env_config, training=training)
+        summary = run_simulation(spec, out, address=address, references=references)
+    except (ValueError, ConnectionError) as error:
+        raise _fail(str(error)) from None
+    _print_summary(summary)
+
+
+@app.command()
+def demo(
+    data_dir: DataDir = None,
+    steps: Annotated[int, typer.Option(help="Env steps per policy.")] = 50_000,
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/demo"),
+) -> None:
+    """The main job on the default data: the data set, then LinUCB against random and oracle on the MovieLens env."""
+    from rich.console import Console
+
+    from recbandits.algos.simulate import SimulationSpec
+    from recbandits.algos.simulate import simulate as run_simulation
     from recbandits.data import load_movielens, resolve_data_dir
     from recbandits.data.summary import format_summary, summarize
-    from recbandits.envs import MovieLensPerArmVectorEnv, MovieLensRankingVectorEnv, MovieLensVectorEnv
 
-    console = Console()
-    directory = resolve_data_dir(data_dir)
-    console.print(format_summary(summarize(load_movielens(directory))))
-    table = Table(title=f"Reference policies, {steps:,} steps each (regret = oracle's expected reward - the policy's)")
-    for column in ("env", "policy", "mean reward", "mean regret", "cumulative regret", "suboptimal rate"):
-        table.add_column(column, justify="left" if column in ("env", "policy") else "right")
-    envs = {
-        "movielens (20 movies)": MovieLensVectorEnv(num_envs=256, data_dir=directory),
-        "movielens-per-arm (20 candidates)": MovieLensPerArmVectorEnv(num_envs=256, data_dir=directory),
-        "movielens-ranking (5 of 20, cascade)": MovieLensRankingVectorEnv(num_envs=256, data_dir=directory),
-    }
-    for name, env in envs.items():
-        for policy in ("random", "oracle"):
-            result = rollout_reference_policy(env, policy, steps, seed)
-            table.add_row(name, policy, f"{result.mean_reward:.3f}", f"{result.mean_regret:.3f}",
-                          f"{result.cumulative_regret:,.1f}", f"{result.suboptimal_rate:.1%}")
-    console.print(table)
+    Console().print(format_summary(summarize(load_movielens(resolve_data_dir(data_dir)))))
+    spec = SimulationSpec(env="movielens", algo="linucb", steps=steps, data_dir=data_dir)
+    _print_summary(run_simulation(spec, out))

@@ -1,1 +1,36 @@
-"""recbandits.cluster: see the README for what lands here."""
+"""Running recbandits jobs on Ray: a local Ray by default, or an existing cluster given by ``--address``.
+
+``connect(address)`` accepts what ``ray.init`` accepts: ``None`` (start a local Ray), ``"auto"`` (the cluster
+this machine belongs to), ``"host:port"`` (a cluster's GCS) or ``"ray://host:port"`` (Ray Client).
+"""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+# RLlib's new API stack is torch-only, yet it imports TensorFlow when installed (seconds per worker process);
+# recbandits' TF-Agents bridge imports TensorFlow itself where it needs it.
+WORKER_ENV_VARS = {"RLLIB_TEST_NO_TF_IMPORT": "1", "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: bool = True) -> dict:
+    """Connect to (or start) Ray once per process; return ``ray.init``'s context as a dict."""
+    for name, value in WORKER_ENV_VARS.items():
+        os.environ.setdefault(name, value)
+    if ray.is_initialized():
+        return {"address": ray.get_runtime_context().gcs_address}
+    kwargs: dict = {"runtime_env": {"env_vars": dict(WORKER_ENV_VARS)}, "log_to_driver": not quiet}
+    if address:
+        kwargs["address"] = address
+    else:
+        kwargs.update(num_cpus=num_cpus, include_dashboard=False)
+    try:
+        context = ray.init(**kwargs)
+    except ConnectionError as error:
+        raise ConnectionError(
+            f"cannot reach a Ray cluster at --address {address!r}: {error}. Start one with `ray start --head` "
+            "or leave out --address to run on a local Ray"
+        ) from None
+    return {"address": context.address_info.get("gcs_address") if hasattr(context, "address_info") else address}

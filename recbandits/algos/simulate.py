@@ -1,0 +1,208 @@
+"""The ``simulate`` job: train a bandit on a MovieLens env next to the random and oracle references.
+
+Writes into ``out``: ``metrics.csv`` (one row per policy and training iteration), TensorBoard events
+(``tensorboard/<policy>``), ``regret.png`` (cumulative regret of the algorithm against the references),
+``checkpoint/`` (the trained algorithm; its module alone under
+``checkpoint/learner_group/learner/rl_module/default_policy``) and ``config.json`` (what was run).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from recbandits.algos import metrics as bandit_metrics
+from recbandits.algos.linear import ALGORITHM_CONFIGS, LinearBanditConfig
+from recbandits.envs import ENV_IDS
+
+# Env settings per env name: the MF env in TF-Agents parity (rank 20, the first 20 movies).
+ENV_DEFAULTS: dict[str, dict[str, Any]] = {
+    "movielens": {"rank": 20, "num_movies": 20},
+    "movielens-per-arm": {"rank": 20, "num_actions": 20},
+    "movielens-ranking": {"rank": 20, "num_candidates": 20, "slate_size": 5},
+}
+REFERENCES = ("random", "oracle")
+METRIC_COLUMNS = (
+    "policy", "iteration", "env_steps", "cumulative_regret", "per_step_regret", "mean_reward",
+    "suboptimal_arm_rate", "env_steps_per_s", "wall_time_s",
+)  # fmt: skip
+
+
+@dataclass
+class SimulationSpec:
+    """Everything that defines a run (written to ``config.json`` so it can be repeated)."""
+
+    env: str = "movielens"
+    algo: str = "linucb"
+    steps: int = 100_000
+    num_env_runners: int = 1
+    num_envs_per_env_runner: int = 256
+    rollout_fragment_length: int = 8
+    data_dir: str | None = None
+    seed: int = 0
+    env_config: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.env not in ENV_IDS:
+            raise ValueError(f"--env {self.env!r} is not one of {', '.join(ENV_IDS)}")
+        if self.algo not in ALGORITHM_CONFIGS:
+            raise ValueError(f"--algo {self.algo!r} is not one of {', '.join(ALGORITHM_CONFIGS)}")
+        for name in ("steps", "num_envs_per_env_runner", "rollout_fragment_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.num_env_runners < 0:
+            raise ValueError(f"num_env_runners={self.num_env_runners} must be >= 0 (0: sample in the driver)")
+
+
+def build_config(spec: SimulationSpec, algo: str | None = None) -> LinearBanditConfig:
+    """The RLlib config of ``algo`` (default: the spec's) for the spec's env and sampling layout."""
+    from recbandits.data import resolve_data_dir
+
+    env_config = {**ENV_DEFAULTS[spec.env], **spec.env_config, "data_dir": str(resolve_data_dir(spec.data_dir))}
+    config = (
+        ALGORITHM_CONFIGS[algo or spec.algo]()
+        .environment(ENV_IDS[spec.env], env_config=env_config)
+        .env_runners(
+            num_env_runners=spec.num_env_runners,
+            num_envs_per_env_runner=spec.num_envs_per_env_runner,
+            rollout_fragment_length=spec.rollout_fragment_length,
+        )
+        .debugging(seed=spec.seed, log_level="ERROR")
+    )
+    if spec.training:
+        config.training(**spec.training)
+    return config
+
+
+@dataclass
+class PolicyRun:
+    policy: str
+    rows: list[dict[str, float]]
+    checkpoint: str | None = None
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.rows[-1]
+
+
+def train_policy(spec: SimulationSpec, algo: str, *, checkpoint_dir: Path | None = None, writer=None,
+                 on_iteration: Callable[[int], None] | None = None) -> PolicyRun:
+    """Train ``algo`` for ``spec.steps`` env steps; one metrics row per iteration."""
+    algorithm = build_config(spec, algo).build_algo()
+    rows: list[dict[str, float]] = []
+    started = time.perf_counter()
+    try:
+        env_steps = 0
+        while env_steps < spec.steps:
+            result = algorithm.train()
+            runners = result["env_runners"]
+            env_steps = int(runners["num_env_steps_sampled_lifetime"])
+            row = {
+                "policy": algo,
+                "iteration": int(result["training_iteration"]),
+                "env_steps": env_steps,
+                "cumulative_regret": float(runners[bandit_metrics.CUMULATIVE_REGRET]),
+                "per_step_regret": float(runners[bandit_metrics.PER_STEP_REGRET]),
+                "mean_reward": float(runners[bandit_metrics.MEAN_REWARD]),
+                "suboptimal_arm_rate": float(runners[bandit_metrics.SUBOPTIMAL_RATE]),
+                "env_steps_per_s": float(runners[bandit_metrics.ENV_STEPS_PER_S]),
+                "wall_time_s": time.perf_counter() - started,
+            }
+            rows.append(row)
+            if writer is not None:
+                for key in METRIC_COLUMNS[3:]:
+                    writer.add_scalar(f"{algo}/{key}", row[key], global_step=env_steps)
+            if on_iteration is not None:
+                on_iteration(env_steps)
+        checkpoint = None
+        if checkpoint_dir is not None:
+            checkpoint = algorithm.save(str(checkpoint_dir.resolve())).checkpoint.path
+        return PolicyRun(algo, rows, checkpoint)
+    finally:
+        algorithm.stop()
+
+
+def plot_regret(frame: pd.DataFrame, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.2))
+    styles = {"random": dict(color="grey", linestyle="--"), "oracle": dict(color="black", linestyle=":")}
+    for policy, rows in frame.groupby("policy", sort=False):
+        axis.plot(rows["env_steps"], rows["cumulative_regret"], label=policy, **styles.get(policy, {}))
+    axis.set_xlabel("env steps")
+    axis.set_ylabel("cumulative regret")
+    axis.set_title(title)
+    axis.legend()
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def summary_rows(runs: list[PolicyRun]) -> list[dict[str, Any]]:
+    """One line per policy: totals, and the per-step regret over the last tenth of the run."""
+    lines = []
+    for run in runs:
+        frame = pd.DataFrame(run.rows)
+        final = run.final
+        tail_start = final["env_steps"] * 0.9
+        before = frame[frame["env_steps"] <= tail_start]
+        start_steps = before["env_steps"].iloc[-1] if len(before) else 0
+        start_regret = before["cumulative_regret"].iloc[-1] if len(before) else 0.0
+        tail_regret = (final["cumulative_regret"] - start_regret) / max(final["env_steps"] - start_steps, 1)
+        lines.append({
+            "policy": run.policy,
+            "env_steps": final["env_steps"],
+            "cumulative_regret": final["cumulative_regret"],
+            "per_step_regret_last_tenth": tail_regret,
+            "mean_reward_last_iteration": final["mean_reward"],
+            "suboptimal_arm_rate_last_iteration": final["suboptimal_arm_rate"],
+            "env_steps_per_s": final["env_steps"] / final["wall_time_s"],
+            "wall_time_s": final["wall_time_s"],
+        })
+    return lines
+
+
+def simulate(spec: SimulationSpec, out: str | Path, *, address: str | None = None, references: bool = True,
+             progress: bool = True) -> dict[str, Any]:
+    """Run the algorithm (and the references) and write every artifact into ``out``; return the summary."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from torch.utils.tensorboard import SummaryWriter
+
+    from recbandits.cluster import connect
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    connect(address)
+    policies = [spec.algo] + [name for name in REFERENCES if references and name != spec.algo]
+    (out / "config.json").write_text(json.dumps({**asdict(spec), "policies": policies, "address": address}, indent=2))
+    writer = SummaryWriter(str(out / "tensorboard"))
+    runs: list[PolicyRun] = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        for policy in policies:
+            task = bar.add_task(f"{policy:>10} env steps", total=spec.steps)
+            run = train_policy(
+                spec, policy, writer=writer,
+                checkpoint_dir=out / "checkpoint" if policy == spec.algo else None,
+                on_iteration=lambda steps, task=task: bar.update(task, completed=min(steps, spec.steps)),
+            )  # fmt: skip
+            runs.append(run)
+    writer.close()
+    frame = pd.DataFrame([row for run in runs for row in run.rows], columns=list(METRIC_COLUMNS))
+    frame.to_csv(out / "metrics.csv", index=False)
+    plot_regret(frame, out / "regret.png", f"{spec.algo} on {spec.env} ({spec.steps:,} steps, seed {spec.seed})")
+    summary = {"runs": summary_rows(runs), "checkpoint": runs[0].checkpoint, "out": str(out)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return summary
+
