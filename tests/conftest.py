@@ -22,3 +22,25 @@ def ml100k_dir() -> Path:
     if not (path / "u.data").is_file():
         pytest.skip(f"real MovieLens 100K not found at {path} (set RECBANDITS_ML100K to its directory)")
     return path
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole session (2 CPUs, as on CI); shut down at the end."""
+    import ray
+
+    from recbandits.cluster import connect
+
+    connect(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def small_data_dir(tmp_path_factory) -> Path:
+    """A small synthetic ml-100k-format data set: fast to factorize, same code paths as the real one."""
+    from recbandits.data import write_synthetic_movielens
+
+    return write_synthetic_movielens(
+        tmp_path_factory.mktemp("small-movielens"), num_users=300, num_items=200, num_ratings=9000, rank=6, seed=1
+    )

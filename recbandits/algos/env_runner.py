@@ -56,6 +56,7 @@ class BanditEnvRunner(EnvRunner, Checkpointable):
         self._weights_seq_no = 0
         self._reset_delta()
         self.recorded: list[dict[str, np.ndarray]] = []
+        self._batches_learned = 0
 
     # ----------------------------------------------------------------------------------------------
     # Construction
@@ -173,7 +174,9 @@ class BanditEnvRunner(EnvRunner, Checkpointable):
         module.absorb(*statistics, decay=module.gamma)
         self._accumulate(statistics)
         if self.config.record_transitions:
-            self.recorded.append({"features": chosen.numpy(), "models": models.numpy(), "rewards": targets.numpy()})
+            self.recorded.append({"features": chosen.numpy(), "models": models.numpy(), "rewards": targets.numpy(),
+                                  "batch": np.full(len(targets), self._batches_learned)})
+        self._batches_learned += 1
 
     def _slate_feedback(self, features, actions, infos, rows):
         """Per-slot observations of a slate: (features, model index, click) of every slot the user examined.
@@ -209,10 +212,13 @@ class BanditEnvRunner(EnvRunner, Checkpointable):
         return self.metrics.reduce()
 
     def recorded_transitions(self) -> dict[str, np.ndarray]:
-        """Every transition learned from since construction (with ``record_transitions``), concatenated."""
+        """Every transition learned from since construction (with ``record_transitions``), concatenated.
+
+        ``batch`` numbers the batches this runner absorbed, which the forgetting factor discounts by.
+        """
         if not self.recorded:
             return {"features": np.zeros((0, self.module.feature_dim)), "models": np.zeros(0, np.int64),
-                    "rewards": np.zeros(0)}
+                    "rewards": np.zeros(0), "batch": np.zeros(0, np.int64)}
         return {key: np.concatenate([part[key] for part in self.recorded]) for key in self.recorded[0]}
 
     # ----------------------------------------------------------------------------------------------
