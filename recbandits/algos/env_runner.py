@@ -123,10 +123,20 @@ class BanditEnvRunner(EnvRunner, Checkpointable):
         self._delta_batches += 1
 
     def _policy_actions(self, observations, policy: str):
+        """(actions as a tensor, whatever ``_learn`` needs of the decision: here the features)."""
         if policy == ORACLE:
             return torch.as_tensor(self.env.unwrapped.oracle_action()), None
         actions, _, features = self.module.act(observations, explore=True)
         return actions, features
+
+    def _learns(self, policy: str) -> bool:
+        return policy != ORACLE and self.module.exploration != "random"
+
+    def _take_learning_payload(self):
+        """What the Learner needs of this call's data (the statistics delta), then start a new one."""
+        delta = self._delta
+        self._reset_delta()
+        return None if delta is None else [value.numpy() for value in delta]
 
     def sample(self, **kwargs) -> dict[str, Any]:  # the EnvRunner API name
         return self.sample_statistics(**kwargs)
@@ -135,7 +145,7 @@ class BanditEnvRunner(EnvRunner, Checkpointable):
         """Run ``num_steps`` vector steps (default ``rollout_fragment_length``); return the stats delta."""
         steps = int(num_steps or self.config.get_rollout_fragment_length(self.worker_index or 0))
         policy = policy or self.config.bandit_policy
-        learn = policy != ORACLE and self.module.exploration != "random"
+        learn = self._learns(policy)
         if self._observations is None:
             self._observations, _ = self.env.reset(seed=self._env_seed)
         tracker = bandit_metrics.StepTracker()
@@ -146,23 +156,22 @@ class BanditEnvRunner(EnvRunner, Checkpointable):
             acted = infos["_regret"]
             tracker.add(rewards, infos, acted)
             if learn:
-                self._learn(features, actions, rewards, infos, acted)
+                self._learn(self._observations, features, actions, rewards, infos, acted)
             self._observations = next_observations
         elapsed = time.perf_counter() - started
         self._log_metrics(tracker, elapsed)
-        delta = self._delta
         result = {
-            "statistics": None if delta is None else [value.numpy() for value in delta],
             "num_batches": self._delta_batches,
             "sums": tracker.sums(),
             "worker_index": self.worker_index,
             "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
             "pid": os.getpid(),
         }
-        self._reset_delta()
+        result["payload"] = self._take_learning_payload()
         return result
 
-    def _learn(self, features, actions, rewards, infos, acted) -> None:
+    def _learn(self, observations, features, actions, rewards, infos, acted) -> None:
+        """Learn from one vector step: absorb its statistics locally and add them to the delta."""
         module = self.module
         rows = torch.from_numpy(np.flatnonzero(acted))
         if module.slate_size:

@@ -32,7 +32,7 @@ class LinearBanditLearner(TorchLearner):
     def bandit_module(self) -> LinearBanditModule:
         return self.module[DEFAULT_MODULE_ID]
 
-    def absorb_runner_statistics(self, deltas: list[list[np.ndarray]], num_batches: int) -> dict[str, Any]:
+    def learn_from_runners(self, deltas: list[list[np.ndarray]], num_batches: int) -> dict[str, Any]:
         """Add the runners' deltas to the posterior; ``num_batches`` is T of the forgetting factor."""
         module = self.bandit_module
         totals = [torch.zeros_like(buffer) for buffer in

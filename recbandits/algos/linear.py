@@ -63,6 +63,8 @@ class LinearBanditConfig(AlgorithmConfig):
         self.num_env_runners = 1
         self.num_envs_per_env_runner = 1024
         self.rollout_fragment_length = 16
+        # BanditEnvRunner has no connector pipelines: skip RLlib's per-iteration connector-state round trip.
+        self._dont_auto_sync_env_runner_states = True
         self.alpha = 1.0
         self.lambda_ = 1.0
         self.gamma = 1.0
@@ -139,12 +141,12 @@ class LinearBandit(Algorithm):
                 local_env_runner=runners.num_remote_env_runners() == 0,
             )
         self.metrics.aggregate([runner_metrics for _, runner_metrics in samples], key=ENV_RUNNER_RESULTS)
-        deltas = [sample["statistics"] for sample, _ in samples if sample["statistics"] is not None]
-        if deltas:
+        payloads = [sample["payload"] for sample, _ in samples if sample["payload"] is not None]
+        if payloads:
             num_batches = max(sample["num_batches"] for sample, _ in samples)
             with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
                 learner_results = self.learner_group.foreach_learner(
-                    lambda learner: learner.absorb_runner_statistics(deltas, num_batches)
+                    lambda learner: learner.learn_from_runners(payloads, num_batches)
                 )
             for key, value in learner_results.result_or_errors[0].get().items():
                 self.metrics.log_value((LEARNER_RESULTS, key), value, window=1)

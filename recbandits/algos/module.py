@@ -129,6 +129,12 @@ class LinearBanditModule(TorchRLModule):
         self.covariance = torch.cholesky_inverse(cholesky)
         self.theta = torch.cholesky_solve(self.data_response.unsqueeze(-1), cholesky).squeeze(-1)
         self._covariance_factor = None  # computed when Thompson sampling first needs it
+        if self.shape == "disjoint":
+            # All arms' A_k^-1 side by side [d, K*d], so x^T A_k^-1 for every k is one matrix product. float32:
+            # widths only rank arms, and this product dominates the cost of sampling.
+            self._covariance_stacked = (
+                self.covariance.transpose(0, 1).reshape(self.feature_dim, -1).to(torch.float32)
+            )
 
     @property
     def noise_scale(self) -> torch.Tensor:
@@ -160,12 +166,15 @@ class LinearBanditModule(TorchRLModule):
 
         ``features`` [N, d] float64, ``models`` [N] index of the model each row updates, ``rewards`` [N].
         """
-        onehot = torch.zeros(len(models), self.num_models, dtype=torch.float64)
-        onehot[torch.arange(len(models)), models] = 1.0
-        weighted = onehot.unsqueeze(-1) * features.unsqueeze(1)  # [N, M, d]: row n only in its model
-        precision = torch.einsum("nmi,nj->mij", weighted, features)
-        response = torch.einsum("nmi,n->mi", weighted, rewards)
-        return precision, response, onehot.T @ (rewards * rewards), onehot.sum(0)
+        models_count, dim = self.num_models, self.feature_dim
+        outer = (features.unsqueeze(2) * features.unsqueeze(1)).reshape(len(models), dim * dim)
+        precision = torch.zeros(models_count, dim * dim, dtype=torch.float64).index_add_(0, models, outer)
+        response = torch.zeros(models_count, dim, dtype=torch.float64).index_add_(
+            0, models, features * rewards.unsqueeze(1)
+        )
+        response_square = torch.zeros(models_count, dtype=torch.float64).index_add_(0, models, rewards * rewards)
+        counts = torch.bincount(models, minlength=models_count).to(torch.float64)
+        return precision.view(models_count, dim, dim), response, response_square, counts
 
     # ----------------------------------------------------------------------------------------------
     # Features and scores
@@ -198,8 +207,9 @@ class LinearBanditModule(TorchRLModule):
     def _variance(self, features: torch.Tensor) -> torch.Tensor:
         """x^T A^-1 x of every (row, arm)."""
         if self.shape == "disjoint":
-            projected = torch.einsum("bi,kij->bkj", features, self.covariance)
-            return (projected * features.unsqueeze(1)).sum(-1)
+            contexts = features.to(torch.float32)
+            projected = (contexts @ self._covariance_stacked).view(len(contexts), self.num_models, self.feature_dim)
+            return (projected * contexts.unsqueeze(1)).sum(-1).to(torch.float64)
         return ((features @ self.covariance[0]) * features).sum(-1)
 
     def _sampled_scores(self, features: torch.Tensor) -> torch.Tensor:

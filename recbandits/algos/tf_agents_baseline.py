@@ -9,7 +9,10 @@ train_eval_movielens.py``) and the script the TF-Agents anchor figures were meas
 
 Regret is exact per sample: the py environment records, inside ``_apply_action``, the users the action is
 applied to, so each sample's regret is ``max_j R[u, j] - R[u, a]`` on the environment's approximate ratings
-matrix ``R``. TF-Agents' ``RegretMetric`` only keeps the mean of the last driver step.
+matrix ``R``. TF-Agents' ``RegretMetric`` only keeps the mean of the last driver step, and in the anchor
+script it is also off by one step: its ``compute_optimal_reward`` py_function runs before the env step it
+belongs to, so it subtracts the rewards of one batch of users from the optimum of the previous batch. Its
+long-run average agrees with the exact regret here, but single values are noisy and can be negative.
 
 TensorFlow and TF-Agents are imported lazily, inside the functions that need them, so importing
 ``recbandits.algos`` stays cheap.
@@ -44,7 +47,9 @@ class TFAgentsBaselineConfig:
     """Settings of one TF-Agents baseline run; defaults are those of TF-Agents' MovieLens example.
 
     ``alpha`` is the exploration scale of LinUCB, LinTS and NeuralLinUCB; ``tikhonov_weight`` the ridge
-    regularisation of LinUCB and LinTS (NeuralLinUCB has none: it always adds the identity).
+    regularisation of LinUCB and LinTS (NeuralLinUCB has none: it always adds the identity). Left at None it
+    becomes what the anchor figures were measured with: 0.001 for LinUCB (the MovieLens example), TF-Agents'
+    default 1.0 for LinTS (neither the example nor the anchor script sets it).
     ``epsilon``, ``layers`` and ``learning_rate`` (Adam) drive the neural agents; NeuralLinUCB trains its
     encoding network with an epsilon-greedy reward layer for ``encoding_network_num_train_steps`` calls of
     ``agent.train`` (one per loop) and then switches to LinUCB on the ``encoding_dim``-dimensional encoding.
@@ -57,7 +62,7 @@ class TFAgentsBaselineConfig:
     batch_size: int = 8
     steps_per_loop: int = 2
     alpha: float = 10.0
-    tikhonov_weight: float = 0.001
+    tikhonov_weight: float | None = None
     # train_eval_movielens.py: EPSILON = 0.05, LAYERS = (50, 50, 50), LR = 0.005.
     epsilon: float = 0.05
     layers: tuple[int, ...] = (50, 50, 50)
@@ -70,6 +75,8 @@ class TFAgentsBaselineConfig:
 
     def __post_init__(self) -> None:
         _check_algo(self.algo)
+        if self.tikhonov_weight is None:
+            self.tikhonov_weight = 1.0 if self.algo == "tfa-lints" else 0.001
         self.layers = tuple(int(n) for n in self.layers)
         for name in ("rank", "num_movies", "batch_size", "steps_per_loop", "encoding_dim"):
             if int(getattr(self, name)) < 1:
