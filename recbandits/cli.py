@@ -86,6 +86,39 @@ def simulate(
 
 
 @app.command()
+def compare(
+    algos: Annotated[str, typer.Option(help="Comma-separated contenders, e.g. linucb,lints,tfa-linucb,tfa-lints,random "
+                                             "(NAME:batch=N:runners=N for another recbandits sampling layout).")]
+    = "linucb,lints,tfa-linucb,tfa-lints,tfa-neural-eps-greedy,tfa-neural-linucb,random",
+    env: Annotated[str, typer.Option(help="movielens (the TF-Agents baselines exist for the MF env).")] = "movielens",
+    steps: Annotated[int, typer.Option(help="Samples per contender and seed.")] = 20_000,
+    seeds: Annotated[int, typer.Option(help="Seeds 0..N-1 for every contender.")] = 5,
+    data_dir: DataDir = None,
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/compare"),
+    address: Address = None,
+    alpha: Annotated[float, typer.Option(help="UCB/TS exploration scale (TF-Agents example: 10).")] = 10.0,
+    lambda_: Annotated[float, typer.Option("--lambda", help="Ridge regularization (TF-Agents example: 0.001).")] = 0.001,
+) -> None:
+    """Compare recbandits bandits with TF-Agents baselines: table (mean +- 95% CI), regret.png, config.json."""
+    from rich.console import Console
+
+    from recbandits.algos.compare import ComparisonSpec
+    from recbandits.algos.compare import compare as run_comparison
+
+    try:
+        spec = ComparisonSpec(algos=[name for name in algos.split(",") if name.strip()], steps=steps, seeds=seeds,
+                              data_dir=data_dir, env=env, hyperparameters={"alpha": alpha, "lambda_": lambda_})
+        table, checks = run_comparison(spec, out, address=address)
+    except (ValueError, ConnectionError) as error:
+        raise _fail(str(error)) from None
+    console = Console()
+    console.print(table.to_markdown(index=False), soft_wrap=True, highlight=False)
+    for line in checks:
+        console.print(f"- {line}", soft_wrap=True, highlight=False)
+    console.print(f"outputs in {out}: table.md, table.csv, runs.csv, regret.png, config.json", soft_wrap=True)
+
+
+@app.command()
 def demo(
     data_dir: DataDir = None,
     steps: Annotated[int, typer.Option(help="Env steps per policy.")] = 50_000,

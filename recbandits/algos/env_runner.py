@@ -149,20 +149,26 @@ class BanditEnvRunner(EnvRunner, Checkpointable):
         if self._observations is None:
             self._observations, _ = self.env.reset(seed=self._env_seed)
         tracker = bandit_metrics.StepTracker()
+        trace = np.zeros((steps, 3)) if self.config.record_regret_trace else None
         started = time.perf_counter()
-        for _ in range(steps):
+        for step in range(steps):
             actions, features = self._policy_actions(self._observations, policy)
             next_observations, rewards, _, _, infos = self.env.step(actions.numpy())
             acted = infos["_regret"]
+            if trace is not None:
+                trace[step] = (tracker.regret, tracker.suboptimal, tracker.steps)
             tracker.add(rewards, infos, acted)
             if learn:
                 self._learn(self._observations, features, actions, rewards, infos, acted)
             self._observations = next_observations
         elapsed = time.perf_counter() - started
         self._log_metrics(tracker, elapsed)
+        if trace is not None:  # per vector step: regret, suboptimal decisions, decisions
+            trace = np.diff(np.vstack([trace, [tracker.regret, tracker.suboptimal, tracker.steps]]), axis=0)
         result = {
             "num_batches": self._delta_batches,
             "sums": tracker.sums(),
+            "trace": trace,
             "worker_index": self.worker_index,
             "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
             "pid": os.getpid(),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
@@ -52,6 +53,7 @@ class LinearBanditConfig(AlgorithmConfig):
     | ``noise_prior`` | a0 = b0 of that estimate's inverse-gamma prior |
     | ``interaction`` | shared model: add the outer product of global and arm features |
     | ``record_transitions`` | runners keep every transition they learned from (for exactness checks) |
+    | ``record_regret_trace`` | keep regret per vector step in ``algo.regret_trace`` (for regret at exact budgets) |
     """
 
     exploration = "ucb"
@@ -73,14 +75,16 @@ class LinearBanditConfig(AlgorithmConfig):
         self.noise_prior = 1.0
         self.interaction = False
         self.record_transitions = False
+        self.record_regret_trace = False
 
     def training(self, *, alpha=NotProvided, lambda_=NotProvided, gamma=NotProvided, epsilon=NotProvided,
                  posterior_scale=NotProvided, noise_prior=NotProvided, interaction=NotProvided,
-                 record_transitions=NotProvided, **kwargs):
+                 record_transitions=NotProvided, record_regret_trace=NotProvided, **kwargs):
         super().training(**kwargs)
         for name, value in (("alpha", alpha), ("lambda_", lambda_), ("gamma", gamma), ("epsilon", epsilon),
                             ("posterior_scale", posterior_scale), ("noise_prior", noise_prior),
-                            ("interaction", interaction), ("record_transitions", record_transitions)):
+                            ("interaction", interaction), ("record_transitions", record_transitions),
+                            ("record_regret_trace", record_regret_trace)):
             if value is not NotProvided:
                 setattr(self, name, value)
         return self
@@ -165,6 +169,16 @@ class LinearBandit(Algorithm):
         self.metrics.log_value((ENV_RUNNER_RESULTS, "num_nodes"), len(nodes), window=1)
         self.metrics.log_value((ENV_RUNNER_RESULTS, "num_healthy_env_runners"), len(samples), window=1)
         self.runner_node_ids = nodes
+        traces = [sample["trace"] for sample, _ in samples if sample.get("trace") is not None]
+        if traces:
+            # Runners step in lockstep: vector step t of every runner is one row (regret, suboptimal, decisions).
+            self.regret_trace.append(np.sum(traces, axis=0))
+
+    @property
+    def regret_trace(self) -> list[np.ndarray]:
+        if not hasattr(self, "_regret_trace"):
+            self._regret_trace = []
+        return self._regret_trace
 
     @property
     def module(self) -> LinearBanditModule:

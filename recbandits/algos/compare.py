@@ -1,0 +1,307 @@
+"""The ``compare`` job: recbandits bandits against TF-Agents baselines on identical budgets and seeds.
+
+Every contender runs once per seed as a Ray task (one CPU each, so contenders share the machine evenly):
+
+- recbandits contenders (``linucb``, ``lints``, ``eps-greedy``, ``random``, ``oracle``) train through RLlib's
+  ``Algorithm.train()`` on the recbandits MovieLens env in TF-Agents parity. By default they sample the way
+  TF-Agents' example does: 8 sub-envs, updating the posterior after every batch of 8 (TF-Agents: every 16).
+  ``NAME:batch=1024:runners=2`` runs a contender with another sampling layout (e.g. the throughput one).
+- TF-Agents contenders (``tfa-linucb``, ``tfa-lints``, ``tfa-neural-eps-greedy``, ``tfa-neural-linucb``) run the
+  way TF-Agents users run them, on TF-Agents' own ``MovieLensPyEnvironment`` (``tf_agents_baseline``).
+
+The recbandits env equals TF-Agents' env in its reward matrix and oracle (a test proves it); user arrival
+sequences come from each library's own random generator seeded with the same seed.
+
+Outputs in ``out``: ``runs.csv`` (cumulative regret of every contender and seed at every budget),
+``table.md`` / ``table.csv`` (mean +- 95% confidence interval at each budget, final suboptimal-arm rate,
+samples/s, wall time, hyperparameters), ``regret.png`` (mean cumulative-regret curves with 95% bands) and
+``config.json`` (the exact configuration, to reproduce the run).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recbandits.algos.linear import ALGORITHM_CONFIGS
+from recbandits.algos.tf_agents_baseline import TF_AGENTS_ALGOS
+
+BUDGETS = (1_000, 5_000, 20_000, 100_000)
+TF_AGENTS_EXAMPLE = {"alpha": 10.0, "lambda_": 0.001, "batch": 8, "steps_per_loop": 2}
+CURVE_POINTS = 200
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One line of the table: an algorithm name and, for recbandits ones, its sampling layout."""
+
+    name: str
+    algo: str
+    batch: int = TF_AGENTS_EXAMPLE["batch"]
+    runners: int = 0
+
+    @property
+    def library(self) -> str:
+        return "TF-Agents" if self.algo in TF_AGENTS_ALGOS else "recbandits"
+
+    @staticmethod
+    def parse(text: str) -> Contender:
+        """``linucb`` or ``linucb:batch=1024:runners=2``."""
+        algo, _, options = text.strip().partition(":")
+        known = (*ALGORITHM_CONFIGS, *TF_AGENTS_ALGOS)
+        if algo not in known:
+            raise ValueError(f"--algos entry {algo!r} is not one of {', '.join(known)}")
+        settings: dict[str, int] = {}
+        for option in filter(None, options.split(":")):
+            key, _, value = option.partition("=")
+            if key not in ("batch", "runners") or not value.isdigit():
+                raise ValueError(f"--algos entry {text!r}: options are batch=N and runners=N, got {option!r}")
+            settings[key] = int(value)
+        if settings and algo in TF_AGENTS_ALGOS:
+            raise ValueError(f"--algos entry {text!r}: TF-Agents baselines run with the example's batch of 8")
+        if settings.get("batch", 1) < 1:
+            raise ValueError(f"--algos entry {text!r}: batch must be at least 1")
+        return Contender(text.strip(), algo, **settings)
+
+
+@dataclass
+class ComparisonSpec:
+    algos: list[str]
+    steps: int = 20_000
+    seeds: int = 5
+    data_dir: str | None = None
+    env: str = "movielens"
+    rank: int = 20
+    num_movies: int = 20
+    hyperparameters: dict[str, Any] = field(default_factory=lambda: {"alpha": 10.0, "lambda_": 0.001})
+
+    def __post_init__(self):
+        if self.env != "movielens":
+            raise ValueError(f"--env {self.env!r}: the TF-Agents baselines exist for the MF env 'movielens' only")
+        if self.steps < 16 or self.seeds < 1:
+            raise ValueError(f"--steps {self.steps} must be >= 16 and --seeds {self.seeds} >= 1")
+        self.contenders = [Contender.parse(text) for text in self.algos]
+        if not self.contenders:
+            raise ValueError("--algos is empty")
+
+
+def _run_recbandits(contender: Contender, spec: ComparisonSpec, seed: int, data_dir: str) -> dict[str, Any]:
+    import time
+
+    from recbandits.algos.simulate import SimulationSpec, build_config
+
+    per_vector_step = contender.batch * max(contender.runners, 1)
+    # ~4k decisions per iteration, and no more than the budget needs.
+    fragment = max(1, min(4096 // per_vector_step, -(-spec.steps // per_vector_step)))
+    simulation = SimulationSpec(
+        env="movielens", algo=contender.algo, steps=spec.steps, num_env_runners=contender.runners,
+        num_envs_per_env_runner=contender.batch, rollout_fragment_length=fragment, data_dir=data_dir, seed=seed,
+        env_config={"rank": spec.rank, "num_movies": spec.num_movies}, training=dict(spec.hyperparameters),
+    )  # fmt: skip
+    algorithm = build_config(simulation).training(record_regret_trace=True).build_algo()
+    try:
+        started, steps = time.perf_counter(), 0
+        while steps < spec.steps:
+            steps = int(algorithm.train()["env_runners"]["num_env_steps_sampled_lifetime"])
+        wall_time = time.perf_counter() - started
+        per_step = np.concatenate(algorithm.regret_trace)
+    finally:
+        algorithm.stop()
+    return {"samples": np.cumsum(per_step[:, 2]), "cumulative_regret": np.cumsum(per_step[:, 0]),
+            "suboptimal": np.cumsum(per_step[:, 1]), "wall_time_s": wall_time}
+
+
+def _run_tf_agents(contender: Contender, spec: ComparisonSpec, seed: int, data_dir: str) -> dict[str, Any]:
+    from recbandits.algos.tf_agents_baseline import TFAgentsBaselineConfig, run_tf_agents_baseline
+
+    ratings = Path(data_dir) / "u.data"
+    alpha = spec.hyperparameters.get("alpha", TF_AGENTS_EXAMPLE["alpha"])
+    config = TFAgentsBaselineConfig(algo=contender.algo, ratings_file=ratings, rank=spec.rank,
+                                    num_movies=spec.num_movies, alpha=alpha, seed=seed)
+    trace = run_tf_agents_baseline(config, spec.steps)
+    return {"samples": trace.samples, "cumulative_regret": trace.cumulative_regret, "suboptimal": trace.suboptimal,
+            "wall_time_s": trace.wall_time_s}
+
+
+def run_one(contender: Contender, spec: ComparisonSpec, seed: int, data_dir: str) -> dict[str, Any]:
+    """One contender and seed: the regret trace, summarized at the budgets and on a curve grid."""
+    import torch
+
+    torch.set_num_threads(1)
+    runner = _run_tf_agents if contender.library == "TF-Agents" else _run_recbandits
+    trace = runner(contender, spec, seed, data_dir)
+    samples, regret, suboptimal = trace["samples"], trace["cumulative_regret"], trace["suboptimal"]
+    total = int(samples[-1])
+
+    def at(budget: int, values: np.ndarray) -> float:
+        # The cumulative value once `budget` samples were taken (traces grow in batches of 8 or 16).
+        index = int(np.searchsorted(samples, budget))
+        return float(values[min(index, len(values) - 1)]) if budget <= min(total, spec.steps) else float("nan")
+
+    tail = int(np.searchsorted(samples, 0.9 * total))
+    tail_rate = (suboptimal[-1] - suboptimal[tail]) / max(samples[-1] - samples[tail], 1)
+    grid = np.linspace(0, spec.steps, CURVE_POINTS + 1)[1:]
+    return {
+        "contender": contender.name, "library": contender.library, "seed": seed, "samples": total,
+        **{f"regret@{budget}": at(budget, regret) for budget in BUDGETS},
+        "final_suboptimal_arm_rate": float(tail_rate), "wall_time_s": trace["wall_time_s"],
+        "samples_per_s": total / trace["wall_time_s"],
+        "curve": [at(int(point), regret) for point in grid],
+    }  # fmt: skip
+
+
+def confidence_interval(values: np.ndarray) -> tuple[float, float]:
+    """Mean and half-width of the 95% Student-t confidence interval (0 for a single seed)."""
+    from scipy import stats
+
+    values = np.asarray(values, dtype=float)
+    mean = float(np.mean(values))
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, float(stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values)))
+
+
+def hyperparameter_text(contender: Contender, spec: ComparisonSpec) -> str:
+    alpha, lambda_ = spec.hyperparameters.get("alpha"), spec.hyperparameters.get("lambda_")
+    if contender.library == "TF-Agents":
+        text = {
+            "tfa-linucb": f"alpha {alpha}, tikhonov 0.001",
+            "tfa-lints": f"alpha {alpha}, tikhonov 1.0",
+            "tfa-neural-eps-greedy": "eps 0.05, layers 50-50-50, lr 0.005",
+            "tfa-neural-linucb": f"alpha {alpha}, enc. 20, 1000 enc. steps, layers 50-50-50",
+        }[contender.algo]
+        return f"{text}; batch 8, 2 steps/loop"
+    text = {
+        "linucb": f"alpha {alpha}, lambda {lambda_}",
+        "lints": f"lambda {lambda_}, v estimated (NIG prior a0=b0=1)",
+        "eps-greedy": f"eps {spec.hyperparameters.get('epsilon', 0.05)}, lambda {lambda_}",
+        "random": "-",
+        "oracle": "-",
+    }[contender.algo]
+    return f"{text}; batch {contender.batch}, update every batch, {max(contender.runners, 1)} runner(s)"
+
+
+def build_table(runs: pd.DataFrame, spec: ComparisonSpec) -> pd.DataFrame:
+    rows = []
+    for contender in spec.contenders:
+        group = runs[runs["contender"] == contender.name]
+        row: dict[str, Any] = {"contender": contender.name, "library": contender.library, "seeds": len(group)}
+        for budget in BUDGETS:
+            values = group[f"regret@{budget}"].to_numpy()
+            if np.isnan(values).any():
+                row[f"regret@{budget}"] = "not run"
+            else:
+                mean, half = confidence_interval(values)
+                row[f"regret@{budget}"] = f"{mean:,.1f} ± {half:,.1f}"
+        mean, half = confidence_interval(group["final_suboptimal_arm_rate"].to_numpy())
+        row["final suboptimal-arm rate"] = f"{mean:.1%} ± {half:.1%}"
+        row["samples/s"] = f"{group['samples_per_s'].mean():,.0f}"
+        row["wall time (s)"] = f"{group['wall_time_s'].mean():,.1f}"
+        row["hyperparameters"] = hyperparameter_text(contender, spec)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def target_checks(runs: pd.DataFrame) -> list[str]:
+    """The issue's three claims, each stated as met or missed from the measured runs."""
+    lines = []
+    names = set(runs["contender"])
+
+    def mean_ci(name: str, column: str) -> tuple[float, float]:
+        return confidence_interval(runs.loc[runs["contender"] == name, column].to_numpy())
+
+    if {"linucb", "tfa-linucb"} <= names:
+        verdicts = []
+        for budget in BUDGETS:
+            column = f"regret@{budget}"
+            if runs.loc[runs["contender"].isin(["linucb", "tfa-linucb"]), column].isna().any():
+                continue
+            (ours, our_half), (theirs, their_half) = mean_ci("linucb", column), mean_ci("tfa-linucb", column)
+            ok = ours <= theirs or ours - our_half <= theirs + their_half
+            verdicts.append(f"{budget:,}: {ours:,.1f} vs {theirs:,.1f} ({'ok' if ok else 'WORSE'})")
+        met = all("WORSE" not in verdict for verdict in verdicts)
+        lines.append(f"LinUCB not worse than TF-Agents LinUCB at any budget: {'met' if met else 'MISSED'} "
+                     f"[{'; '.join(verdicts)}]")
+    if {"lints", "tfa-lints"} <= names and not runs["regret@20000"].isna().any():
+        ours, theirs = mean_ci("lints", "regret@20000")[0], mean_ci("tfa-lints", "regret@20000")[0]
+        lines.append(f"LinTS regret at 20k <= half of TF-Agents LinTS: {'met' if ours <= theirs / 2 else 'MISSED'} "
+                     f"({ours:,.1f} vs {theirs:,.1f}, ratio {ours / theirs:.3f})")
+    linucb_names = [name for name in names if name.split(":")[0] == "linucb"]
+    if linucb_names and "tfa-linucb" in names:
+        theirs = runs.loc[runs["contender"] == "tfa-linucb", "samples_per_s"].mean()
+        for name in sorted(linucb_names):
+            ours = runs.loc[runs["contender"] == name, "samples_per_s"].mean()
+            lines.append(f"{name} throughput >= 1000x TF-Agents LinUCB: {'met' if ours >= 1000 * theirs else 'MISSED'} "
+                         f"({ours:,.0f} vs {theirs:,.0f} samples/s = {ours / theirs:,.0f}x)")
+    return lines
+
+
+def plot_curves(runs: pd.DataFrame, spec: ComparisonSpec, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = np.linspace(0, spec.steps, CURVE_POINTS + 1)[1:]
+    figure, axis = plt.subplots(figsize=(8, 4.8))
+    for contender in spec.contenders:
+        curves = np.array(runs.loc[runs["contender"] == contender.name, "curve"].tolist())
+        mean = curves.mean(axis=0)
+        half = np.array([confidence_interval(curves[:, i])[1] for i in range(curves.shape[1])])
+        style = "--" if contender.library == "TF-Agents" else "-"
+        (line,) = axis.plot(grid, mean, style, label=f"{contender.name} ({contender.library})")
+        axis.fill_between(grid, mean - half, mean + half, color=line.get_color(), alpha=0.2)
+    axis.set_xlabel("samples")
+    axis.set_ylabel("cumulative regret")
+    axis.set_yscale("symlog", linthresh=10)
+    axis.set_title(f"MovieLens MF env (rank {spec.rank}, {spec.num_movies} movies), mean and 95% CI over "
+                   f"{spec.seeds} seeds")
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def compare(spec: ComparisonSpec, out: str | Path, *, address: str | None = None, progress: bool = True):
+    """Run every contender on every seed (in parallel Ray tasks) and write the table, plot and config."""
+    import ray
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from recbandits.cluster import connect
+    from recbandits.data import resolve_data_dir
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data_dir = str(resolve_data_dir(spec.data_dir))
+    (out / "config.json").write_text(json.dumps({**asdict(spec), "data_dir": data_dir, "address": address,
+                                                 "budgets": BUDGETS}, indent=2))
+    connect(address)
+    task = ray.remote(num_cpus=1, max_retries=0)(run_one)
+    # TF-Agents runs are the long ones: start them first so they overlap with the rest.
+    jobs = sorted(((contender, seed) for contender in spec.contenders for seed in range(spec.seeds)),
+                  key=lambda job: job[0].library != "TF-Agents")
+    pending = {task.remote(contender, spec, seed, data_dir): (contender, seed) for contender, seed in jobs}
+    results = []
+    columns = (TextColumn("compare"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, disable=not progress) as bar:
+        progress_task = bar.add_task("runs", total=len(pending))
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            pending.pop(done[0])
+            results.append(ray.get(done[0]))
+            bar.advance(progress_task)
+    runs = pd.DataFrame(results)
+    runs.drop(columns="curve").sort_values(["contender", "seed"]).to_csv(out / "runs.csv", index=False)
+    table = build_table(runs, spec)
+    table.to_csv(out / "table.csv", index=False)
+    checks = target_checks(runs)
+    markdown = table.to_markdown(index=False) + "\n\n" + "\n".join(f"- {line}" for line in checks) + "\n"
+    (out / "table.md").write_text(markdown)
+    plot_curves(runs, spec, out / "regret.png")
+    return table, checks

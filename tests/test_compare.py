@@ -1,0 +1,50 @@
+"""The compare job: contender parsing, a real side-by-side run with a TF-Agents baseline, its outputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recbandits.algos.compare import ComparisonSpec, Contender, compare, confidence_interval
+
+pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.tf_agents]
+
+
+def test_contenders_parse_and_reject_bad_entries():
+    assert Contender.parse("linucb:batch=1024:runners=2") == Contender("linucb:batch=1024:runners=2", "linucb", 1024, 2)
+    assert Contender.parse("tfa-lints").library == "TF-Agents"
+    with pytest.raises(ValueError, match="'ucb' is not one of linucb"):
+        Contender.parse("ucb")
+    with pytest.raises(ValueError, match="options are batch=N and runners=N"):
+        Contender.parse("linucb:size=3")
+    with pytest.raises(ValueError, match="TF-Agents baselines run with the example's batch of 8"):
+        Contender.parse("tfa-linucb:batch=64")
+    with pytest.raises(ValueError, match="MF env 'movielens' only"):
+        ComparisonSpec(algos=["linucb"], env="movielens-ranking")
+
+
+def test_confidence_interval_is_student_t():
+    mean, half = confidence_interval(np.array([1.0, 2.0, 3.0]))
+    assert mean == 2.0 and half == pytest.approx(4.302652729911275 * 1.0 / np.sqrt(3))
+    assert confidence_interval(np.array([5.0])) == (5.0, 0.0)
+
+
+def test_compare_runs_every_contender_on_every_seed(small_data_dir, tmp_path):
+    spec = ComparisonSpec(algos=["linucb", "tfa-linucb", "random"], steps=480, seeds=2,
+                          data_dir=str(small_data_dir), rank=6, num_movies=12)
+    table, checks = compare(spec, tmp_path, progress=False)
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert sorted(zip(runs["contender"], runs["seed"], strict=True)) == [
+        ("linucb", 0), ("linucb", 1), ("random", 0), ("random", 1), ("tfa-linucb", 0), ("tfa-linucb", 1)]
+    assert (runs["samples"] >= 480).all() and (runs["samples_per_s"] > 0).all()
+    assert runs["regret@100000"].isna().all() and runs["regret@1000"].isna().all()
+    assert list(table["contender"]) == ["linucb", "tfa-linucb", "random"]
+    assert (table["regret@1000"] == "not run").all()
+    assert "tikhonov 0.001; batch 8, 2 steps/loop" in table.loc[1, "hyperparameters"]
+    assert checks and checks[-1].startswith("linucb throughput >= 1000x TF-Agents LinUCB")
+    assert "| contender" in (tmp_path / "table.md").read_text()
+    assert (tmp_path / "regret.png").stat().st_size > 10_000
+    assert json.loads((tmp_path / "config.json").read_text())["seeds"] == 2
