@@ -9,12 +9,15 @@
 | ``oracle`` | ``OraclePolicyConfig`` / ``OraclePolicy`` | the env's optimal action (zero regret) |
 """
 
+import logging
 import os
 
 from recbandits.cluster import WORKER_ENV_VARS
 
 for _name, _value in WORKER_ENV_VARS.items():  # before RLlib is imported (see recbandits.cluster)
     os.environ.setdefault(_name, _value)
+# RLlib warns at every import that it skips TensorFlow: intended here (see recbandits.cluster).
+logging.getLogger("ray.rllib.utils.framework").setLevel(logging.ERROR)
 
 from recbandits.algos.linear import (  # noqa: E402
     ALGORITHM_CONFIGS,
