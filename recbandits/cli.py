@@ -52,7 +52,8 @@ def _print_summary(summary: dict) -> None:
 @app.command()
 def simulate(
     env: Annotated[str, typer.Option(help="movielens | movielens-per-arm | movielens-ranking")] = "movielens",
-    algo: Annotated[str, typer.Option(help="linucb | lints | eps-greedy | random | oracle")] = "linucb",
+    algo: Annotated[str, typer.Option(help="linucb | lints | eps-greedy | random | oracle | tfa-linucb | tfa-lints "
+                                           "| tfa-neural-eps-greedy | tfa-neural-linucb")] = "linucb",
     steps: Annotated[int, typer.Option(help="Env steps to train for.")] = 100_000,
     num_env_runners: Annotated[int, typer.Option(help="Parallel env runner actors (0: sample in the driver).")] = 1,
     num_envs: Annotated[int, typer.Option(help="Sub-envs per env runner (the batch of one vector step).")] = 256,

@@ -7,6 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from recbandits.cluster import WORKER_ENV_VARS  # imports ray only, not ray.rllib
+
+# Before anything imports ray.rllib: RLlib would otherwise import TensorFlow in graph mode with Keras 3,
+# after which TF-Agents cannot run in this process (see recbandits.cluster).
+for _name, _value in WORKER_ENV_VARS.items():
+    os.environ.setdefault(_name, _value)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

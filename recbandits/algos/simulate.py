@@ -19,7 +19,11 @@ import pandas as pd
 
 from recbandits.algos import metrics as bandit_metrics
 from recbandits.algos.linear import ALGORITHM_CONFIGS, LinearBanditConfig
+from recbandits.algos.tf_agents_policy import TF_AGENTS_ALGORITHM_CONFIGS
 from recbandits.envs import ENV_IDS
+
+# Every algorithm `simulate` runs: recbandits' own and the TF-Agents-backed ones (RLlib algorithms alike).
+ALGORITHMS = {**ALGORITHM_CONFIGS, **TF_AGENTS_ALGORITHM_CONFIGS}
 
 # Env settings per env name: the MF env in TF-Agents parity (rank 20, the first 20 movies).
 ENV_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -52,8 +56,8 @@ class SimulationSpec:
     def __post_init__(self):
         if self.env not in ENV_IDS:
             raise ValueError(f"--env {self.env!r} is not one of {', '.join(ENV_IDS)}")
-        if self.algo not in ALGORITHM_CONFIGS:
-            raise ValueError(f"--algo {self.algo!r} is not one of {', '.join(ALGORITHM_CONFIGS)}")
+        if self.algo not in ALGORITHMS:
+            raise ValueError(f"--algo {self.algo!r} is not one of {', '.join(ALGORITHMS)}")
         for name in ("steps", "num_envs_per_env_runner", "rollout_fragment_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
@@ -67,7 +71,7 @@ def build_config(spec: SimulationSpec, algo: str | None = None) -> LinearBanditC
 
     env_config = {**ENV_DEFAULTS[spec.env], **spec.env_config, "data_dir": str(resolve_data_dir(spec.data_dir))}
     config = (
-        ALGORITHM_CONFIGS[algo or spec.algo]()
+        ALGORITHMS[algo or spec.algo]()
         .environment(ENV_IDS[spec.env], env_config=env_config)
         .env_runners(
             num_env_runners=spec.num_env_runners,

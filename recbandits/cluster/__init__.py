@@ -25,7 +25,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: b
     if address:
         kwargs["address"] = address
     else:
-        kwargs.update(num_cpus=num_cpus, include_dashboard=False)
+        # "local": always a new Ray of our own, even when a `ray start` cluster runs on this machine.
+        kwargs.update(address="local", num_cpus=num_cpus, include_dashboard=False)
     try:
         context = ray.init(**kwargs)
     except ConnectionError as error:

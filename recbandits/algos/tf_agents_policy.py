@@ -1,0 +1,325 @@
+"""TF-Agents bandit agents as RLlib algorithms (new API stack): RLlib samples, TF-Agents acts and trains.
+
+    config = (
+        TFALinUCBConfig()   # or TF_AGENTS_ALGORITHM_CONFIGS["tfa-neural-eps-greedy"]() ...
+        .environment("recbandits/MovieLens-v0", env_config={"data_dir": "../shared/data/ml-100k"})
+        .env_runners(num_env_runners=2, num_envs_per_env_runner=8, rollout_fragment_length=2)
+        .training(alpha=10.0, tikhonov_weight=0.001)
+    )
+    algo = config.build_algo()
+    result = algo.train()                  # result["env_runners"]["cumulative_regret"], ["learners"]...["loss"]
+    export_policy(algo, "policy/")         # TF-Agents PolicySaver SavedModel of the greedy policy
+
+| name | config / algorithm | TF-Agents agent |
+|---|---|---|
+| ``tfa-linucb`` | ``TFALinUCBConfig`` / ``TFALinUCB`` | ``LinearUCBAgent`` |
+| ``tfa-lints`` | ``TFALinTSConfig`` / ``TFALinTS`` | ``LinearThompsonSamplingAgent`` |
+| ``tfa-neural-eps-greedy`` | ``TFANeuralEpsGreedyConfig`` / ``TFANeuralEpsGreedy`` | ``NeuralEpsilonGreedyAgent`` |
+| ``tfa-neural-linucb`` | ``TFANeuralLinUCBConfig`` / ``TFANeuralLinUCB`` | ``NeuralLinUCBAgent`` |
+
+(``TFAgentsBanditConfig().training(agent="neural-linucb")`` selects an agent by name as well.)
+
+One ``training_step`` (``LinearBandit``'s):
+
+1. every ``TFAgentsEnvRunner`` steps its ``num_envs_per_env_runner`` sub-envs ``rollout_fragment_length`` times,
+   each step choosing the whole batch's actions with one call of its module's ``agent.collect_policy``, and
+   returns the transitions (observation, action, reward, policy info) as numpy: it does not train;
+2. the ``TFAgentsBanditLearner`` turns them into single-step TF-Agents ``Trajectory`` batches and calls
+   ``agent.train`` (wrapped in ``common.function``) on the authoritative agent: once per runner's batch (the
+   TF-Agents loop of ``batch_size * steps_per_loop`` samples, by default), or once on all of them
+   (``combine_runner_batches=True``);
+3. the agent's variables are synced to every env runner (``sync_weights``).
+
+Defaults follow TF-Agents' MovieLens example (``train_eval_movielens.py``) and ``tf_agents_baseline``: one
+env runner with 8 sub-envs ("batch 8") and 2 steps per iteration ("2 steps per loop"); LinUCB alpha 10,
+tikhonov 0.001; LinTS alpha 10, tikhonov 1.0; neural agents (50, 50, 50) layers, Adam at 0.005, epsilon 0.05;
+NeuralLinUCB encoding dim 20, 1000 encoding-network train steps. TensorFlow / torch coexistence and thread
+settings: see ``recbandits.algos.tf_agents_module``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
+from ray.rllib.core import DEFAULT_MODULE_ID
+from ray.rllib.core.learner.torch.torch_learner import TorchLearner
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+from recbandits.algos.env_runner import ORACLE, BanditEnvRunner
+from recbandits.algos.linear import LinearBandit, LinearBanditConfig
+from recbandits.algos.tf_agents_module import (
+    AGENTS,
+    DEFAULT_MODEL_CONFIG,
+    TFAgentsBanditModule,
+    canonical_agent_name,
+    configure_tensorflow,
+    export_policy,
+    resolve_model_config,
+)
+
+# Options of ``TFAgentsBanditConfig.training()`` that become the module's model config.
+MODEL_OPTIONS = ("agent", "alpha", "tikhonov_weight", "gamma", "epsilon", "layers", "global_layers", "arm_layers",
+                 "common_layers", "learning_rate", "encoding_dim", "encoding_network_num_train_steps",
+                 "gradient_clipping")
+
+
+class TFAgentsBanditConfig(LinearBanditConfig):
+    """RLlib config of a TF-Agents bandit agent; ``training()`` exposes the agent's hyperparameters.
+
+    | ``training()`` option | meaning | agents |
+    |---|---|---|
+    | ``agent`` | ``linucb``, ``lints``, ``neural-eps-greedy``, ``neural-linucb`` (a ``tfa-`` prefix is fine) | |
+    | ``alpha`` | UCB width (LinUCB, NeuralLinUCB) / std scale of the sampled rewards (LinTS) | linear, NeuralLinUCB |
+    | ``tikhonov_weight`` (alias ``lambda_``) | ridge weight; None: 0.001 LinUCB, 1.0 LinTS | LinUCB, LinTS |
+    | ``gamma`` | forgetting factor of the linear statistics per ``agent.train`` | LinUCB, LinTS, NeuralLinUCB |
+    | ``epsilon`` | exploration rate | neural |
+    | ``layers`` | hidden layers (per-arm: of both towers unless ``global_layers`` / ``arm_layers``) | neural |
+    | ``common_layers`` | per-arm NeuralLinUCB's common tower (None: the last of ``layers``) | NeuralLinUCB |
+    | ``learning_rate`` | Adam's learning rate | neural |
+    | ``encoding_dim`` | width of the encoding LinUCB works on | NeuralLinUCB |
+    | ``encoding_network_num_train_steps`` | ``agent.train`` calls that train the encoding network before LinUCB | NeuralLinUCB |
+    | ``gradient_clipping`` | gradient norm clip (None: off) | neural |
+    | ``combine_runner_batches`` | one ``agent.train`` per iteration on all runners' data (default: one per runner batch) | all |
+    | ``tf_num_threads`` | TensorFlow intra/inter-op threads in env runner processes (None: TF's default) | all |
+    """
+
+    agent = "linucb"
+
+    def __init__(self, algo_class=None):
+        super().__init__(algo_class=algo_class or TFAgentsBandit)
+        self.env_runner_cls = TFAgentsEnvRunner
+        # TF-Agents' MovieLens example: batch 8, 2 steps per loop.
+        self.num_env_runners = 1
+        self.num_envs_per_env_runner = 8
+        self.rollout_fragment_length = 2
+        self.agent = type(self).agent
+        for name in MODEL_OPTIONS[1:]:
+            setattr(self, name, DEFAULT_MODEL_CONFIG[name])
+        self.combine_runner_batches = False
+        self.tf_num_threads = 1
+
+    def training(self, *, agent=NotProvided, alpha=NotProvided, tikhonov_weight=NotProvided, lambda_=NotProvided,
+                 gamma=NotProvided, epsilon=NotProvided, layers=NotProvided, global_layers=NotProvided,
+                 arm_layers=NotProvided, common_layers=NotProvided, learning_rate=NotProvided,
+                 encoding_dim=NotProvided, encoding_network_num_train_steps=NotProvided,
+                 gradient_clipping=NotProvided, combine_runner_batches=NotProvided, tf_num_threads=NotProvided,
+                 **kwargs):
+        if agent is not NotProvided:
+            agent = canonical_agent_name(agent)
+        if lambda_ is not NotProvided and tikhonov_weight is NotProvided:
+            tikhonov_weight = lambda_
+        AlgorithmConfig.training(self, **kwargs)
+        options = {"agent": agent, "alpha": alpha, "tikhonov_weight": tikhonov_weight, "gamma": gamma,
+                   "epsilon": epsilon, "layers": layers, "global_layers": global_layers, "arm_layers": arm_layers,
+                   "common_layers": common_layers, "learning_rate": learning_rate, "encoding_dim": encoding_dim,
+                   "encoding_network_num_train_steps": encoding_network_num_train_steps,
+                   "gradient_clipping": gradient_clipping, "combine_runner_batches": combine_runner_batches,
+                   "tf_num_threads": tf_num_threads}
+        for name, value in options.items():
+            if value is not NotProvided:
+                setattr(self, name, tuple(value) if name.endswith("layers") and value is not None else value)
+        return self
+
+    def get_default_rl_module_spec(self) -> RLModuleSpec:
+        return RLModuleSpec(module_class=TFAgentsBanditModule, model_config=self.bandit_model_config())
+
+    def bandit_model_config(self) -> dict:
+        config = {name: getattr(self, name) for name in MODEL_OPTIONS}
+        config["seed"] = self.seed or 0
+        return config
+
+    @property
+    def resolved_model_config(self) -> dict:
+        """The module's hyperparameters with TF-Agents' per-agent defaults filled in."""
+        return resolve_model_config(self.bandit_model_config())
+
+    def get_default_learner_class(self):
+        return TFAgentsBanditLearner
+
+    def validate(self) -> None:
+        AlgorithmConfig.validate(self)
+        if self.num_envs_per_env_runner < 1 or self.get_rollout_fragment_length() < 1:
+            raise ValueError("num_envs_per_env_runner and rollout_fragment_length must be at least 1")
+        if self.tf_num_threads is not None and int(self.tf_num_threads) < 1:
+            raise ValueError(f"tf_num_threads={self.tf_num_threads} must be >= 1 (or None)")
+        resolve_model_config(self.bandit_model_config())  # fails early, in the driver, on bad hyperparameters
+
+
+class TFAgentsBandit(LinearBandit):
+    """Runners sample with the collect policy and return transitions; the Learner runs ``agent.train``."""
+
+    @classmethod
+    def get_default_config(cls) -> TFAgentsBanditConfig:
+        return TFAgentsBanditConfig()
+
+    def setup(self, config) -> None:
+        super().setup(config)
+        # Every runner starts from the Learner's agent (RLlib's setup-time state sync may skip remote runners).
+        if self.env_runner_group is not None:
+            self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
+
+    @property
+    def module(self) -> TFAgentsBanditModule:
+        """The Learner's (authoritative) module."""
+        return self.learner_group._learner.bandit_module
+
+
+class TFAgentsBanditLearner(TorchLearner):
+    """Holds the authoritative TF-Agents agent (in its module) and trains it on the runners' transitions."""
+
+    def configure_optimizers_for_module(self, module_id, config=None) -> None:
+        """The TF-Agents agent owns its (TensorFlow) optimizer: nothing for torch to optimize."""
+
+    def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
+        raise NotImplementedError("TF-Agents agents compute their own loss in agent.train")
+
+    @property
+    def bandit_module(self) -> TFAgentsBanditModule:
+        return self.module[DEFAULT_MODULE_ID]
+
+    def learn_from_runners(self, payloads: list[dict[str, Any]], num_batches: int) -> dict[str, Any]:
+        """``agent.train`` on each runner's transitions (or once on all of them); returns the mean loss."""
+        module = self.bandit_module
+        batches = [payload for payload in payloads if payload is not None and len(payload["reward"])]
+        if self.config.combine_runner_batches and len(batches) > 1:
+            batches = [module.concatenate(batches)]
+        losses = [module.train_on(batch) for batch in batches]
+        self._weights_seq_no += 1
+        return {
+            "loss": float(np.mean(losses)) if losses else float("nan"),
+            "num_train_calls": len(losses),
+            "num_transitions": int(sum(len(batch["reward"]) for batch in batches)),
+            "train_step": module.train_step,
+        }
+
+
+class TFAgentsEnvRunner(BanditEnvRunner):
+    """Acts with the module's TF-Agents collect policy on whole batches and returns the transitions."""
+
+    def make_module(self) -> None:
+        if self.env is not None and self.config.tf_num_threads:
+            # Before this process' TensorFlow runtime starts: 1 thread, like torch in BanditEnvRunner.
+            configure_tensorflow(num_threads=int(self.config.tf_num_threads))
+        spec = self.config.get_rl_module_spec(spaces=self.get_spaces(), inference_only=True)
+        model_config = dict(spec.model_config or {})
+        # Same initial weights everywhere ("seed"); each runner draws its own exploration randomness.
+        model_config["exploration_seed"] = int(model_config.get("seed", 0)) * 1_000_003 + self._runner_offset + 1
+        spec.model_config = model_config
+        self.module = spec.build()
+
+    def _reset_delta(self) -> None:
+        self._transitions: list[dict[str, Any]] = []
+        self._delta_batches = 0
+
+    def _learns(self, policy: str) -> bool:
+        return policy != ORACLE
+
+    def _policy_actions(self, observations, policy: str):
+        if policy == ORACLE:
+            return super()._policy_actions(observations, policy)
+        actions, info = self.module.act(observations, "collect")
+        return torch.from_numpy(actions), info
+
+    def _learn(self, observations, info, actions, rewards, infos, acted) -> None:
+        rows = np.flatnonzero(acted)
+        if len(rows):
+            self._transitions.append(self.module.transitions(observations, actions.numpy(), rewards, info, rows))
+        self._delta_batches += 1
+
+    def _take_learning_payload(self):
+        payload = self.module.concatenate(self._transitions)
+        self._reset_delta()
+        return payload
+
+    def recorded_transitions(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError("TF-Agents runners return their transitions to the Learner every iteration")
+
+
+class TFALinUCBConfig(TFAgentsBanditConfig):
+    agent = "linucb"
+
+    def __init__(self, algo_class=None):
+        super().__init__(algo_class=algo_class or TFALinUCB)
+
+
+class TFALinUCB(TFAgentsBandit):
+    """TF-Agents' ``LinearUCBAgent`` on RLlib."""
+
+    @classmethod
+    def get_default_config(cls) -> TFALinUCBConfig:
+        return TFALinUCBConfig()
+
+
+class TFALinTSConfig(TFAgentsBanditConfig):
+    agent = "lints"
+
+    def __init__(self, algo_class=None):
+        super().__init__(algo_class=algo_class or TFALinTS)
+
+
+class TFALinTS(TFAgentsBandit):
+    """TF-Agents' ``LinearThompsonSamplingAgent`` on RLlib."""
+
+    @classmethod
+    def get_default_config(cls) -> TFALinTSConfig:
+        return TFALinTSConfig()
+
+
+class TFANeuralEpsGreedyConfig(TFAgentsBanditConfig):
+    agent = "neural-eps-greedy"
+
+    def __init__(self, algo_class=None):
+        super().__init__(algo_class=algo_class or TFANeuralEpsGreedy)
+
+
+class TFANeuralEpsGreedy(TFAgentsBandit):
+    """TF-Agents' ``NeuralEpsilonGreedyAgent`` on RLlib."""
+
+    @classmethod
+    def get_default_config(cls) -> TFANeuralEpsGreedyConfig:
+        return TFANeuralEpsGreedyConfig()
+
+
+class TFANeuralLinUCBConfig(TFAgentsBanditConfig):
+    agent = "neural-linucb"
+
+    def __init__(self, algo_class=None):
+        super().__init__(algo_class=algo_class or TFANeuralLinUCB)
+
+
+class TFANeuralLinUCB(TFAgentsBandit):
+    """TF-Agents' ``NeuralLinUCBAgent`` on RLlib."""
+
+    @classmethod
+    def get_default_config(cls) -> TFANeuralLinUCBConfig:
+        return TFANeuralLinUCBConfig()
+
+
+TF_AGENTS_ALGORITHM_CONFIGS: dict[str, type[TFAgentsBanditConfig]] = {
+    "tfa-linucb": TFALinUCBConfig,
+    "tfa-lints": TFALinTSConfig,
+    "tfa-neural-eps-greedy": TFANeuralEpsGreedyConfig,
+    "tfa-neural-linucb": TFANeuralLinUCBConfig,
+}
+
+__all__ = [
+    "AGENTS",
+    "TF_AGENTS_ALGORITHM_CONFIGS",
+    "TFALinTS",
+    "TFALinTSConfig",
+    "TFALinUCB",
+    "TFALinUCBConfig",
+    "TFANeuralEpsGreedy",
+    "TFANeuralEpsGreedyConfig",
+    "TFANeuralLinUCB",
+    "TFANeuralLinUCBConfig",
+    "TFAgentsBandit",
+    "TFAgentsBanditConfig",
+    "TFAgentsBanditLearner",
+    "TFAgentsBanditModule",
+    "TFAgentsEnvRunner",
+    "export_policy",
+]
