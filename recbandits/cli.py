@@ -7,10 +7,12 @@ from typing import Annotated
 
 import typer
 
+from recbandits.cluster.tune import tune_command
 from recbandits.data.cli import data_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Contextual-bandit recommendation on Ray.")
 app.add_typer(data_app, name="data")
+app.command("tune")(tune_command)
 
 DataDir = Annotated[
     str | None, typer.Option("--data-dir", help="MovieLens directory (default: $RECBANDITS_DATA_DIR or the embedded data).")

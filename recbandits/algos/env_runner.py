@@ -122,6 +122,20 @@ class BanditEnvRunner(EnvRunner, Checkpointable):
                 total.add_(value)
         self._delta_batches += 1
 
+    def _first_reset_seed(self) -> int:
+        """A runner joining a run in progress (restarted, or restored from a checkpoint) gets fresh streams.
+
+        Otherwise it would replay the very contexts (and exploration draws) the run started with.
+        """
+        progress = int(getattr(self.module, "num_updates", 0))  # the Learner's count arrives with set_state
+        if progress == 0:
+            return self._env_seed  # a fresh run: the seeds depend only on seed and runner index
+        seed = int(np.random.SeedSequence([self._env_seed, progress]).generate_state(1)[0])
+        generator = getattr(self.module, "_generator", None)
+        if generator is not None:
+            generator.manual_seed(seed)
+        return seed
+
     def _policy_actions(self, observations, policy: str):
         """(actions as a tensor, whatever ``_learn`` needs of the decision: here the features)."""
         if policy == ORACLE:
@@ -147,7 +161,7 @@ class BanditEnvRunner(EnvRunner, Checkpointable):
         policy = policy or self.config.bandit_policy
         learn = self._learns(policy)
         if self._observations is None:
-            self._observations, _ = self.env.reset(seed=self._env_seed)
+            self._observations, _ = self.env.reset(seed=self._first_reset_seed())
         tracker = bandit_metrics.StepTracker()
         trace = np.zeros((steps, 3)) if self.config.record_regret_trace else None
         started = time.perf_counter()

@@ -69,7 +69,10 @@ def build_config(spec: SimulationSpec, algo: str | None = None) -> LinearBanditC
     """The RLlib config of ``algo`` (default: the spec's) for the spec's env and sampling layout."""
     from recbandits.data import resolve_data_dir
 
-    env_config = {**ENV_DEFAULTS[spec.env], **spec.env_config, "data_dir": str(resolve_data_dir(spec.data_dir))}
+    resolve_data_dir(spec.data_dir)  # a bad path fails here, in the driver, with a clear message
+    # Without an explicit dataset each node resolves its own default (the driver's cache path may not exist
+    # on other nodes of a cluster).
+    env_config = {**ENV_DEFAULTS[spec.env], **spec.env_config, "data_dir": spec.data_dir}
     config = (
         ALGORITHMS[algo or spec.algo]()
         .environment(ENV_IDS[spec.env], env_config=env_config)
