@@ -9,10 +9,13 @@ import typer
 
 from recbandits.cluster.tune import tune_command
 from recbandits.data.cli import data_app
+from recbandits.serve.cli import loadtest_command, serve_command
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Contextual-bandit recommendation on Ray.")
 app.add_typer(data_app, name="data")
 app.command("tune")(tune_command)
+app.command("serve")(serve_command)
+app.command("loadtest")(loadtest_command)
 
 DataDir = Annotated[
     str | None, typer.Option("--data-dir", help="MovieLens directory (default: $RECBANDITS_DATA_DIR or the embedded data).")

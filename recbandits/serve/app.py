@@ -1,0 +1,487 @@
+"""The Ray Serve application: a FastAPI ingress (``Recommender``) and, with ``learning=learner``, a ``Learner``.
+
+``learning=in_process``: one ``Recommender`` replica owns the ``BanditCore`` (log, joins, versions) and learns
+before each scoring batch: the policy it serves is the one it updates.
+
+``learning=learner``: ``num_replicas`` stateless ``Recommender`` replicas score with a copy of the policy; the
+``Learner`` deployment owns the ``BanditCore``, logs their decisions and the rewards, learns every
+``update_interval_s`` and publishes each new version; every replica long-polls it (``wait_for_version``) and
+swaps the new statistics in without restarting.
+
+Scoring goes through ``serve.batch``: concurrent rank requests are scored as one batch and logged with one
+group commit.
+"""
+
+
+import asyncio
+import json
+import logging
+import os
+import time
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from ray import serve
+from ray.exceptions import RayError
+
+from recbandits.serve.config import ServeConfig
+from recbandits.serve.core import BanditCore, Rejection
+from recbandits.serve.eventlog import LogWriteError
+from recbandits.serve.policy import Decision, ServingPolicy
+from recbandits.serve.schemas import (
+    ErrorResponse,
+    RankJob,
+    RankRequest,
+    RankResponse,
+    RequestValidator,
+    RewardBatchRequest,
+    RewardBatchResponse,
+    RewardRequest,
+    RewardResponse,
+    RollbackRequest,
+    error_body,
+    rejection_body,
+)
+
+logger = logging.getLogger("recbandits.serve")
+
+DESCRIPTION = """Contextual-bandit recommendation with online learning.
+
+* `POST /v1/rank`: choose and rank candidate actions for a context; log the decision (`event_id`).
+* `POST /v1/reward`: the reward of a decision, joined within the join window.
+* `GET /v1/policy`, `GET /v1/policy/versions`, `POST /v1/policy/rollback`: policy versions.
+* `GET /healthz`: readiness.
+
+Every error is a 4xx with `message` naming the field (`field: what is wrong`) and FastAPI-style `detail`.
+"""
+
+ERRORS = {422: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}}
+
+api = FastAPI(title="recbandits serving", version="1", description=DESCRIPTION)
+BODY_MODELS = (RankRequest, RewardRequest, RewardBatchRequest, RollbackRequest)
+
+
+def _openapi() -> dict[str, Any]:
+    """FastAPI's schema, plus the request bodies the endpoints validate themselves (see ``_parse``)."""
+    if api.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in BODY_MODELS:
+            model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(model_schema.pop("$defs", {}))
+            components[model.__name__] = model_schema
+        api.openapi_schema = schema
+    return api.openapi_schema
+
+
+api.openapi = _openapi
+
+
+def _body(model) -> dict[str, Any]:
+    """``openapi_extra`` documenting a JSON body of ``model``."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+
+
+async def _parse(request: Request, model):
+    """Validate the body with pydantic's JSON parser (NaN and Infinity are parsed, then refused per field)."""
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError as error:
+        errors = [{**item, "loc": ("body", *item["loc"])} for item in error.errors(include_url=False)]
+        raise RequestValidationError(errors) from None
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(json.dumps(data, separators=(",", ":")), status_code=status, media_type="application/json")
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    return JSONResponse(error_body(list(error.errors())), status_code=422)
+
+
+@api.exception_handler(Rejection)
+async def _rejection(request: Request, rejection: Rejection) -> JSONResponse:
+    return JSONResponse(rejection_body(rejection), status_code=rejection.status)
+
+
+@api.exception_handler(LogWriteError)
+async def _log_failed(request: Request, error: LogWriteError) -> JSONResponse:
+    return JSONResponse({"message": f"service unavailable: {error}", "detail": []}, status_code=503)
+
+
+@api.exception_handler(RayError)
+async def _learner_unavailable(request: Request, error: RayError) -> JSONResponse:
+    logger.warning("a call to another deployment failed", exc_info=error)
+    return JSONResponse({"message": f"service unavailable (retry): {type(error).__name__}", "detail": []},
+                        status_code=503)
+
+
+async def _joined(core: BanditCore, event_id: str, reward: float, reward_id: str | None) -> dict[str, Any]:
+    try:
+        return await core.record_reward(event_id, reward, reward_id)
+    except Rejection as rejection:
+        return {"rejection": rejection.to_dict()}
+
+
+def _single_threaded_math() -> None:
+    """Posterior updates are tiny (K d x d matrices): torch's thread pool only adds spinning and contention."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _raise_if_rejected(result: dict[str, Any]) -> dict[str, Any]:
+    if "rejection" in result:
+        raise Rejection.from_dict(result["rejection"])
+    return result
+
+
+LOGGING = {"enable_access_log": False, "log_level": "WARNING"}
+
+
+@serve.deployment(name="Recommender", max_ongoing_requests=2048, health_check_period_s=5.0,
+                  graceful_shutdown_timeout_s=10.0)
+@serve.ingress(api)
+class Recommender:
+    """The HTTP API. Owns the BanditCore (in-process learning) or serves copies of the Learner's versions."""
+
+    async def __init__(self, config: dict[str, Any], learner=None):
+        _single_threaded_math()
+        self.config = ServeConfig.from_dict(config)
+        self.validator = RequestValidator(self.config)
+        try:
+            self.replica = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # noqa: BLE001 - outside Serve (local testing)
+            self.replica = f"pid{os.getpid()}"
+        self._rank_batch.set_max_batch_size(self.config.max_batch_size)
+        self._rank_batch.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
+        self._forward.set_max_batch_size(4 * self.config.max_batch_size)
+        self._forward.set_batch_wait_timeout_s(self.config.sync_wait_s)
+        self.learner = learner
+        self.core: BanditCore | None = None
+        self._poller: asyncio.Task | None = None
+        if learner is None:
+            self.core = BanditCore(self.config, name=self.replica)
+            self.core.start()
+            self.policy = self.core.policy
+        else:
+            published = await learner.published.remote()
+            seed = int(self.config.model_config.get("seed", 0)) + (hash(self.replica) % 100_000)
+            self.policy = ServingPolicy(self.config.policy_fields(), published["state"], seed=seed)
+            self.served = published["version"]
+            self._learner_seen = time.monotonic()
+            self._poller = asyncio.get_running_loop().create_task(self._poll_versions())
+
+    # ----------------------------------------------------------------------------------------------
+
+    @property
+    def version(self) -> dict[str, Any]:
+        return self.core.version if self.core is not None else self.served
+
+    async def _poll_versions(self) -> None:
+        """Learner mode: swap in every version the learner publishes (long poll, no restart)."""
+        while True:
+            try:
+                update = await self.learner.wait_for_version.remote(self.served["policy_version"], 5.0)
+                self._learner_seen = time.monotonic()
+                if update is not None:
+                    self.policy.set_state(update["state"])
+                    self.served = update["version"]
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the learner restarts: keep serving the last version
+                logger.warning("polling the learner failed; retrying", exc_info=True)
+                await asyncio.sleep(0.5)
+
+    def check_health(self) -> None:
+        if self.core is not None and not self.core.healthy():
+            raise RuntimeError(f"the event log failed: {self.core.log.failure}")
+        if self.core is None and time.monotonic() - self._learner_seen > 60:
+            raise RuntimeError("the learner has not answered for 60 s")
+
+    async def __del__(self):
+        if self._poller is not None:
+            self._poller.cancel()
+        if self.core is not None:
+            await self.core.close()
+
+    # ----------------------------------------------------------------------------------------------
+    # Ranking
+    # ----------------------------------------------------------------------------------------------
+
+    def _row(self, job: RankJob, decision: Decision, version: dict[str, Any], event_id: str) -> dict[str, Any]:
+        ids = job.candidate_ids
+        ranking = [ids[index] for index in decision.order[: job.top_k]]
+        return {
+            "kind": "decision",
+            "event_id": event_id,
+            "policy_version": version["policy_version"],
+            "watermark": version["watermark"],
+            "replica": self.replica,
+            "exploration": self.policy.exploration,
+            "user_id": job.user_id,
+            "context": job.score.context.tolist(),
+            "candidates": ids if job.explicit_candidates else None,
+            "excluded": job.excluded,
+            "action": ids[decision.chosen],
+            "model": decision.model,
+            "chosen_features": None if job.score.arm_features is None else job.score.arm_features[decision.chosen].tolist(),
+            "ranking": ranking,
+            "scores": decision.scores.tolist(),
+            "propensity": None if decision.probabilities is None else float(decision.probabilities[decision.chosen]),
+        }
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002, max_concurrent_batches=4)
+    async def _rank_batch(self, jobs: list[RankJob]) -> list[dict[str, Any]]:
+        if self.core is not None:
+            self.core.learn()
+        policy, version = self.policy, self.version
+        decisions = policy.decide([job.score for job in jobs])
+        rows = [self._row(job, decision, version, job.event_id or uuid.uuid4().hex)
+                for job, decision in zip(jobs, decisions, strict=True)]
+        if self.core is not None:
+            results = await self.core.log_decisions(rows)
+        else:
+            results = await asyncio.gather(*(self._forward(("decision", row)) for row in rows))
+        answers = []
+        for job, decision, row, result in zip(jobs, decisions, rows, results, strict=True):
+            if "rejection" in result:
+                answers.append(result)
+                continue
+            order = decision.order[: job.top_k]
+            probabilities = decision.probabilities
+            answers.append({
+                "event_id": row["event_id"],
+                "action": row["action"],
+                "ranking": [{"id": job.candidate_ids[index], "score": float(decision.scores[index]),
+                             "probability": None if probabilities is None else float(probabilities[index])}
+                            for index in order],
+                "policy_version": row["policy_version"],
+                "policy_watermark": row["watermark"],
+                "exploration": row["exploration"],
+            })
+        return answers
+
+    @api.post("/v1/rank", response_model=RankResponse, responses=ERRORS, openapi_extra=_body(RankRequest))
+    async def rank(self, http: Request) -> Response:
+        """Choose an action among the candidates and rank them; the decision is logged before the answer."""
+        job = self.validator.rank_job(await _parse(http, RankRequest))
+        return _json(_raise_if_rejected(await self._rank_batch(job)))
+
+    # ----------------------------------------------------------------------------------------------
+    # Rewards
+    # ----------------------------------------------------------------------------------------------
+
+    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.005, max_concurrent_batches=4)
+    async def _forward(self, items: list[tuple[str, Any]]) -> list[dict[str, Any]]:
+        """Learner mode: the decisions and rewards of the last few milliseconds, in one call to the learner."""
+        return await self.learner.sync.remote(items)
+
+    @api.post("/v1/reward", response_model=RewardResponse, responses=ERRORS, openapi_extra=_body(RewardRequest))
+    async def reward(self, http: Request) -> Response:
+        """Join a reward with its decision (404 unknown event, 409 expired or already rewarded)."""
+        request = await _parse(http, RewardRequest)
+        if self.core is not None:
+            result = await self.core.record_reward(request.event_id, request.reward, request.reward_id)
+        else:
+            result = _raise_if_rejected(await self._forward(("reward", (request.event_id, request.reward,
+                                                                    request.reward_id))))
+        return _json(result)
+
+    @api.post("/v1/rewards", response_model=RewardBatchResponse, responses={422: {"model": ErrorResponse}},
+              openapi_extra=_body(RewardBatchRequest))
+    async def rewards(self, http: Request) -> Response:
+        """Several rewards in one request (an event collector's batch): each is joined as by /v1/reward, in order;
+        each item has its own outcome (a refused item does not refuse the others)."""
+        batch = await _parse(http, RewardBatchRequest)
+        items = [(item.event_id, item.reward, item.reward_id) for item in batch.rewards]
+        if self.core is not None:
+            # Tasks start in order and each joins before its first await: a second reward for an event sees the
+            # first; the log writes them all in one group commit.
+            results = list(await asyncio.gather(*(_joined(self.core, *item) for item in items)))
+        else:
+            results = list(await asyncio.gather(*(self._forward(("reward", item)) for item in items)))
+        answer, rejected = [], 0
+        for (event_id, _, _), result in zip(items, results, strict=True):
+            if "rejection" in result:
+                rejected += 1
+                error = {key: result["rejection"][key] for key in ("status", "code", "message")}
+                answer.append({"event_id": event_id, "status": "rejected", "error": error})
+            else:
+                answer.append(result)
+        return _json({"results": answer, "accepted": len(items) - rejected, "rejected": rejected})
+
+    # ----------------------------------------------------------------------------------------------
+    # Policy versions and health
+    # ----------------------------------------------------------------------------------------------
+
+    async def _call(self, method: str, *args):
+        if self.core is not None:
+            result = getattr(self.core, method)(*args)
+            return await result if asyncio.iscoroutine(result) else result
+        return _raise_if_rejected(await self.learner.call.remote(method, *args))
+
+    @api.get("/v1/policy")
+    async def policy_info(self) -> Response:
+        """The current version, its statistics, the service's settings and counters."""
+        info = await self._call("info")
+        info.update({
+            "learning": self.config.learning,
+            "served_by_this_replica": self.version["policy_version"],
+            "replica": self.replica,
+            "exploration": self.policy.exploration,
+            "policy": self.config.policy_fields(),
+            "join_window_s": self.config.join_window_s,
+            "default_reward": self.config.default_reward,
+            "reward_rule": self.config.reward_rule,
+        })
+        return _json(info)
+
+    @api.get("/v1/policy/versions")
+    async def versions(self, limit: int = Query(50, ge=1, le=10_000)) -> Response:
+        """The newest versions first (``snapshot``: whether its statistics are on disk)."""
+        return _json({"policy_version": self.version["policy_version"],
+                      "versions": await self._call("list_versions", limit)})
+
+    @api.get("/v1/policy/versions/{version}")
+    async def version_info(self, version: int) -> Response:
+        return _json(await self._call("version_info", version))
+
+    @api.get("/v1/policy/versions/{version}/state")
+    async def version_state(self, version: int) -> Response:
+        """The sufficient statistics of a version (nested lists), e.g. to rebuild a frozen copy of it."""
+        if self.core is not None:
+            state = await self.core.version_state(version)
+        else:
+            state = _raise_if_rejected(await self.learner.call.remote("version_state", version))
+        return _json({"version": version, "state": {key: value.tolist() for key, value in state.items()}})
+
+    @api.post("/v1/policy/rollback", responses=ERRORS, openapi_extra=_body(RollbackRequest))
+    async def rollback(self, http: Request) -> Response:
+        """Serve the statistics of an older version again (as a new version; learning continues from it)."""
+        request = await _parse(http, RollbackRequest)
+        row = await self._call("rollback", request.version)
+        return _json({"policy_version": row["policy_version"], "rolled_back_to": request.version, "version": row})
+
+    @api.get("/healthz")
+    async def healthz(self) -> Response:
+        """200 when this replica serves a policy and can log; 503 otherwise."""
+        try:
+            self.check_health()
+        except RuntimeError as error:
+            return _json({"status": "unavailable", "reason": str(error)}, status=503)
+        return _json({"status": "ready", "replica": self.replica, "learning": self.config.learning,
+                      "policy_version": self.version["policy_version"]})
+
+    @api.get("/", include_in_schema=False)
+    async def root(self) -> Response:
+        return _json({"service": "recbandits", "docs": "/docs", "openapi": "/openapi.json"})
+
+
+@serve.deployment(name="Learner", num_replicas=1, max_ongoing_requests=100_000, health_check_period_s=5.0,
+                  graceful_shutdown_timeout_s=10.0)
+class Learner:
+    """``learning=learner``: the BanditCore; learns from the joined events and publishes versions."""
+
+    async def __init__(self, config: dict[str, Any]):
+        _single_threaded_math()
+        self.core = BanditCore(ServeConfig.from_dict(config), name="learner")
+        self.core.start()
+
+    async def sync(self, items: list[tuple[str, Any]]) -> list[dict[str, Any]]:
+        """Decisions (logged first) and rewards (joined) from a replica; one result per item, in order."""
+        results: list[dict[str, Any]] = [{} for _ in items]
+        decisions = [index for index, (kind, _) in enumerate(items) if kind == "decision"]
+        if decisions:
+            logged = await self.core.log_decisions([items[index][1] for index in decisions])
+            for index, result in zip(decisions, logged, strict=True):
+                results[index] = result
+
+        rewards = [index for index, (kind, _) in enumerate(items) if kind == "reward"]
+        joined = await asyncio.gather(*(_joined(self.core, *items[index][1]) for index in rewards))
+        for index, result in zip(rewards, joined, strict=True):
+            results[index] = result
+        return results
+
+    async def wait_for_version(self, known: int, timeout_s: float) -> dict[str, Any] | None:
+        return await self.core.wait_for_version(known, timeout_s)
+
+    def published(self) -> dict[str, Any]:
+        return self.core.published()
+
+    async def call(self, method: str, *args) -> Any:
+        """info, list_versions, version_info, version_state, rollback (Rejections travel as dicts)."""
+        if method not in ("info", "list_versions", "version_info", "version_state", "rollback"):
+            raise ValueError(f"unknown method {method}")
+        try:
+            result = getattr(self.core, method)(*args)
+            return await result if asyncio.iscoroutine(result) else result
+        except Rejection as rejection:
+            return {"rejection": rejection.to_dict()}
+
+    def check_health(self) -> None:
+        if not self.core.healthy():
+            raise RuntimeError(f"the event log failed: {self.core.log.failure}")
+
+    async def __del__(self):
+        await self.core.close()
+
+
+def config_from_args(args: dict[str, Any]) -> tuple[ServeConfig, set[str]]:
+    """A ServeConfig from application-builder args (``serve run ... key=value`` strings, or a RayService's YAML)."""
+    from dataclasses import fields
+
+    from recbandits.serve.config import MODEL_KEYS, POLICY_FIELDS
+
+    text_fields = {"state_dir", "host", "checkpoint", "shape", "learning", "reward_rule", "user_table", "exploration"}
+    known = {item.name for item in fields(ServeConfig)} | set(MODEL_KEYS)
+    data: dict[str, Any] = {}
+    for key, value in args.items():
+        if key not in known:
+            raise ValueError(f"unknown service setting {key!r} (settings: {', '.join(sorted(known))})")
+        if isinstance(value, str) and key not in text_fields:
+            if key == "arm_ids" and not value.lstrip().startswith("["):
+                value = value.split(",")
+            else:
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError:
+                    raise ValueError(f"{key}={value!r} is not a valid value") from None
+        data[key] = value
+    model = {key: data.pop(key) for key in MODEL_KEYS if key in data}  # exploration=..., alpha=... at top level
+    if model:
+        data["model_config"] = {**data.get("model_config", {}), **model}
+    if data.get("arm_ids") and "num_arms" not in data:
+        data["num_arms"] = len(data["arm_ids"])
+    return ServeConfig.from_dict(data), {name for name in POLICY_FIELDS if name in data}
+
+
+def build_app(args: ServeConfig | dict[str, Any] | None = None):
+    """The Serve application (an application builder).
+
+    ``build_app(ServeConfig(...))`` from Python (``recbandits serve`` does this), or with Serve's builder
+    arguments: ``serve run recbandits.serve.app:build_app checkpoint=DIR state_dir=DIR`` or a RayService's
+    ``args``. The state dir is prepared here (first start: service.json and the initial policy).
+    """
+    from recbandits.serve.core import prepare_state_dir
+
+    if isinstance(args, ServeConfig):
+        config = prepare_state_dir(args)
+    else:
+        config, explicit = config_from_args(dict(args or {}))
+        config = prepare_state_dir(config, explicit)
+    data = config.to_dict()
+    actor_options = {"num_cpus": config.replica_num_cpus}
+    ingress = Recommender.options(num_replicas=config.num_replicas, ray_actor_options=actor_options,
+                                  logging_config=LOGGING)
+    if config.learning == "learner":
+        return ingress.bind(data, Learner.options(ray_actor_options=actor_options, logging_config=LOGGING).bind(data))
+    return ingress.bind(data)

@@ -1,0 +1,152 @@
+"""``recbandits serve`` and ``recbandits loadtest``: typer commands (registered in recbandits/cli.py).
+
+    from recbandits.serve.cli import loadtest_command, serve_command
+    app.command("serve")(serve_command)
+    app.command("loadtest")(loadtest_command)
+
+``python -m recbandits.serve`` runs ``serve_command`` on its own, ``python -m recbandits.serve.loadtest``
+``loadtest_command``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from recbandits.serve.config import POLICY_FIELDS, ServeConfig
+
+
+def _fail(message: str) -> typer.Exit:
+    from rich.console import Console
+    from rich.text import Text
+
+    Console(stderr=True).print(Text(message, style="red"), soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+def build_config(options: dict[str, Any], config_file: Path | None = None) -> tuple[ServeConfig, set[str]]:
+    """A ServeConfig from a JSON file (optional) and CLI options (None: not given); also the policy fields given."""
+    data: dict[str, Any] = json.loads(config_file.read_text()) if config_file else {}
+    model_config = dict(data.pop("model_config", {}) or {})
+    for key in ("exploration", "alpha", "lambda_", "epsilon", "seed"):
+        value = options.pop(key, None)
+        if value is not None:
+            model_config[key] = value
+    if model_config:
+        data["model_config"] = model_config
+    for key, value in options.items():
+        if value is not None:
+            data[key] = value
+    if data.get("arm_ids") and "num_arms" not in data:
+        data["num_arms"] = len(data["arm_ids"])
+    explicit = {name for name in POLICY_FIELDS if name in data}
+    return ServeConfig.from_dict(data), explicit
+
+
+def serve_command(
+    state_dir: Annotated[Path, typer.Option(help="Event log, policy snapshots, service.json (restart: same dir).")] = Path(
+        "runs/serve"),
+    port: Annotated[int, typer.Option(help="HTTP port of Ray Serve's proxy (every replica behind it).")] = 8000,
+    host: Annotated[str, typer.Option(help="HTTP host.")] = "127.0.0.1",
+    replica_port: Annotated[int | None, typer.Option(
+        help="Fast path: first port of the replicas' own HTTP servers (default --port + 1).")] = None,
+    fast_path: Annotated[bool, typer.Option(
+        help="Ray Serve's throughput-optimized mode (replicas serve HTTP directly, gRPC handles).")] = True,
+    metrics_port: Annotated[int | None, typer.Option(help="Prometheus port of Ray's metrics (local Ray).")] = None,
+    checkpoint: Annotated[str | None, typer.Option(
+        help="Start from `recbandits simulate --out DIR` (DIR or DIR/checkpoint) or an RLModule checkpoint.")] = None,
+    shape: Annotated[str | None, typer.Option(help="Cold start: disjoint | shared.")] = None,
+    context_dim: Annotated[int | None, typer.Option(help="Cold start: context (user / global) dimension.")] = None,
+    num_arms: Annotated[int | None, typer.Option(help="Cold start, disjoint: number of arms.")] = None,
+    arm_dim: Annotated[int | None, typer.Option(help="Cold start, shared: per-arm feature dimension.")] = None,
+    arm_ids: Annotated[str | None, typer.Option(help="Disjoint: comma-separated arm ids (default 0..K-1).")] = None,
+    interaction: Annotated[bool | None, typer.Option(help="Shared: add global x arm features.")] = None,
+    exploration: Annotated[str | None, typer.Option(help="ucb | thompson | eps_greedy | greedy | random")] = None,
+    alpha: Annotated[float | None, typer.Option(help="UCB width.")] = None,
+    lambda_: Annotated[float | None, typer.Option("--lambda", help="Ridge regularization (cold start).")] = None,
+    epsilon: Annotated[float | None, typer.Option(help="eps_greedy exploration rate.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of tie-breaking and sampling.")] = None,
+    user_table: Annotated[str | None, typer.Option(help=".npz (ids, features) or .csv user table for user_id.")] = None,
+    learning: Annotated[str | None, typer.Option(help="in_process | learner")] = None,
+    num_replicas: Annotated[int | None, typer.Option(help="Ingress replicas (learner mode).")] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help="serve.batch size for scoring.")] = None,
+    batch_wait_ms: Annotated[float | None, typer.Option(help="serve.batch wait, milliseconds.")] = None,
+    sync_wait_ms: Annotated[float | None, typer.Option(
+        help="Learner mode: a replica sends its decisions and rewards to the learner every this many ms.")] = None,
+    max_candidates: Annotated[int | None, typer.Option(help="Largest candidate list accepted.")] = None,
+    join_window: Annotated[float | None, typer.Option(help="Seconds a reward may follow its decision.")] = None,
+    default_reward: Annotated[float | None, typer.Option(help="Reward learned when none came in the window.")] = None,
+    drop_unrewarded: Annotated[bool, typer.Option(help="Drop events without reward instead of a default.")] = False,
+    reward_rule: Annotated[str | None, typer.Option(help="first | sum: several rewards for one event.")] = None,
+    update_interval: Annotated[float | None, typer.Option(help="Seconds between policy updates.")] = None,
+    snapshot_interval: Annotated[float | None, typer.Option(help="Seconds between policy snapshots.")] = None,
+    keep_snapshots: Annotated[int | None, typer.Option(help="Snapshots kept (besides rollbacks).")] = None,
+    fsync: Annotated[bool, typer.Option(help="fsync the event log before every acknowledgement.")] = True,
+    config: Annotated[Path | None, typer.Option(help="JSON file of settings (CLI options override it).")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: a local Ray).")] = None,
+) -> None:
+    """Serve a contextual bandit over HTTP (Ray Serve) with online learning and a durable event log."""
+    from recbandits.serve.runner import run_service
+
+    options: dict[str, Any] = dict(
+        state_dir=str(state_dir), port=port, host=host, replica_port=replica_port, fast_path=fast_path,
+        metrics_port=metrics_port, checkpoint=checkpoint, shape=shape, context_dim=context_dim, num_arms=num_arms,
+        arm_dim=arm_dim, arm_ids=arm_ids.split(",") if arm_ids else None, interaction=interaction,
+        exploration=exploration, alpha=alpha, lambda_=lambda_, epsilon=epsilon, seed=seed, user_table=user_table,
+        learning=learning, num_replicas=num_replicas, max_batch_size=max_batch_size,
+        batch_wait_timeout_s=None if batch_wait_ms is None else batch_wait_ms / 1000.0,
+        sync_wait_s=None if sync_wait_ms is None else sync_wait_ms / 1000.0,
+        max_candidates=max_candidates, join_window_s=join_window, reward_rule=reward_rule,
+        update_interval_s=update_interval, snapshot_interval_s=snapshot_interval, keep_snapshots=keep_snapshots,
+        fsync=fsync,
+    )  # fmt: skip
+    try:
+        service_config, explicit = build_config(options, config)
+        if drop_unrewarded:
+            service_config.default_reward = None
+        elif default_reward is not None:
+            service_config.default_reward = default_reward
+        service_config.validate()
+        run_service(service_config, address=address, explicit=explicit)
+    except (ValueError, ConnectionError, RuntimeError) as error:
+        raise _fail(str(error)) from None
+
+
+def loadtest_command(
+    url: Annotated[list[str], typer.Option(
+        help="Service URL (repeat for several replicas' fast-path URLs; requests are spread over them).")] = [  # noqa: B006
+        "http://127.0.0.1:8001"],
+    rate: Annotated[float, typer.Option(help="Rank requests per second offered (0: closed loop).")] = 450.0,
+    concurrency: Annotated[int, typer.Option(help="Closed loop: simulated users at once; open loop: max in flight.")] = 64,
+    requests: Annotated[int, typer.Option(help="Stop after this many rank requests.")] = 20_000,
+    duration: Annotated[float, typer.Option(help="Stop after this many seconds.")] = 40.0,
+    reward_delay: Annotated[str, typer.Option(help="Reward delay range in seconds, MIN,MAX (uniform).")] = "0.05,0.5",
+    data_dir: Annotated[str | None, typer.Option(help="MovieLens directory of the simulated users.")] = None,
+    rank: Annotated[int | None, typer.Option(help="Env factorization rank (default: the service's context_dim).")] = None,
+    reward_noise: Annotated[float, typer.Option(help="Std of Gaussian noise on the env's rating reward.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated users.")] = 0,
+    warmup: Annotated[float, typer.Option(help="Seconds excluded from the throughput/latency figures.")] = 2.0,
+    top_k: Annotated[int, typer.Option(help="Ranking length asked for (0: the whole ranking).")] = 5,
+    reward_batch_ms: Annotated[float, typer.Option(
+        help="0: one /v1/reward call per reward; > 0: rewards due are posted to /v1/rewards every this many ms.")] = 0.0,
+    out: Annotated[Path | None, typer.Option(help="Write the report (JSON) here.")] = None,
+) -> None:
+    """Load-test a running service with simulated MovieLens users; report throughput, latency, regret."""
+    from recbandits.serve.loadtest import LoadTestSpec, format_report, run_loadtest
+
+    try:
+        low, high = (float(part) for part in reward_delay.split(","))
+        spec = LoadTestSpec(urls=list(url), rate=rate, concurrency=concurrency, max_requests=requests,
+                            duration_s=duration, reward_delay=(low, high), data_dir=data_dir, rank=rank,
+                            reward_noise=reward_noise, seed=seed, warmup_s=warmup, top_k=top_k or None,
+                            reward_batch_s=reward_batch_ms / 1000.0)
+        report = run_loadtest(spec)
+    except (ValueError, OSError) as error:
+        raise _fail(str(error)) from None
+    print(format_report(report))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))

@@ -1,0 +1,676 @@
+"""The authority of a service: event log, reward joins, online learning, policy versions, restart.
+
+One ``BanditCore`` owns a state directory (it holds ``<state_dir>/lock`` while alive). It lives in the serving
+replica with ``learning=in_process`` and in the learner deployment with ``learning=learner``.
+
+Every event is a row of the log (``eventlog.py``) with a sequence number ``seq``:
+
+* ``decision``: an event opens; its reward may arrive until ``ts + join_window_s``.
+* ``reward``: a reward joined to an open event. Rule ``first``: the first reward closes the event and later ones
+  get 409. Rule ``sum``: rewards add up until the window ends. Each accepted reward is a *learning record*.
+* ``expire``: the window ended. Outcome ``default`` (no reward came: ``default_reward`` is learned, a learning
+  record), ``dropped`` (no reward, ``default_reward`` None: nothing learned) or ``rewarded`` (rule ``sum``).
+* ``version``: a new policy version: ``update`` (learning records absorbed up to ``watermark``), ``rollback``
+  (the statistics of an older version, ``source``), ``restore`` (after a restart), ``initial``.
+
+Learning records are absorbed in ``seq`` order and only once durable, so a version's statistics are exactly
+those of its nearest snapshotted ancestor plus the learning records in ``(ancestor.watermark,
+version.watermark]``. A restart loads the newest snapshot whose version row is in the log and replays the
+learning records after its watermark; the open events (decided, not yet closed) are restored with their
+deadlines. Nothing acknowledged is lost (it was fsynced before the 2xx) and nothing is counted twice (a record
+is either at or below a snapshot's watermark, hence in it, or above, hence replayed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import heapq
+import json
+import logging
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recbandits.serve.config import POLICY_FIELDS, SERVICE_FILE, ServeConfig
+from recbandits.serve.eventlog import LOG_FILE, EventLog, repair_log, scan_log
+from recbandits.serve.policy import LearningRecord, ServingPolicy, initial_policy
+from recbandits.serve.store import SnapshotStore, read_npz, write_json_atomic, write_npz_atomic
+
+logger = logging.getLogger("recbandits.serve")
+
+MAX_VERSIONS_IN_MEMORY = 20_000  # older versions are in the log (not listed, not rolled back to)
+
+
+class Rejection(Exception):
+    """A request the service refuses, with its HTTP status and the field at fault."""
+
+    def __init__(self, status: int, field: str, message: str, code: str = "rejected"):
+        super().__init__(message)
+        self.status, self.field, self.message, self.code = status, field, message, code
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "field": self.field, "message": self.message, "code": self.code}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Rejection:
+        return cls(data["status"], data["field"], data["message"], data["code"])
+
+
+# --------------------------------------------------------------------------------------------------
+# State directory preparation (first start writes service.json and the initial policy)
+# --------------------------------------------------------------------------------------------------
+
+
+def read_service_file(state_dir: Path) -> dict[str, Any] | None:
+    path = Path(state_dir) / SERVICE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def prepare_state_dir(config: ServeConfig, explicit: set[str] | None = None) -> ServeConfig:
+    """Create the state dir on a first start (service.json, the initial policy); return the config to run.
+
+    On a restart the policy fields come from service.json (``explicit`` ones must agree, see
+    ``config.reconcile_with_state``) and the checkpoint is not read again.
+    """
+    from recbandits.serve.config import reconcile_with_state
+
+    state_dir = config.state_path.resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    if config.state_dir != str(state_dir):  # replicas may run in another working directory
+        config = ServeConfig.from_dict({**config.to_dict(), "state_dir": str(state_dir)})
+    service = read_service_file(state_dir)
+    if service is not None:
+        return reconcile_with_state(config, service["policy"], explicit if explicit is not None else set(POLICY_FIELDS))
+    fields, state, origin = initial_policy(config)
+    store = SnapshotStore(state_dir)
+    write_npz_atomic(store.initial_path, state, {"origin": origin})
+    data = config.to_dict()
+    data.update(fields)
+    resolved = ServeConfig.from_dict(data)
+    write_json_atomic(state_dir / SERVICE_FILE, {"policy": resolved.policy_fields(), "origin": origin,
+                                                 "created_at": time.time()})
+    return resolved
+
+
+class StateLock:
+    """An exclusive flock on ``<state_dir>/lock``: one live service per state dir (released when the process dies)."""
+
+    def __init__(self, path: Path, timeout_s: float = 60.0):
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(self._fd)
+                    raise RuntimeError(f"another service holds {path} (is one still running on this state dir?)") from None
+                time.sleep(0.2)
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, f"{os.getpid()}\n".encode())
+
+    def release(self) -> None:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+        except OSError:
+            pass
+
+
+# --------------------------------------------------------------------------------------------------
+# Events
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class OpenEvent:
+    ts: float
+    deadline: float
+    model: int
+    features: np.ndarray = field(repr=False)
+    total: float = 0.0
+    count: int = 0
+    reward_ids: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ClosedEvent:
+    reason: str  # "rewarded" (rule first) or "expired"
+    outcome: str | None  # expire outcome: default, dropped, rewarded
+    total: float | None
+    closed_at: float
+    reward_ids: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class Replay:
+    """What a scan of the log rebuilds."""
+
+    records: list[LearningRecord] = field(default_factory=list)
+    open: dict[str, OpenEvent] = field(default_factory=dict)
+    closed: OrderedDict[str, ClosedEvent] = field(default_factory=OrderedDict)
+    versions: list[dict[str, Any]] = field(default_factory=list)
+    last_seq: int = 0
+    rows: int = 0
+
+
+def index_log(path: Path) -> tuple[list[dict[str, Any]], int, int]:
+    """(version rows, last seq, number of rows) of a log, after cutting off a torn last line."""
+    repair_log(path)
+    marker = b'"kind":"version"'
+    versions, last, count = [], b"", 0
+    if not path.exists():
+        return versions, 0, 0
+    with open(path, "rb") as handle:
+        for line in handle:
+            if len(line) > 1:
+                count += 1
+                last = line
+                if marker in line:
+                    versions.append(json.loads(line))
+    return versions, (json.loads(last)["seq"] if last else 0), count
+
+
+# --------------------------------------------------------------------------------------------------
+# The core
+# --------------------------------------------------------------------------------------------------
+
+
+class BanditCore:
+    """Event log + joins + learning + versions of one state dir (see the module docstring)."""
+
+    def __init__(self, config: ServeConfig, name: str = "core"):
+        self.config = config
+        self.name = name
+        self.state_dir = config.state_path
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = StateLock(self.state_dir / "lock")
+        service = read_service_file(self.state_dir)
+        if service is None:
+            config = prepare_state_dir(config)
+            service = read_service_file(self.state_dir)
+        self.fields: dict[str, Any] = service["policy"]
+        self.origin = service.get("origin")
+        self.window = float(config.join_window_s)
+        self.snapshots = SnapshotStore(self.state_dir, config.keep_snapshots)
+        self.open: dict[str, OpenEvent] = {}
+        self._deadlines: list[tuple[float, str]] = []
+        self.closed: OrderedDict[str, ClosedEvent] = OrderedDict()
+        self._reserved: set[str] = set()
+        self.queue: list[LearningRecord] = []
+        self.versions: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self.protected: set[int] = set()  # snapshots never pruned: rollbacks (their lineage starts there)
+        self.counters = {"decisions": 0, "rewards": 0, "expired_default": 0, "expired_dropped": 0,
+                         "expired_rewarded": 0, "learning_records": 0}
+        self._last_learn = 0.0
+        self._learning_paused = False
+        self._version_changed: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._snapshot_running = False
+        self.started_at = time.time()
+        self.restore_info: dict[str, Any] = {}
+        self._open_state()
+
+    # ----------------------------------------------------------------------------------------------
+    # Opening: first start or restart
+    # ----------------------------------------------------------------------------------------------
+
+    def _open_state(self) -> None:
+        log_path = self.state_dir / LOG_FILE
+        started = time.perf_counter()
+        replay = self._scan(log_path, after=None)
+        logged = {row["policy_version"]: row for row in replay.versions}
+        for row in replay.versions[-MAX_VERSIONS_IN_MEMORY:]:
+            self.versions[row["policy_version"]] = row
+            if row.get("version_kind") in ("rollback", "initial"):
+                self.protected.add(row["policy_version"])
+        self.log = EventLog(log_path, next_seq=replay.last_seq + 1, fsync=self.config.fsync)
+        if not logged:
+            # First start (or a crash before the first version row was durable).
+            state, _ = read_npz(self.snapshots.initial_path)
+            self.policy = ServingPolicy(self.fields, state)
+            self._install_version({"kind": "initial", "parent": None, "watermark": 0, "learned": 0,
+                                   "origin": self.origin}, write=True)
+            self.snapshots.save(self.version_id, self.policy.get_state(), self.version)
+            self.restore_info = {"restored": False}
+            return
+
+        # Restart: the newest snapshot whose version row is durable, then the learning records after it.
+        usable = [version for version in self.snapshots.versions() if version in logged]
+        if usable:
+            base = max(usable)
+            state, _ = self.snapshots.load(base)
+            watermark = int(logged[base]["watermark"])
+        else:
+            base, watermark = None, 0
+            state, _ = read_npz(self.snapshots.initial_path)
+        tail = self._scan(log_path, after=watermark, policy_state=state)
+        self.policy = ServingPolicy(self.fields, state)
+        self.policy.absorb(tail.records)
+        self.open = tail.open
+        self._deadlines = [(event.deadline, event_id) for event_id, event in self.open.items()]
+        heapq.heapify(self._deadlines)
+        self.closed = tail.closed
+        self._trim_closed()
+        new_watermark = tail.records[-1].seq if tail.records else watermark
+        self._install_version({"kind": "restore", "parent": max(logged), "watermark": new_watermark,
+                               "learned": len(tail.records), "base": base}, write=True)
+        self.snapshots.save(self.version_id, self.policy.get_state(), self.version)
+        self.restore_info = {
+            "restored": True, "snapshot_version": base, "snapshot_watermark": watermark,
+            "replayed_records": len(tail.records), "log_rows": tail.rows, "open_events": len(self.open),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        logger.info("restored %s", self.restore_info)
+
+    def _scan(self, path: Path, after: int | None, until: int | None = None,
+              policy_state: dict[str, np.ndarray] | None = None) -> Replay:
+        """Rebuild open/closed events and the learning records with ``after < seq <= until`` from the log.
+
+        ``after=None``: only version rows are collected (and the last seq).
+        """
+        replay = Replay()
+        if after is None:
+            replay.versions, replay.last_seq, replay.rows = index_log(path)
+            return replay
+        helper = ServingPolicy(self.fields, policy_state)
+        window = self.window
+        for row in scan_log(path, repair=True):
+            seq = row["seq"]
+            if until is not None and seq > until:
+                break
+            replay.last_seq = seq
+            replay.rows += 1
+            kind = row["kind"]
+            if kind == "decision":
+                chosen = row.get("chosen_features")
+                features = helper.learning_features(
+                    np.asarray(row["context"], dtype=np.float64),
+                    None if chosen is None else np.asarray(chosen, dtype=np.float64),
+                )
+                replay.open[row["event_id"]] = OpenEvent(row["ts"], row["ts"] + window, int(row["model"]), features)
+            elif kind == "reward":
+                event = replay.open.get(row["event_id"])
+                if event is None:
+                    continue  # its decision precedes a truncated history: nothing to learn
+                if seq > after:
+                    replay.records.append(LearningRecord(seq, event.model, event.features, float(row["reward"]),
+                                                         full=bool(row["first"]), previous=float(row["previous_total"])))
+                event.total, event.count = float(row["total"]), int(row["reward_count"])
+                result = _reward_result(row)
+                if row.get("reward_id") is not None:
+                    event.reward_ids[row["reward_id"]] = result
+                if row.get("closes"):
+                    del replay.open[row["event_id"]]
+                    replay.closed[row["event_id"]] = ClosedEvent("rewarded", None, event.total, row["ts"],
+                                                                 event.reward_ids)
+            elif kind == "expire":
+                event = replay.open.pop(row["event_id"], None)
+                if event is None:
+                    continue
+                if row["outcome"] == "default" and seq > after:
+                    replay.records.append(LearningRecord(seq, event.model, event.features, float(row["reward"])))
+                replay.closed[row["event_id"]] = ClosedEvent("expired", row["outcome"], row.get("total"), row["ts"],
+                                                             event.reward_ids)
+            elif kind == "version":
+                replay.versions.append(row)
+        return replay
+
+    # ----------------------------------------------------------------------------------------------
+    # Versions
+    # ----------------------------------------------------------------------------------------------
+
+    @property
+    def version_id(self) -> int:
+        return int(self.version["policy_version"])
+
+    @property
+    def watermark(self) -> int:
+        return int(self.version["watermark"])
+
+    def _install_version(self, meta: dict[str, Any], write: bool = False) -> dict[str, Any]:
+        """Make ``meta`` (kind, parent, watermark, ...) the current version and log its row."""
+        number = (max(self.versions) if self.versions else 0) + 1
+        row = {"kind": "version", "policy_version": number, "version_kind": meta.pop("kind"), **meta,
+               "observations": self.policy.observations, "created_at": time.time()}
+        row["kind"] = "version"
+        if write:
+            self.log.write_now([row])
+        else:
+            self.log.submit([row])
+        self.version = row
+        self.versions[number] = row
+        while len(self.versions) > MAX_VERSIONS_IN_MEMORY:
+            self.versions.popitem(last=False)
+        if self._version_changed is not None:
+            self._version_changed.set()
+            self._version_changed = asyncio.Event()
+        return row
+
+    def learn(self, force: bool = False) -> bool:
+        """Absorb the durable learning records into a new version (at most once per update interval)."""
+        if not self.queue or self._learning_paused:
+            return False
+        now = time.monotonic()
+        if not force and now - self._last_learn < self.config.effective_update_interval_s:
+            return False
+        records, self.queue = self.queue, []
+        self._last_learn = now
+        self.policy.absorb(records)
+        self.counters["learning_records"] += len(records)
+        self._install_version({"kind": "update", "parent": self.version_id, "watermark": records[-1].seq,
+                               "learned": len(records)})
+        return True
+
+    def version_info(self, version: int) -> dict[str, Any]:
+        if version not in self.versions:
+            raise Rejection(404, "version", f"policy version {version} is unknown (or too old to be listed)",
+                            "unknown_version")
+        meta = dict(self.versions[version])
+        meta["snapshot"] = self.snapshots.has(version)
+        return meta
+
+    def _state_of(self, version: int) -> dict[str, np.ndarray]:
+        """The statistics of a version: its snapshot, or its nearest snapshotted ancestor plus the log."""
+        meta = self.version_info(version)
+        if version == self.version_id:
+            return self.policy.get_state()
+        if meta["snapshot"]:
+            return self.snapshots.load(version)[0]
+        bases = [v for v in self.snapshots.versions() if v < version and v in self.versions]
+        later_rollbacks = [v for v, row in self.versions.items()
+                           if row.get("version_kind") == "rollback" and (not bases or v > max(bases)) and v <= version]
+        if later_rollbacks:
+            raise Rejection(409, "version", f"version {version} cannot be rebuilt (its rollback snapshot is gone)",
+                            "version_unavailable")
+        if bases:
+            base = max(bases)
+            state, watermark = self.snapshots.load(base)[0], int(self.versions[base]["watermark"])
+        else:
+            state, watermark = read_npz(self.snapshots.initial_path)[0], 0
+        replay = self._scan(self.state_dir / LOG_FILE, after=watermark, until=int(meta["watermark"]))
+        policy = ServingPolicy(self.fields, state)
+        policy.absorb([record for record in replay.records if record.seq <= int(meta["watermark"])])
+        return policy.get_state()
+
+    async def version_state(self, version: int) -> dict[str, np.ndarray]:
+        if version == self.version_id:
+            return self.policy.get_state()
+        return await asyncio.get_running_loop().run_in_executor(None, self._state_of, version)
+
+    async def rollback(self, version: int) -> dict[str, Any]:
+        """A new version with the statistics of ``version``; what was learned since is discarded."""
+        self.version_info(version)
+        if self._learning_paused:
+            raise Rejection(409, "version", "another rollback is in progress", "rollback_in_progress")
+        self.learn(force=True)
+        self._learning_paused = True
+        try:
+            watermark = self.watermark
+            state = await self.version_state(version)
+            number = max(self.versions) + 1
+            # The snapshot first: a durable rollback row always has its snapshot.
+            meta = {"policy_version": number, "version_kind": "rollback", "source": version, "watermark": watermark}
+            await asyncio.get_running_loop().run_in_executor(None, self.snapshots.save, number, state, meta)
+            self.protected.add(number)
+            self.policy.set_state(state)
+            row = self._install_version({"kind": "rollback", "parent": self.version_id, "source": version,
+                                         "watermark": watermark, "learned": 0})
+            assert row["policy_version"] == number
+            await self.log.drain()
+        finally:
+            self._learning_paused = False
+        return dict(row)
+
+    async def snapshot(self) -> int | None:
+        """Snapshot the current version (if not yet) and prune old snapshots."""
+        if self._snapshot_running or self.snapshots.has(self.version_id):
+            return None
+        self._snapshot_running = True
+        try:
+            await self.log.drain()  # the version row must be durable before its snapshot counts
+            version, state, meta = self.version_id, self.policy.get_state(), dict(self.version)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, self.snapshots.save, version, state, meta)
+            await loop.run_in_executor(None, self.snapshots.prune, self.protected | {version})
+            return version
+        finally:
+            self._snapshot_running = False
+
+    # ----------------------------------------------------------------------------------------------
+    # Decisions and rewards
+    # ----------------------------------------------------------------------------------------------
+
+    def _open_event(self, row: dict[str, Any]) -> None:
+        chosen = row.get("chosen_features")
+        features = self.policy.learning_features(
+            np.asarray(row["context"], dtype=np.float64), None if chosen is None else np.asarray(chosen, dtype=np.float64)
+        )
+        deadline = row["ts"] + self.window
+        self.open[row["event_id"]] = OpenEvent(row["ts"], deadline, int(row["model"]), features)
+        heapq.heappush(self._deadlines, (deadline, row["event_id"]))
+
+    async def log_decisions(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Log decisions durably; per row ``{"seq", "ts"}``, or ``{"rejection": ...}`` (event id in use)."""
+        results: list[dict[str, Any]] = [{} for _ in rows]
+        accepted = []
+        for index, row in enumerate(rows):
+            event_id = row["event_id"]
+            if event_id in self.open or event_id in self.closed or event_id in self._reserved:
+                rejection = Rejection(409, "event_id", f"event_id {event_id!r} is already in use", "duplicate_event_id")
+                results[index] = {"rejection": rejection.to_dict()}
+                continue
+            self._reserved.add(event_id)
+            accepted.append(index)
+        if not accepted:
+            return results
+        logged = [rows[index] for index in accepted]
+
+        def opened() -> None:
+            for row in logged:
+                self._open_event(row)
+            self.counters["decisions"] += len(logged)
+
+        try:
+            await self.log.append(logged, on_durable=opened)
+        finally:
+            for row in logged:
+                self._reserved.discard(row["event_id"])
+        for index in accepted:
+            results[index] = {"seq": rows[index]["seq"], "ts": rows[index]["ts"]}
+        return results
+
+    def _closed_rejection(self, event_id: str, closed: ClosedEvent) -> Rejection:
+        if closed.reason == "rewarded":
+            return Rejection(409, "event_id", f"event {event_id!r} already has its reward (reward_rule=first)",
+                             "duplicate_reward")
+        what = {"default": f"the default reward {self.config.default_reward} was applied",
+                "dropped": "it was dropped without reward", "rewarded": "its rewards were summed"}.get(closed.outcome, "")
+        return Rejection(409, "event_id", f"event {event_id!r} expired: its {self.window:g} s join window has "
+                         f"closed ({what})", "expired")
+
+    async def record_reward(self, event_id: str, reward: float, reward_id: str | None = None) -> dict[str, Any]:
+        """Join a reward with its decision (see the module docstring for the rules); raise a Rejection if refused."""
+        now = time.time()
+        event = self.open.get(event_id)
+        if event is not None and now > event.deadline:
+            self.expire_due(now)
+            event = None
+        if event is None:
+            closed = self.closed.get(event_id)
+            if closed is not None:
+                if reward_id is not None and reward_id in closed.reward_ids:
+                    return {**closed.reward_ids[reward_id], "status": "duplicate"}
+                raise self._closed_rejection(event_id, closed)
+            raise Rejection(404, "event_id", f"unknown event_id {event_id!r} (never decided, or forgotten)",
+                            "unknown_event")
+        if reward_id is not None and reward_id in event.reward_ids:
+            return {**event.reward_ids[reward_id], "status": "duplicate"}
+        first = event.count == 0
+        previous = event.total
+        event.total = previous + reward
+        event.count += 1
+        closes = self.config.reward_rule == "first"
+        row = {"kind": "reward", "event_id": event_id, "reward": reward, "total": event.total,
+               "previous_total": previous, "reward_count": event.count, "first": first, "closes": closes,
+               "reward_id": reward_id}
+        if closes:
+            del self.open[event_id]
+            self._close(event_id, ClosedEvent("rewarded", None, event.total, now, event.reward_ids))
+        record = LearningRecord(0, event.model, event.features, reward, full=first, previous=previous)
+
+        def durable() -> None:
+            record.seq = row["seq"]
+            self.queue.append(record)
+            self.counters["rewards"] += 1
+
+        result_holder = _reward_result(row)  # filled with seq below
+        if reward_id is not None:
+            event.reward_ids[reward_id] = result_holder
+        await self.log.append([row], on_durable=durable)
+        result_holder.update(_reward_result(row))
+        return dict(result_holder)
+
+    def _close(self, event_id: str, closed: ClosedEvent) -> None:
+        self.closed[event_id] = closed
+        self._trim_closed()
+
+    def _trim_closed(self) -> None:
+        while len(self.closed) > self.config.closed_retention:
+            self.closed.popitem(last=False)
+
+    def expire_due(self, now: float | None = None) -> int:
+        """Close the events whose window has ended (one ``expire`` row each); return how many."""
+        now = time.time() if now is None else now
+        rows, records = [], []
+        default = self.config.default_reward
+        while self._deadlines and self._deadlines[0][0] < now:
+            deadline, event_id = heapq.heappop(self._deadlines)
+            event = self.open.get(event_id)
+            if event is None or event.deadline != deadline:
+                continue
+            del self.open[event_id]
+            if event.count > 0:
+                outcome, reward = "rewarded", None
+            elif default is None:
+                outcome, reward = "dropped", None
+            else:
+                outcome, reward = "default", float(default)
+            row = {"kind": "expire", "event_id": event_id, "outcome": outcome, "reward": reward,
+                   "total": event.total if event.count else reward}
+            rows.append(row)
+            if outcome == "default":
+                records.append((row, LearningRecord(0, event.model, event.features, reward)))
+            self._close(event_id, ClosedEvent("expired", outcome, row["total"], now, event.reward_ids))
+            self.counters[f"expired_{outcome}"] += 1
+        if rows:
+            def durable() -> None:
+                for row, record in records:
+                    record.seq = row["seq"]
+                    self.queue.append(record)
+
+            self.log.submit(rows, on_durable=durable)
+        return len(rows)
+
+    # ----------------------------------------------------------------------------------------------
+    # Background work
+    # ----------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the sweeper, learning and snapshot loops on the running event loop (idempotent)."""
+        if self._tasks:
+            return
+        self._version_changed = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._sweep_loop()), loop.create_task(self._learn_loop()),
+                       loop.create_task(self._snapshot_loop())]
+
+    async def _sweep_loop(self) -> None:
+        interval = min(max(self.window / 20, 0.01), 0.25)
+        while True:
+            try:
+                self.expire_due()
+            except Exception:  # noqa: BLE001
+                logger.exception("expiring events failed")
+            await asyncio.sleep(interval)
+
+    async def _learn_loop(self) -> None:
+        interval = max(self.config.effective_update_interval_s, 0.02)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.learn()
+            except Exception:  # noqa: BLE001
+                logger.exception("learning failed")
+
+    async def _snapshot_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.snapshot_interval_s)
+            try:
+                await self.snapshot()
+            except Exception:  # noqa: BLE001
+                logger.exception("snapshot failed")
+
+    async def wait_for_version(self, known: int, timeout_s: float) -> dict[str, Any] | None:
+        """Long poll: the current version and its state as soon as it differs from ``known`` (None on timeout)."""
+        if self.version_id == known:
+            event = self._version_changed
+            try:
+                await asyncio.wait_for(event.wait(), timeout_s)
+            except TimeoutError:
+                return None
+        return self.published()
+
+    def published(self) -> dict[str, Any]:
+        return {"version": dict(self.version), "state": self.policy.get_state()}
+
+    def healthy(self) -> bool:
+        return self.log.failure is None
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "policy_version": self.version_id,
+            "watermark": self.watermark,
+            "version": dict(self.version),
+            "origin": self.origin,
+            "log_seq": self.log.last_seq,
+            "open_events": len(self.open),
+            "queued_records": len(self.queue),
+            "counters": dict(self.counters),
+            "restore": self.restore_info,
+            "statistics": self.policy.statistics(),
+            "log": {"rows_written": self.log.rows_written, "commits": self.log.commits, "path": str(self.log.path)},
+        }
+
+    def list_versions(self, limit: int = 50) -> list[dict[str, Any]]:
+        snapshots = set(self.snapshots.versions())
+        rows = list(self.versions.values())[-limit:][::-1]
+        return [{**row, "snapshot": row["policy_version"] in snapshots} for row in rows]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self._tasks = []
+        try:
+            self.learn(force=True)
+            await self.log.drain()
+            if self.log.failure is None:
+                version, state, meta = self.version_id, self.policy.get_state(), dict(self.version)
+                if not self.snapshots.has(version):
+                    self.snapshots.save(version, state, meta)
+        finally:
+            self.log.close()
+            self._lock.release()
+
+
+def _reward_result(row: dict[str, Any]) -> dict[str, Any]:
+    return {"event_id": row["event_id"], "status": "joined" if row["first"] else "added",
+            "reward_total": row["total"], "reward_count": row["reward_count"], "seq": row.get("seq")}

@@ -1,0 +1,386 @@
+"""``recbandits loadtest``: simulated MovieLens users against a running service, over HTTP.
+
+Each simulated arrival draws a user of the MovieLens matrix-factorization env (``MovieLensEnv``: the user's
+factor vector is the context, the movies are the arms), calls ``POST /v1/rank``, and after a random delay
+(uniform in ``reward_delay``) sends the env's reward of the chosen movie (its approximated rating, plus optional
+noise) to ``POST /v1/reward``. Arrivals are open-loop at ``rate`` per second (or closed-loop with
+``concurrency`` users when ``rate`` is 0), bounded by ``max_requests`` and ``duration_s``.
+
+Reported: rank and reward requests/s, latency percentiles, errors by status, the click-to-policy latency (from
+a reward's 2xx to the first rank answer whose ``policy_watermark`` reaches the reward's ``seq``: the first
+decision by a version that learned from it) and the cumulative regret of the served decisions against a frozen
+copy of the starting policy (fetched from ``/v1/policy/versions/{v}/state``) on the same users.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class LoadTestSpec:
+    urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:8001"])
+    rate: float = 450.0
+    concurrency: int = 64
+    max_requests: int = 20_000
+    duration_s: float = 40.0
+    reward_delay: tuple[float, float] = (0.05, 0.5)
+    data_dir: str | None = None
+    rank: int | None = None
+    reward_noise: float = 0.0
+    seed: int = 0
+    warmup_s: float = 2.0
+    timeout_s: float = 10.0
+    top_k: int | None = 5
+    reward_batch_s: float = 0.0  # > 0: rewards due are collected and posted to /v1/rewards every this many seconds
+
+    def __post_init__(self):
+        if not self.urls:
+            raise ValueError("give at least one --url")
+        self.urls = [url.rstrip("/") for url in self.urls]
+        if self.rate < 0 or self.concurrency < 1 or self.max_requests < 1 or self.duration_s <= 0:
+            raise ValueError("rate >= 0, concurrency >= 1, requests >= 1 and duration > 0 are required")
+        low, high = self.reward_delay
+        if not 0 <= low <= high:
+            raise ValueError(f"reward delay {self.reward_delay} must satisfy 0 <= MIN <= MAX")
+
+
+@dataclass
+class _Users:
+    contexts: np.ndarray  # [U, d] float32 (what the env observes)
+    expected: np.ndarray  # [U, K] expected reward of each movie
+    optimal: np.ndarray  # [U]
+    bodies: list[bytes]
+
+
+def _users(spec: LoadTestSpec, context_dim: int, num_arms: int) -> _Users:
+    """The env's users: contexts, expected reward of every movie, the oracle's, and each user's rank request."""
+    from recbandits.envs import MovieLensEnv
+
+    env = MovieLensEnv(data_dir=spec.data_dir, rank=spec.rank or context_dim, num_movies=num_arms)
+    simulator = env.unwrapped.simulator
+    factorization = simulator.factorization
+    contexts = factorization.user_factors.astype(np.float32)
+    if contexts.shape[1] != context_dim:
+        raise ValueError(f"the env's users have {contexts.shape[1]} features, the service expects {context_dim}")
+    expected = simulator.reward_model.expected(factorization.approx_ratings())
+    extra = {} if spec.top_k is None else {"top_k": spec.top_k}
+    bodies = [json.dumps({"context": row.astype(np.float64).tolist(), **extra}).encode() for row in contexts]
+    return _Users(contexts, expected, expected.max(axis=1), bodies)
+
+
+async def _get_json(session, url: str) -> dict[str, Any]:
+    async with session.get(url) as response:
+        body = await response.json()
+        if response.status != 200:
+            raise ConnectionError(f"GET {url}: {response.status} {body}")
+        return body
+
+
+def _percentiles(values: list[float] | np.ndarray, scale: float = 1.0) -> dict[str, float | None]:
+    if len(values) == 0:
+        return {"p50": None, "p90": None, "p99": None, "max": None, "mean": None}
+    array = np.asarray(values, dtype=np.float64) * scale
+    return {"p50": float(np.percentile(array, 50)), "p90": float(np.percentile(array, 90)),
+            "p99": float(np.percentile(array, 99)), "max": float(array.max()), "mean": float(array.mean())}
+
+
+async def _run(spec: LoadTestSpec) -> dict[str, Any]:
+    import aiohttp
+
+    from recbandits.serve.policy import ScoreJob, ServingPolicy
+
+    timeout = aiohttp.ClientTimeout(total=spec.timeout_s)
+    connector = aiohttp.TCPConnector(limit=max(spec.concurrency * 2, 64) * len(spec.urls))
+    headers = {"content-type": "application/json"}
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        info = await _get_json(session, f"{spec.urls[0]}/v1/policy")
+        fields = info["policy"]
+        if fields["shape"] != "disjoint":
+            raise ValueError("the load test simulates the MovieLens env: it needs a disjoint-shape service")
+        arm_ids = fields["arm_ids"]
+        if arm_ids != [str(k) for k in range(len(arm_ids))]:
+            raise ValueError("the load test maps arm ids 0..K-1 to the env's movies; the service has other ids")
+        start_version = int(info["policy_version"])
+        start_state = await _get_json(session, f"{spec.urls[0]}/v1/policy/versions/{start_version}/state")
+        frozen = ServingPolicy(fields, {key: np.asarray(value) for key, value in start_state["state"].items()},
+                               seed=spec.seed + 1)
+        users = _users(spec, fields["context_dim"], len(arm_ids))
+        rng = np.random.default_rng(spec.seed)
+
+        ranks: list[tuple[float, float, int, int, int, int, int]] = []  # send, recv, status, user, action, version, wm
+        rewards: list[tuple[float, float, int, int]] = []  # send, ack, status, seq
+        errors: dict[str, int] = {}
+        pending_rewards: set[asyncio.Task] = set()
+        in_flight = asyncio.Semaphore(spec.concurrency)
+        low, high = spec.reward_delay
+
+        def error(kind: str) -> None:
+            errors[kind] = errors.get(kind, 0) + 1
+
+        collected: dict[str, list[tuple[str, float]]] = {url: [] for url in spec.urls}
+
+        async def post_batch(url: str, items: list[tuple[str, float]]) -> None:
+            body = json.dumps({"rewards": [{"event_id": event_id, "reward": value} for event_id, value in items]})
+            sent = time.perf_counter()
+            try:
+                async with session.post(f"{url}/v1/rewards", data=body.encode(), headers=headers) as response:
+                    payload = await response.read()
+                    status = response.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                error(f"reward:{type(exc).__name__}")
+                return
+            acked = time.perf_counter()
+            if status != 200:
+                error(f"reward:{status}")
+                return
+            for result in json.loads(payload)["results"]:
+                if result["status"] == "rejected":
+                    error(f"reward:{result['error']['status']}")
+                    rewards.append((sent, acked, result["error"]["status"], -1))
+                else:
+                    rewards.append((sent, acked, 200, int(result["seq"])))
+
+        async def flush_rewards(final: bool = False) -> None:
+            """Reward batching (``reward_batch_s``): post what each URL collected, every period."""
+            while True:
+                if not final:
+                    await asyncio.sleep(spec.reward_batch_s)
+                posts = []
+                for url, items in collected.items():
+                    while items:
+                        chunk, items[:] = items[:1000], items[1000:]
+                        posts.append(post_batch(url, chunk))
+                if posts:
+                    await asyncio.gather(*posts)
+                if final:
+                    return
+
+        async def send_reward(url: str, event_id: str, reward: float, delay: float) -> None:
+            await asyncio.sleep(delay)
+            if spec.reward_batch_s > 0:
+                collected[url].append((event_id, reward))
+                return
+            body = json.dumps({"event_id": event_id, "reward": reward}).encode()
+            sent = time.perf_counter()
+            try:
+                async with session.post(f"{url}/v1/reward", data=body, headers=headers) as response:
+                    payload = await response.read()
+                    status = response.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                error(f"reward:{type(exc).__name__}")
+                return
+            acked = time.perf_counter()
+            if status != 200:
+                error(f"reward:{status}")
+                rewards.append((sent, acked, status, -1))
+                return
+            rewards.append((sent, acked, status, int(json.loads(payload)["seq"])))
+
+        async def one(index: int) -> None:
+            url = spec.urls[index % len(spec.urls)]
+            user = int(rng.integers(len(users.bodies)))
+            sent = time.perf_counter()
+            try:
+                async with session.post(f"{url}/v1/rank", data=users.bodies[user], headers=headers) as response:
+                    payload = await response.read()
+                    status = response.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                error(f"rank:{type(exc).__name__}")
+                return
+            received = time.perf_counter()
+            if status != 200:
+                error(f"rank:{status}")
+                ranks.append((sent, received, status, user, -1, -1, -1))
+                return
+            answer = json.loads(payload)
+            action = int(answer["action"])
+            ranks.append((sent, received, status, user, action, int(answer["policy_version"]),
+                          int(answer["policy_watermark"])))
+            reward = float(users.expected[user, action])
+            if spec.reward_noise > 0:
+                reward += float(rng.normal(0.0, spec.reward_noise))
+            task = asyncio.get_running_loop().create_task(
+                send_reward(url, answer["event_id"], reward, float(rng.uniform(low, high))))
+            pending_rewards.add(task)
+            task.add_done_callback(pending_rewards.discard)
+
+        async def limited(index: int) -> None:
+            try:
+                await one(index)
+            finally:
+                in_flight.release()
+
+        flusher = asyncio.get_running_loop().create_task(flush_rewards()) if spec.reward_batch_s > 0 else None
+        started = time.perf_counter()
+        deadline = started + spec.duration_s
+        issued = 0
+        lag = 0.0
+        tasks: set[asyncio.Task] = set()
+        if spec.rate > 0:
+            interval = 1.0 / spec.rate
+            while issued < spec.max_requests:
+                due = started + issued * interval
+                now = time.perf_counter()
+                if due > now:
+                    await asyncio.sleep(due - now)
+                if time.perf_counter() >= deadline:
+                    break
+                await in_flight.acquire()
+                lag = max(lag, time.perf_counter() - due)
+                task = asyncio.get_running_loop().create_task(limited(issued))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                issued += 1
+        else:
+            counter = iter(range(spec.max_requests))
+
+            async def closed_loop_user() -> None:
+                nonlocal issued
+                for index in counter:
+                    if time.perf_counter() >= deadline:
+                        return
+                    issued += 1
+                    await one(index)
+
+            await asyncio.gather(*(closed_loop_user() for _ in range(spec.concurrency)))
+        stopped = time.perf_counter()
+        if tasks:
+            await asyncio.gather(*tasks)
+        rank_done = time.perf_counter()
+        if pending_rewards:
+            await asyncio.gather(*list(pending_rewards))
+        if flusher is not None:
+            flusher.cancel()
+            await flush_rewards(final=True)
+        await asyncio.sleep(min(1.0, 0.5 + high))  # let the last rewards reach a policy
+        # A few more decisions to observe the last versions (not counted in throughput or regret).
+        tail: list[tuple[float, int]] = []
+        for index in range(20):
+            url = spec.urls[index % len(spec.urls)]
+            async with session.post(f"{url}/v1/rank", data=users.bodies[0], headers=headers) as response:
+                if response.status == 200:
+                    tail.append((time.perf_counter(), int((await response.json())["policy_watermark"])))
+            await asyncio.sleep(0.05)
+        end_info = await _get_json(session, f"{spec.urls[0]}/v1/policy")
+
+    return _report(spec, users, frozen, ScoreJob, ranks, rewards, tail, errors, started, stopped, rank_done, issued,
+                   lag, start_version, end_info)
+
+
+def _report(spec, users, frozen, score_job, ranks, rewards, tail, errors, started, stopped, rank_done, issued, lag,
+            start_version, end_info) -> dict[str, Any]:
+    ok = [row for row in ranks if row[2] == 200]
+    window_start = started + spec.warmup_s
+    steady = [row for row in ok if row[0] >= window_start]
+    steady_span = max(stopped - window_start, 1e-9)
+    rank_latency = [row[1] - row[0] for row in steady]
+    reward_ok = [row for row in rewards if row[2] == 200]
+    reward_latency = [row[1] - row[0] for row in reward_ok if row[0] >= window_start]
+
+    # Click-to-policy: first answer (by arrival) whose policy watermark covers the reward's seq.
+    answers = sorted([(row[1], row[6]) for row in ok] + tail)
+    times = np.array([answer[0] for answer in answers])
+    coverage = np.maximum.accumulate(np.array([answer[1] for answer in answers])) if answers else np.array([])
+    delays, unseen = [], 0
+    for _, acked, _, seq in reward_ok:
+        index = int(np.searchsorted(coverage, seq, side="left")) if len(coverage) else 0
+        if index >= len(coverage):
+            unseen += 1
+            continue
+        delays.append(max(times[index] - acked, 0.0))
+
+    # Regret of the served decisions against a frozen copy of the starting policy on the same users.
+    served_users = np.array([row[3] for row in ok], dtype=np.int64)
+    served_actions = np.array([row[4] for row in ok], dtype=np.int64)
+    frozen_actions = np.empty_like(served_actions)
+    arms = np.arange(users.expected.shape[1])
+    for begin in range(0, len(served_users), 2048):
+        chunk = served_users[begin:begin + 2048]
+        decisions = frozen.decide([score_job(context=users.contexts[user].astype(np.float64), arms=arms)
+                                   for user in chunk])
+        frozen_actions[begin:begin + len(chunk)] = [decision.chosen for decision in decisions]
+    online_regret = users.optimal[served_users] - users.expected[served_users, served_actions]
+    frozen_regret = users.optimal[served_users] - users.expected[served_users, frozen_actions]
+    half = len(online_regret) // 2
+
+    return {
+        "spec": {**asdict(spec), "reward_delay": list(spec.reward_delay)},
+        "duration_s": stopped - started,
+        "issued": issued,
+        "max_schedule_lag_ms": lag * 1e3,
+        "rank": {
+            "ok": len(ok), "steady_ok": len(steady), "requests_per_s": len(steady) / steady_span,
+            "latency_ms": _percentiles(rank_latency, 1e3), "drain_s": rank_done - stopped,
+        },
+        "reward": {"ok": len(reward_ok), "sent": len(rewards),
+                   "requests_per_s": len(reward_latency) / steady_span, "latency_ms": _percentiles(reward_latency, 1e3)},
+        "errors": errors,
+        "click_to_policy_s": {**_percentiles(delays), "observed": len(delays), "not_observed": unseen},
+        "regret": {
+            "decisions": int(len(online_regret)),
+            "online_cumulative": float(online_regret.sum()),
+            "frozen_cumulative": float(frozen_regret.sum()),
+            "online_per_decision": float(online_regret.mean()) if half else None,
+            "frozen_per_decision": float(frozen_regret.mean()) if half else None,
+            "online_second_half_per_decision": float(online_regret[half:].mean()) if half else None,
+            "frozen_second_half_per_decision": float(frozen_regret[half:].mean()) if half else None,
+        },
+        "policy_version": {"start": start_version, "end": end_info["policy_version"],
+                           "observations_end": end_info["statistics"]["observations"]},
+    }
+
+
+def run_loadtest(spec: LoadTestSpec) -> dict[str, Any]:
+    try:
+        import uvloop
+
+        return uvloop.run(_run(spec))
+    except ImportError:
+        return asyncio.run(_run(spec))
+
+
+def format_report(report: dict[str, Any]) -> str:
+    rank, reward, click, regret = report["rank"], report["reward"], report["click_to_policy_s"], report["regret"]
+
+    def ms(value):
+        return "n/a" if value is None else f"{value:.1f} ms"
+
+    def s(value):
+        return "n/a" if value is None else f"{value:.3f} s"
+
+    errors = ", ".join(f"{key}: {value}" for key, value in sorted(report["errors"].items())) or "none"
+    lines = [
+        f"rank     {rank['requests_per_s']:8.1f} req/s  p50 {ms(rank['latency_ms']['p50'])}  "
+        f"p99 {ms(rank['latency_ms']['p99'])}  max {ms(rank['latency_ms']['max'])}  ({rank['ok']} ok)",
+        f"reward   {reward['requests_per_s']:8.1f} /s     p50 {ms(reward['latency_ms']['p50'])}  "
+        f"p99 {ms(reward['latency_ms']['p99'])}  ({reward['ok']} ok of {reward['sent']})",
+        f"errors   {errors}",
+        f"click-to-policy  median {s(click['p50'])}  p90 {s(click['p90'])}  p99 {s(click['p99'])}  "
+        f"({click['observed']} observed, {click['not_observed']} not)",
+        f"regret   online {regret['online_cumulative']:.1f}  frozen {regret['frozen_cumulative']:.1f}  "
+        f"over {regret['decisions']} decisions (per decision, second half: online "
+        f"{regret['online_second_half_per_decision'] or 0:.4f}, frozen {regret['frozen_second_half_per_decision'] or 0:.4f})",
+        f"policy   version {report['policy_version']['start']} -> {report['policy_version']['end']}  "
+        f"({report['policy_version']['observations_end']:.0f} observations)  duration {report['duration_s']:.1f} s, "
+        f"max schedule lag {report['max_schedule_lag_ms']:.1f} ms",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    import typer
+
+    from recbandits.serve.cli import loadtest_command
+
+    typer.run(loadtest_command)
+
+
+if __name__ == "__main__":
+    main()

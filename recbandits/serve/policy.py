@@ -1,0 +1,343 @@
+"""The served policy: a ``LinearBanditModule``'s posterior scored over any set of candidates.
+
+The module scores a fixed number of arms per observation; a request names its own candidates (a subset of the
+arms for the disjoint shape, any number of feature vectors for the shared shape). ``ServingPolicy`` keeps the
+module as the holder of the sufficient statistics (``absorb``, ``get_state``/``set_state``, ``refresh``) and
+computes scores from its public tensors (``theta``, ``covariance``, ``noise_scale``), as float64 numpy arrays
+cached once per policy version:
+
+| exploration | score of candidate k for context x (features f_k) | probability reported |
+|---|---|---|
+| ``ucb`` | theta.f_k + alpha * sqrt(f_k^T A^-1 f_k) | 1/#ties for the argmax set, 0 otherwise |
+| ``greedy`` | theta.f_k | as ucb |
+| ``eps_greedy`` | theta.f_k; a uniform candidate with probability epsilon | epsilon/n + (1 - epsilon)/#ties on the argmax set |
+| ``thompson`` | theta~.f_k, theta~ ~ N(theta, v^2 A^-1) drawn per request (and per arm's model) | none (no closed form) |
+| ``random`` | a uniform draw | 1/n |
+
+Disjoint: f_k = x and theta, A belong to arm k's model. Shared: f_k = [x, a_k] (+ x (outer) a_k with
+``interaction``) and one model. The chosen candidate comes first in the ranking, the others follow by score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recbandits.serve.config import MODEL_KEYS, ServeConfig
+
+STATE_KEYS = ("data_precision", "data_response", "response_square", "counts", "num_updates")
+
+
+# --------------------------------------------------------------------------------------------------
+# Building the module
+# --------------------------------------------------------------------------------------------------
+
+
+def find_module_checkpoint(path: str | Path) -> Path:
+    """The RLModule checkpoint directory inside what ``recbandits simulate`` wrote (or the path itself)."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise ValueError(f"checkpoint {root} does not exist")
+    suffixes = ("", "learner_group/learner/rl_module/default_policy", "rl_module/default_policy", "default_policy")
+    for base in (root, root / "checkpoint"):
+        for suffix in suffixes:
+            candidate = base / suffix if suffix else base
+            if (candidate / "module_state.pkl").is_file() and (candidate / "class_and_ctor_args.pkl").is_file():
+                if (candidate / "default_policy").is_dir():
+                    continue  # a MultiRLModule: its default_policy is the module
+                return candidate
+    raise ValueError(
+        f"no RLModule checkpoint under {root}: expected `recbandits simulate --out DIR` output (DIR or "
+        "DIR/checkpoint) or a module checkpoint (module_state.pkl, class_and_ctor_args.pkl)"
+    )
+
+
+def load_checkpoint_module(path: str | Path):
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    from recbandits.algos.module import LinearBanditModule
+
+    module = RLModule.from_checkpoint(str(find_module_checkpoint(path)))
+    if not isinstance(module, LinearBanditModule):
+        raise ValueError(f"checkpoint {path} holds a {type(module).__name__}, not a LinearBanditModule")
+    return module
+
+
+def policy_fields_of_module(module, config: ServeConfig) -> dict[str, Any]:
+    """The policy fields (see ``config.POLICY_FIELDS``) describing a loaded module, with the config's overrides."""
+    model_config = {key: module.model_config.get(key) for key in MODEL_KEYS if key in (module.model_config or {})}
+    model_config.update(config.model_config)
+    num_arms = module.num_arms if module.shape == "disjoint" else 0
+    arm_ids = config.arm_ids if module.shape == "disjoint" else None
+    if arm_ids is not None and len(arm_ids) != num_arms:
+        raise ValueError(f"{len(arm_ids)} arm_ids for a checkpoint with {num_arms} arms")
+    return {
+        "shape": module.shape,
+        "context_dim": int(module.global_dim),
+        "num_arms": int(num_arms),
+        "arm_dim": int(module.arm_dim),
+        "arm_ids": arm_ids if arm_ids is not None else ([str(k) for k in range(num_arms)] if num_arms else None),
+        "interaction": bool(module.interaction),
+        "model_config": model_config,
+    }
+
+
+def cold_policy_fields(config: ServeConfig) -> dict[str, Any]:
+    fields = config.policy_fields()
+    if config.shape == "disjoint":
+        fields["arm_ids"] = config.arm_ids or [str(k) for k in range(config.num_arms)]
+        fields["arm_dim"] = 0
+    else:
+        fields["arm_ids"] = None
+        fields["num_arms"] = 0
+    return fields
+
+
+def build_module(fields: dict[str, Any]):
+    """A fresh LinearBanditModule of these policy fields (zero statistics)."""
+    import gymnasium as gym
+
+    from recbandits.algos.module import DEFAULT_MODEL_CONFIG, LinearBanditModule
+
+    box = lambda shape: gym.spaces.Box(-np.inf, np.inf, shape=shape, dtype=np.float32)  # noqa: E731
+    if fields["shape"] == "disjoint":
+        observation_space, action_space = box((fields["context_dim"],)), gym.spaces.Discrete(fields["num_arms"])
+    else:
+        observation_space = gym.spaces.Dict({"global": box((fields["context_dim"],)), "per_arm": box((1, fields["arm_dim"]))})
+        action_space = gym.spaces.Discrete(1)
+    model_config = {**DEFAULT_MODEL_CONFIG, **fields["model_config"], "interaction": fields["interaction"]}
+    return LinearBanditModule(observation_space=observation_space, action_space=action_space, inference_only=False,
+                              model_config=model_config)
+
+
+def initial_policy(config: ServeConfig) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
+    """(policy fields, initial state, origin) of a first start: the checkpoint's module, or a cold start."""
+    if config.checkpoint:
+        module = load_checkpoint_module(config.checkpoint)
+        return policy_fields_of_module(module, config), module.get_state(), f"checkpoint:{config.checkpoint}"
+    fields = cold_policy_fields(config)
+    return fields, build_module(fields).get_state(), "cold"
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScoreJob:
+    """One request, validated: the context and its candidates (arm indices, or per-arm features)."""
+
+    context: np.ndarray  # [g] float64
+    arms: np.ndarray | None = None  # disjoint: [c] model index of each candidate
+    arm_features: np.ndarray | None = None  # shared: [c, p] float64
+
+
+@dataclass
+class Decision:
+    chosen: int  # index into the job's candidates
+    order: np.ndarray  # candidate indices, chosen first, then by score
+    scores: np.ndarray  # [c]
+    probabilities: np.ndarray | None  # [c] probability of each candidate being the chosen one
+    model: int  # model the chosen candidate's reward updates
+    features: np.ndarray = field(repr=False)  # [D] features of the chosen candidate (what the reward teaches)
+
+
+@dataclass
+class LearningRecord:
+    """A reward's contribution to the statistics of one model.
+
+    ``full``: a new observation (precision += x x^T, counts += 1, response += r x, response_square += r^2).
+    Otherwise a further reward added to an observation whose reward so far is ``previous``:
+    response += r x, response_square += (previous + r)^2 - previous^2.
+    """
+
+    seq: int
+    model: int
+    features: np.ndarray
+    reward: float
+    full: bool = True
+    previous: float = 0.0
+
+
+class ServingPolicy:
+    """A linear bandit posterior and the rule that turns it into decisions over candidate sets."""
+
+    def __init__(self, fields: dict[str, Any], state: dict[str, np.ndarray] | None = None, seed: int | None = None):
+        self.fields = fields
+        self.module = build_module(fields)
+        if state is not None:
+            self.module.set_state(state)
+        config = self.module
+        self.shape = config.shape
+        self.exploration = config.exploration
+        self.alpha = config.alpha
+        self.epsilon = config.epsilon
+        self.context_dim = int(fields["context_dim"])
+        self.arm_dim = int(fields["arm_dim"])
+        self.num_models = config.num_models
+        self.feature_dim = config.feature_dim
+        self.interaction = bool(fields["interaction"])
+        self.arm_ids: list[str] | None = fields.get("arm_ids")
+        self.arm_index = {arm: k for k, arm in enumerate(self.arm_ids or [])}
+        model_seed = fields["model_config"].get("seed", 0) if seed is None else seed
+        self.rng = np.random.default_rng(model_seed)
+        self._cache()
+
+    # ----------------------------------------------------------------------------------------------
+
+    def _cache(self) -> None:
+        module = self.module
+        self.theta = module.theta.detach().numpy().copy()  # [M, D]
+        self.covariance = module.covariance.detach().numpy().copy()  # [M, D, D]
+        self.noise = module.noise_scale.detach().numpy().copy()  # [M]
+        self.observations = float(module.counts.sum())
+        if self.shape == "disjoint":
+            # Every arm's A_k^-1 side by side [D, K*D]: x^T A_k^-1 for all k is one matrix product.
+            self._stacked = self.covariance.transpose(1, 0, 2).reshape(self.feature_dim, -1)
+        self._factor = None
+
+    @property
+    def factor(self) -> np.ndarray:
+        """Cholesky factor of A^-1 per model (Thompson sampling)."""
+        if self._factor is None:
+            self._factor = np.linalg.cholesky(self.covariance)
+        return self._factor
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        return self.module.get_state()
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        self.module.set_state(state)
+        self._cache()
+
+    @property
+    def counts(self) -> np.ndarray:
+        return self.module.counts.detach().numpy().copy()
+
+    def statistics(self) -> dict[str, Any]:
+        """A summary of the posterior for ``GET /v1/policy``."""
+        counts = self.counts
+        names = self.arm_ids if self.shape == "disjoint" else ["shared"]
+        return {
+            "observations": float(counts.sum()),
+            "num_updates": int(self.module.num_updates.item()),
+            "models": [
+                {"model": name, "observations": float(counts[m]), "noise_scale": float(self.noise[m]),
+                 "theta_norm": float(np.linalg.norm(self.theta[m])),
+                 "mean_uncertainty": float(np.sqrt(max(np.trace(self.covariance[m]) / self.feature_dim, 0.0)))}
+                for m, name in enumerate(names)
+            ],
+        }
+
+    # ----------------------------------------------------------------------------------------------
+
+    def candidate_features(self, context: np.ndarray, arm_features: np.ndarray) -> np.ndarray:
+        """Shared shape: [c, D] features of each candidate for this context."""
+        repeated = np.broadcast_to(context, (arm_features.shape[0], context.shape[0]))
+        parts = [repeated, arm_features]
+        if self.interaction:
+            parts.append((repeated[:, :, None] * arm_features[:, None, :]).reshape(arm_features.shape[0], -1))
+        return np.concatenate(parts, axis=1)
+
+    def _scores(self, jobs: list[ScoreJob]) -> list[tuple[np.ndarray, list[np.ndarray] | None]]:
+        """Scores of every job's candidates (and, shared shape, their feature rows)."""
+        exploration = self.exploration
+        if self.shape == "disjoint":
+            contexts = np.stack([job.context for job in jobs])  # [B, d]
+            if exploration == "random":
+                return [(self.rng.random(len(job.arms)), None) for job in jobs]
+            if exploration == "thompson":
+                normal = self.rng.standard_normal((len(jobs), self.num_models, self.feature_dim))
+                sampled = self.theta[None] + self.noise[None, :, None] * np.einsum("kij,bkj->bki", self.factor, normal)
+                all_scores = np.einsum("bki,bi->bk", sampled, contexts)
+            else:
+                all_scores = contexts @ self.theta.T  # [B, K]
+                if exploration == "ucb" and self.alpha > 0:
+                    projected = (contexts @ self._stacked).reshape(len(jobs), self.num_models, self.feature_dim)
+                    variance = np.maximum((projected * contexts[:, None, :]).sum(-1), 0.0)
+                    all_scores = all_scores + self.alpha * np.sqrt(variance)
+            return [(all_scores[b, job.arms], None) for b, job in enumerate(jobs)]
+
+        features = [self.candidate_features(job.context, job.arm_features) for job in jobs]
+        if exploration == "random":
+            return [(self.rng.random(len(rows)), rows) for rows in features]
+        if exploration == "thompson":
+            normal = self.rng.standard_normal((len(jobs), self.feature_dim))
+            sampled = self.theta[0][None] + self.noise[0] * normal @ self.factor[0].T  # [B, D]
+            return [(rows @ sampled[b], rows) for b, rows in enumerate(features)]
+        stacked = np.concatenate(features)
+        scores = stacked @ self.theta[0]
+        if exploration == "ucb" and self.alpha > 0:
+            variance = np.maximum(((stacked @ self.covariance[0]) * stacked).sum(-1), 0.0)
+            scores = scores + self.alpha * np.sqrt(variance)
+        bounds = np.cumsum([0] + [len(rows) for rows in features])
+        return [(scores[bounds[b]:bounds[b + 1]], rows) for b, rows in enumerate(features)]
+
+    def decide(self, jobs: list[ScoreJob]) -> list[Decision]:
+        """One decision per job (a batch of requests scored together)."""
+        if not jobs:
+            return []
+        decisions = []
+        for job, (scores, rows) in zip(jobs, self._scores(jobs), strict=True):
+            count = len(scores)
+            if self.exploration == "random":
+                chosen = int(self.rng.integers(count))
+                probabilities = np.full(count, 1.0 / count)
+            else:
+                best = scores.max()
+                ties = np.flatnonzero(scores == best)
+                chosen = int(ties[self.rng.integers(len(ties))]) if len(ties) > 1 else int(ties[0])
+                probabilities = None
+                if self.exploration in ("ucb", "greedy", "eps_greedy"):
+                    probabilities = np.zeros(count)
+                    probabilities[ties] = 1.0 / len(ties)
+                if self.exploration == "eps_greedy":
+                    probabilities = (1.0 - self.epsilon) * probabilities + self.epsilon / count
+                    if self.rng.random() < self.epsilon:
+                        chosen = int(self.rng.integers(count))
+            rest = np.argsort(-scores, kind="stable")
+            order = np.concatenate([[chosen], rest[rest != chosen]]).astype(np.int64)
+            if self.shape == "disjoint":
+                model, features = int(job.arms[chosen]), job.context
+            else:
+                model, features = 0, rows[chosen]
+            decisions.append(Decision(chosen, order, scores, probabilities, model, features))
+        return decisions
+
+    # ----------------------------------------------------------------------------------------------
+
+    def learning_features(self, context: np.ndarray, chosen_features: np.ndarray | None) -> np.ndarray:
+        """The features a logged decision's reward updates (replay of the log)."""
+        if self.shape == "disjoint":
+            return context
+        return self.candidate_features(context, chosen_features[None, :])[0]
+
+    def absorb(self, records: list[LearningRecord]) -> None:
+        """Add the records' statistics to the posterior (no forgetting: replay gives the same state)."""
+        if not records:
+            return
+        import torch
+
+        models, dim = self.num_models, self.feature_dim
+        precision = np.zeros((models, dim, dim))
+        response = np.zeros((models, dim))
+        response_square = np.zeros(models)
+        counts = np.zeros(models)
+        full = [record for record in records if record.full]
+        if full:
+            index = np.array([record.model for record in full])
+            rows = np.stack([record.features for record in full])
+            np.add.at(precision, index, rows[:, :, None] * rows[:, None, :])
+            np.add.at(counts, index, 1.0)
+        index = np.array([record.model for record in records])
+        rewards = np.array([record.reward for record in records])
+        rows = np.stack([record.features for record in records])
+        previous = np.array([0.0 if record.full else record.previous for record in records])
+        np.add.at(response, index, rewards[:, None] * rows)
+        np.add.at(response_square, index, 2.0 * previous * rewards + rewards * rewards)
+        self.module.absorb(*(torch.from_numpy(array) for array in (precision, response, response_square, counts)))
+        self._cache()

@@ -1,0 +1,142 @@
+"""Start a service: Ray (local, or a cluster), Ray Serve's HTTP proxy, the application; then wait.
+
+``python -m recbandits.serve --state-dir DIR --port 8000 ...`` (or ``recbandits serve``) runs ``run_service``:
+it prepares the state dir (first start: ``service.json`` and the initial policy), starts Ray Serve with the
+fast path switched on through Ray Serve's environment variables (they must be set before Ray starts), deploys
+``build_app(config)``, prints one JSON line ``{"ready": true, "url": ..., "replica_urls": [...], ...}`` on
+stdout, and serves until SIGINT/SIGTERM (then shuts Serve down gracefully: a final snapshot is written).
+A SIGKILL loses nothing acknowledged: the next start on the same state dir restores and replays.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import urllib.request
+from typing import Any
+
+from recbandits.serve.config import ServeConfig
+
+APP_NAME = "recbandits"
+
+
+def serve_environment(config: ServeConfig) -> dict[str, str]:
+    """Environment of the Ray processes: quiet RLlib imports, and Ray Serve's throughput-optimized fast path."""
+    from recbandits.cluster import WORKER_ENV_VARS
+
+    env = dict(WORKER_ENV_VARS)
+    # Ray starts workers at niceness 15 (background work); a serving replica must not yield to everything else.
+    env["RAY_worker_niceness"] = "0"
+    # Scoring and updates are small matrix products: one thread each (thread pools spin and contend on few cores).
+    env.update({"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    if config.fast_path:
+        first = config.effective_replica_port
+        env.update({
+            # Ray Serve's throughput-optimized mode: each ingress replica serves HTTP on its own port (direct
+            # ingress), handles use gRPC, user code and router share the replica's event loop.
+            "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(first),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(first + config.num_replicas + 8),
+            "RAY_SERVE_PORT_QUARANTINE_S": "0",
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+        })
+    else:
+        env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "0"
+    return env
+
+
+def _get(url: str, timeout: float = 1.0) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return json.loads(response.read())
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def replica_urls(config: ServeConfig, timeout_s: float = 30.0) -> list[str]:
+    """The fast-path URLs of the ingress replicas (probed in the replica port range)."""
+    if not config.fast_path:
+        return []
+    first = config.effective_replica_port
+    deadline = time.monotonic() + timeout_s
+    found: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        for port in range(first, first + config.num_replicas + 8):
+            url = f"http://{config.host}:{port}"
+            health = _get(f"{url}/healthz", timeout=0.5)
+            if health and health.get("status") == "ready":
+                found[health["replica"]] = url
+        if len(found) >= config.num_replicas:
+            break
+        time.sleep(0.5)
+    return sorted(found.values())
+
+
+def start_service(config: ServeConfig, address: str | None = None, explicit: set[str] | None = None) -> dict[str, Any]:
+    """Prepare the state dir, start Ray and Serve, deploy; return what ``run_service`` prints."""
+    import ray
+    from ray import serve
+
+    from recbandits.serve.app import build_app
+    from recbandits.serve.core import prepare_state_dir
+
+    env = serve_environment(config)
+    os.environ.update(env)  # a local Ray inherits them (Ray Serve reads its flags at import, in each process)
+    started = time.perf_counter()
+    config = prepare_state_dir(config, explicit)
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "namespace": "recbandits", "log_to_driver": True}
+        if address:
+            kwargs["address"] = address
+        else:
+            # "local": a new Ray of our own, even when `ray start` left a cluster on this machine (ray.init()
+            # alone would join that one).
+            kwargs.update(address="local", include_dashboard=False)
+            if config.metrics_port:
+                kwargs["_metrics_export_port"] = config.metrics_port
+        ray.init(**kwargs)
+    serve.start(
+        http_options={"host": config.host, "port": config.port},
+        logging_config={"enable_access_log": False, "log_level": "WARNING"},
+    )
+    serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
+    url = f"http://{config.host}:{config.port}"
+    urls = replica_urls(config)
+    health = _get(f"{(urls or [url])[0]}/v1/policy", timeout=10.0) or {}
+    return {
+        "ready": True,
+        "url": url,
+        "replica_urls": urls,
+        "metrics_port": config.metrics_port,
+        "state_dir": str(config.state_path.resolve()),
+        "learning": config.learning,
+        "policy_version": health.get("policy_version"),
+        "restore": health.get("restore"),
+        "startup_s": round(time.perf_counter() - started, 2),
+    }
+
+
+def run_service(config: ServeConfig, address: str | None = None, explicit: set[str] | None = None) -> None:
+    """Start the service, print the ready line, serve until SIGINT/SIGTERM."""
+    import ray
+    from ray import serve
+
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    ready = start_service(config, address, explicit)
+    print(json.dumps(ready), flush=True)
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        print(json.dumps({"stopping": True}), file=sys.stderr, flush=True)
+        try:
+            serve.delete(APP_NAME)  # graceful: replicas close the core (final snapshot)
+            serve.shutdown()
+        finally:
+            ray.shutdown()

@@ -1,0 +1,203 @@
+"""Serving pieces without Ray: scoring against the RLModule, learning records, the event log, restart replay.
+
+The HTTP behaviour is tested against a real service in test_serve_api.py, test_serve_learner.py and
+test_serve_restart.py; these tests pin the arithmetic and the on-disk formats quickly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from recbandits.serve.config import ServeConfig
+from recbandits.serve.core import BanditCore, Rejection, prepare_state_dir
+from recbandits.serve.eventlog import LOG_FILE, read_event_log, scan_log
+from recbandits.serve.policy import LearningRecord, ScoreJob, ServingPolicy, build_module
+from recbandits.serve.schemas import RankRequest, RequestValidator
+
+
+def _random_state(module, rng, rows: int = 50):
+    """Statistics of random transitions for ``module`` (so theta and A^-1 are not trivial)."""
+    if module.shape == "disjoint":
+        features = torch.from_numpy(rng.normal(size=(rows, module.feature_dim)))
+        models = torch.from_numpy(rng.integers(module.num_models, size=rows))
+    else:
+        features = torch.from_numpy(rng.normal(size=(rows, module.feature_dim)))
+        models = torch.zeros(rows, dtype=torch.int64)
+    module.absorb(*module.statistics(features, models, torch.from_numpy(rng.normal(size=rows))))
+    return module.get_state()
+
+
+def test_disjoint_scores_match_the_module():
+    fields = {"shape": "disjoint", "context_dim": 5, "num_arms": 6, "arm_dim": 0, "arm_ids": list("abcdef"),
+              "interaction": False, "model_config": {"exploration": "ucb", "alpha": 0.7}}
+    module = build_module(fields)
+    state = _random_state(module, np.random.default_rng(0))
+    policy = ServingPolicy(fields, state)
+    contexts = np.random.default_rng(1).normal(size=(4, 5))
+    # float64 from the module's public posterior: theta_k.x + alpha sqrt(x^T A_k^-1 x).
+    theta, covariance = module.theta.numpy(), module.covariance.numpy()
+    expected = np.array([[theta[k] @ x + 0.7 * np.sqrt(x @ covariance[k] @ x) for k in range(6)] for x in contexts])
+    arms = np.arange(6)
+    decisions = policy.decide([ScoreJob(context=row, arms=arms) for row in contexts])
+    np.testing.assert_allclose(np.stack([decision.scores for decision in decisions]), expected, rtol=1e-12)
+    assert [decision.chosen for decision in decisions] == list(expected.argmax(1))
+    # The module's own UCB scores (its widths are float32 products) agree to float32 precision.
+    np.testing.assert_allclose(module.scores(module.features(contexts), "ucb").numpy(), expected, rtol=1e-5)
+    # A subset of candidates: the same scores, gathered; the chosen candidate's model is its arm.
+    subset = np.array([4, 1])
+    decision = policy.decide([ScoreJob(context=contexts[0], arms=subset)])[0]
+    np.testing.assert_allclose(decision.scores, expected[0, subset], rtol=1e-12)
+    assert decision.model == subset[decision.chosen] and decision.order[0] == decision.chosen
+    np.testing.assert_array_equal(decision.features, contexts[0])
+
+
+@pytest.mark.parametrize("interaction", [False, True])
+def test_shared_scores_match_the_module(interaction):
+    fields = {"shape": "shared", "context_dim": 3, "num_arms": 0, "arm_dim": 2, "arm_ids": None,
+              "interaction": interaction, "model_config": {"exploration": "ucb", "alpha": 1.3}}
+    module = build_module(fields)
+    rng = np.random.default_rng(2)
+    state = _random_state(module, rng)
+    policy = ServingPolicy(fields, state)
+    global_features, arm_features = rng.normal(size=(2, 3)), rng.normal(size=(2, 7, 2))
+    expected = module.scores(module.features({"global": global_features, "per_arm": arm_features}), "ucb").numpy()
+    decisions = policy.decide([ScoreJob(context=global_features[b], arm_features=arm_features[b]) for b in range(2)])
+    np.testing.assert_allclose(np.stack([decision.scores for decision in decisions]), expected, rtol=1e-12)
+    features = module.features({"global": global_features, "per_arm": arm_features}).numpy()
+    for b, decision in enumerate(decisions):
+        np.testing.assert_allclose(decision.features, features[b, decision.chosen])
+        np.testing.assert_allclose(policy.learning_features(global_features[b], arm_features[b, decision.chosen]),
+                                   decision.features)
+
+
+def test_explorations_and_probabilities():
+    base = {"shape": "disjoint", "context_dim": 2, "num_arms": 4, "arm_dim": 0, "arm_ids": list("wxyz"),
+            "interaction": False}
+    job = ScoreJob(context=np.array([1.0, 0.5]), arms=np.arange(4))
+    cold = ServingPolicy({**base, "model_config": {"exploration": "greedy"}})
+    choices = {cold.decide([job])[0].chosen for _ in range(60)}
+    assert choices == {0, 1, 2, 3}  # exact ties at a cold start are broken at random
+    np.testing.assert_allclose(cold.decide([job])[0].probabilities, 0.25)
+    eps = ServingPolicy({**base, "model_config": {"exploration": "eps_greedy", "epsilon": 0.2}})
+    records = [LearningRecord(1, 2, np.array([1.0, 0.5]), 5.0)]
+    eps.absorb(records)
+    decision = eps.decide([job])[0]
+    np.testing.assert_allclose(decision.probabilities, [0.05, 0.05, 0.85, 0.05])
+    thompson = ServingPolicy({**base, "model_config": {"exploration": "thompson"}})
+    assert thompson.decide([job])[0].probabilities is None
+    random = ServingPolicy({**base, "model_config": {"exploration": "random"}})
+    np.testing.assert_allclose(random.decide([job])[0].probabilities, 0.25)
+
+
+def test_learning_records_give_the_closed_form_statistics():
+    fields = {"shape": "disjoint", "context_dim": 3, "num_arms": 2, "arm_dim": 0, "arm_ids": ["0", "1"],
+              "interaction": False, "model_config": {}}
+    policy = ServingPolicy(fields)
+    x, y = np.array([1.0, 2.0, 0.5]), np.array([0.0, 1.0, -1.0])
+    # Event 1 (model 0): rewards 1.5 then 2.0 under rule "sum"; event 2 (model 1): one reward of -1.
+    policy.absorb([LearningRecord(1, 0, x, 1.5), LearningRecord(3, 1, y, -1.0)])
+    policy.absorb([LearningRecord(4, 0, x, 2.0, full=False, previous=1.5)])
+    state = policy.get_state()
+    np.testing.assert_allclose(state["data_precision"][0], np.outer(x, x))
+    np.testing.assert_allclose(state["data_response"][0], 3.5 * x)
+    np.testing.assert_allclose(state["response_square"], [3.5**2, 1.0])
+    np.testing.assert_array_equal(state["counts"], [1.0, 1.0])
+    np.testing.assert_allclose(policy.theta[0], np.linalg.solve(np.eye(3) + np.outer(x, x), 3.5 * x))
+
+
+def _config(tmp_path, **overrides) -> ServeConfig:
+    settings = dict(state_dir=str(tmp_path / "state"), context_dim=2, num_arms=3, arm_ids=["a", "b", "c"],
+                    model_config={"exploration": "greedy"}, join_window_s=30.0, snapshot_interval_s=60.0)
+    settings.update(overrides)
+    return prepare_state_dir(ServeConfig(**settings))
+
+
+def _row(core, event_id, context, arm):
+    model = core.policy.arm_index[arm]
+    return {"kind": "decision", "event_id": event_id, "policy_version": core.version_id,
+            "watermark": core.watermark, "context": context, "candidates": [arm], "action": arm, "model": model,
+            "chosen_features": None}
+
+
+def test_core_restart_replays_after_the_snapshot_and_repairs_a_torn_line(tmp_path):
+    config = _config(tmp_path)
+
+    async def first_life():
+        core = BanditCore(config)
+        await core.log_decisions([_row(core, f"e{i}", [1.0, float(i)], "abc"[i % 3]) for i in range(6)])
+        for i in range(3):
+            await core.record_reward(f"e{i}", float(i + 1))
+        core.learn(force=True)
+        await core.snapshot()  # covers e0..e2
+        for i in range(3, 5):
+            await core.record_reward(f"e{i}", float(i + 1))
+        await core.log.drain()
+        with pytest.raises(Rejection) as duplicate:
+            await core.record_reward("e0", 9.0)
+        assert duplicate.value.status == 409
+        # A crash: no close(), and a torn line (a write the crash interrupted) at the end of the log.
+        core.log.close()
+        core._lock.release()
+        with open(config.state_path / LOG_FILE, "ab") as log:
+            log.write(b'{"kind":"reward","event_id":"e5","rew')
+
+    asyncio.run(first_life())
+    core = BanditCore(config)
+    assert core.restore_info["restored"] and core.restore_info["replayed_records"] == 2
+    assert core.version["version_kind"] == "restore"
+    expected = np.zeros(3)
+    for i in range(5):
+        expected[i % 3] += 1
+    np.testing.assert_array_equal(core.policy.counts, expected)
+    np.testing.assert_allclose(core.policy.get_state()["data_response"][1], 2.0 * np.array([1.0, 1.0]) +
+                               5.0 * np.array([1.0, 4.0]))
+    assert set(core.open) == {"e5"}  # open again, with its window
+    rows = list(scan_log(config.state_path / LOG_FILE))
+    assert [row["seq"] for row in rows] == list(range(1, len(rows) + 1))  # torn line gone, seqs contiguous
+    frame = read_event_log(config.state_path)
+    assert set(frame["kind"]) == {"version", "decision", "reward"}
+
+    async def second_life():
+        assert (await core.record_reward("e5", 1.0))["status"] == "joined"
+        with pytest.raises(Rejection) as closed:
+            await core.record_reward("e1", 1.0)
+        assert closed.value.status == 409
+        with pytest.raises(Rejection) as unknown:
+            await core.record_reward("nope", 1.0)
+        assert unknown.value.status == 404
+        await core.close()
+
+    asyncio.run(second_life())
+
+
+def test_state_dir_keeps_its_policy(tmp_path):
+    _config(tmp_path)
+    service = json.loads((tmp_path / "state" / "service.json").read_text())
+    assert service["policy"]["arm_ids"] == ["a", "b", "c"] and service["origin"] == "cold"
+    with pytest.raises(ValueError, match="belongs to another policy"):
+        prepare_state_dir(ServeConfig(state_dir=str(tmp_path / "state"), context_dim=5), explicit={"context_dim"})
+    # Not given explicitly: taken from the state dir.
+    restarted = prepare_state_dir(ServeConfig(state_dir=str(tmp_path / "state")), explicit=set())
+    assert restarted.context_dim == 2 and restarted.arm_ids == ["a", "b", "c"]
+
+
+def test_validator_for_the_shared_shape(tmp_path):
+    config = ServeConfig(state_dir=str(tmp_path), shape="shared", context_dim=2, arm_dim=3)
+    validator = RequestValidator(config)
+    job = validator.rank_job(RankRequest.model_validate(
+        {"context": [1, 2], "candidates": [{"id": "m1", "features": [1, 0, 0]}, {"id": 7, "features": [0, 1, 0]}],
+         "excluded": ["m1"]}))
+    assert job.candidate_ids == ["7"] and job.score.arm_features.tolist() == [[0.0, 1.0, 0.0]]
+    for body, field in [
+        ({"context": [1, 2]}, "candidates"),
+        ({"context": [1, 2], "candidates": [{"id": "m1"}]}, "candidates[0].features"),
+        ({"context": [1, 2], "candidates": [{"id": "m1", "features": [1, 0]}]}, "candidates[0].features"),
+    ]:
+        with pytest.raises(Rejection) as rejected:
+            validator.rank_job(RankRequest.model_validate(body))
+        assert rejected.value.field == field and rejected.value.status == 422
