@@ -5,7 +5,7 @@
 Weak scaling: every runner samples ``--num-envs`` sub-envs x ``--fragment`` vector steps per iteration, so an
 iteration with n runners makes n times the env steps. All algorithms (one per runner count) are built first,
 then their ``train()`` calls alternate, so every runner count sees the same machine load. Throughput is the
-median over the timed iterations; the time split is the mean over the middle half of them by wall time (so
+median over the timed iterations, the speed-up the median ratio of adjacent iterations; the time split is the mean over the middle half of them by wall time (so
 its parts add up). Each iteration is split (``recbandits.cluster.scaling.TimedAlgorithm``) into
 the slowest runner's own sampling time and the synchronization cost: gather (dispatch and results of the
 runners' calls beyond the slowest runner), the Learner adding the deltas, ``sync_weights``, and the rest of
@@ -75,8 +75,7 @@ def _counts(text: str) -> list[int]:
     return [int(value) for value in text.split(",") if value.strip()]
 
 
-def _timing_table(counts, typical, rates, nodes_used) -> None:
-    base = rates[min(counts)] / min(counts)
+def _timing_table(counts, typical, rates, speedups, nodes_used) -> None:
     print(
         "| env runners | nodes | env steps/s | speed-up | parallel efficiency | iteration ms | "
         "slowest runner "
@@ -87,8 +86,8 @@ def _timing_table(counts, typical, rates, nodes_used) -> None:
         m = typical[count]
         print(
             f"| {count} | {nodes_used[count]} | {rates[count]:,.0f} | "
-            f"{rates[count] / rates[min(counts)]:.2f}x | "
-            f"{rates[count] / (count * base):.0%} | {_ms(m.total_s)} | {_ms(m.sample_max_s)} | "
+            f"{speedups[count]:.2f}x | "
+            f"{speedups[count] * min(counts) / count:.0%} | {_ms(m.total_s)} | {_ms(m.sample_max_s)} | "
             f"{_ms(m.sync_cost_s)} | {_ms(m.gather_s)} | {_ms(m.learn_s)} | {_ms(m.sync_s)} | "
             f"{_ms(m.other_s)} |"
         )
@@ -110,7 +109,7 @@ def main() -> None:
     parser.add_argument("--algo", default="linucb")
     parser.add_argument("--data-dir", type=Path, default=_default_data())
     parser.add_argument("--num-envs", type=int, default=1024, help="sub-envs per env runner")
-    parser.add_argument("--fragment", type=int, default=16, help="vector steps per runner per iteration")
+    parser.add_argument("--fragment", type=int, default=256, help="vector steps per runner per iteration")
     parser.add_argument("--iterations", type=int, default=20, help="timed iterations per runner count")
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations per runner count first")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray)")
@@ -144,8 +143,13 @@ def main() -> None:
             algo.stop()
 
     typical = {key: typical_timing(values) for key, values in timings.items()}
-    rates = {
-        key: float(np.median([t.env_steps / t.total_s for t in values])) for key, values in timings.items()
+    per_iteration = {key: np.array([t.env_steps / t.total_s for t in values]) for key, values in timings.items()}
+    rates = {key: float(np.median(values)) for key, values in per_iteration.items()}
+    # Speed-up: the median ratio of iterations run moments apart (this kind of VM drifts in CPU speed).
+    speedups = {
+        (kind, n): float(np.median(per_iteration[kind, n] / per_iteration[kind, min(group)]))
+        for kind, group in (("run", counts), ("probe", probes))
+        for n in group
     }
     print(
         f"machine: {platform.node()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the "
@@ -154,7 +158,8 @@ def main() -> None:
     print(
         f"{args.algo} on {args.env}: {args.num_envs} sub-envs x {args.fragment} vector steps per runner per "
         f"iteration; {args.iterations} interleaved iterations per count after {args.warmup} warm-up "
-        "(env steps/s: median; times: mean of the middle half by wall time)\n"
+        "(env steps/s: median; speed-up: median ratio of adjacent iterations; times: mean of the middle half "
+        "by wall time)\n"
     )
 
     def table(kind, runner_counts):
@@ -162,6 +167,7 @@ def main() -> None:
             runner_counts,
             {n: typical[kind, n] for n in runner_counts},
             {n: rates[kind, n] for n in runner_counts},
+            {n: speedups[kind, n] for n in runner_counts},
             {n: nodes_used[kind, n] for n in runner_counts},
         )
 
@@ -229,6 +235,7 @@ def main() -> None:
                     "measured": {
                         f"{kind}-{n}": {
                             "steps_per_s": rates[kind, n],
+                            "speedup": speedups[kind, n],
                             "typical": vars(typical[kind, n]),
                             "iterations": [vars(t) for t in timings[kind, n]],
                         }

@@ -181,3 +181,28 @@ def test_simulate_command_writes_every_artifact(small_data_dir, tmp_path):
     assert json.loads((out / "config.json").read_text())["seed"] == 5
     bad = CliRunner().invoke(app, ["simulate", "--algo", "ucb", "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "--algo 'ucb' is not one of" in bad.output
+
+
+def test_statistics_equal_per_row_sums_with_idle_arms_and_empty_batches():
+    import gymnasium as gym
+
+    from recbandits.algos.module import LinearBanditModule
+
+    module = LinearBanditModule(observation_space=gym.spaces.Box(-1, 1, (3,)), action_space=gym.spaces.Discrete(4),
+                                inference_only=True, model_config={"lambda_": 0.5})
+    generator = np.random.default_rng(3)
+    features = generator.normal(size=(9, 3))
+    models = np.array([0, 2, 2, 0, 3, 2, 0, 0, 3])  # arm 1 gets no row
+    rewards = generator.normal(size=9)
+    precision, response, response_square, counts = module.statistics(
+        torch.from_numpy(features), torch.from_numpy(models), torch.from_numpy(rewards))
+    for arm in range(4):
+        rows = models == arm
+        np.testing.assert_allclose(precision[arm].numpy(), features[rows].T @ features[rows], atol=1e-12)
+        np.testing.assert_allclose(response[arm].numpy(), features[rows].T @ rewards[rows], atol=1e-12)
+        assert response_square[arm].item() == pytest.approx(float(rewards[rows] @ rewards[rows]))
+        assert counts[arm].item() == rows.sum()
+    empty = module.statistics(torch.zeros(0, 3, dtype=torch.float64), torch.zeros(0, dtype=torch.int64),
+                              torch.zeros(0, dtype=torch.float64))
+    assert [tuple(part.shape) for part in empty] == [(4, 3, 3), (4, 3), (4,), (4,)]
+    assert all(float(part.abs().sum()) == 0.0 for part in empty)

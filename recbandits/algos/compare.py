@@ -96,8 +96,10 @@ def _run_recbandits(contender: Contender, spec: ComparisonSpec, seed: int, data_
     from recbandits.algos.simulate import SimulationSpec, build_config
 
     per_vector_step = contender.batch * max(contender.runners, 1)
-    # ~4k decisions per iteration, and no more than the budget needs.
-    fragment = max(1, min(4096 // per_vector_step, -(-spec.steps // per_vector_step)))
+    # ~64k decisions per iteration, and no more than the budget needs. A runner updates its own posterior after
+    # every batch, so this changes no decision of a single runner; several runners share their statistics
+    # once per iteration.
+    fragment = max(1, min(65536 // per_vector_step, -(-spec.steps // per_vector_step)))
     simulation = SimulationSpec(
         env="movielens", algo=contender.algo, steps=spec.steps, num_env_runners=contender.runners,
         num_envs_per_env_runner=contender.batch, rollout_fragment_length=fragment, data_dir=data_dir, seed=seed,

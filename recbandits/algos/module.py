@@ -167,14 +167,31 @@ class LinearBanditModule(TorchRLModule):
         ``features`` [N, d] float64, ``models`` [N] index of the model each row updates, ``rewards`` [N].
         """
         models_count, dim = self.num_models, self.feature_dim
-        outer = (features.unsqueeze(2) * features.unsqueeze(1)).reshape(len(models), dim * dim)
-        precision = torch.zeros(models_count, dim * dim, dtype=torch.float64).index_add_(0, models, outer)
+        precision = self._grouped_gram(features, models)
         response = torch.zeros(models_count, dim, dtype=torch.float64).index_add_(
             0, models, features * rewards.unsqueeze(1)
         )
         response_square = torch.zeros(models_count, dtype=torch.float64).index_add_(0, models, rewards * rewards)
         counts = torch.bincount(models, minlength=models_count).to(torch.float64)
-        return precision.view(models_count, dim, dim), response, response_square, counts
+        return precision, response, response_square, counts
+
+    def _grouped_gram(self, features: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
+        """sum of x x^T per model [M, d, d], as one batched product of the rows grouped by model.
+
+        Grouping keeps the working set at the size of the features; summing per-row outer products would
+        write an [N, d*d] temporary that spills out of the core's cache and slows every other runner on the
+        machine.
+        """
+        if self.num_models == 1:
+            return (features.T @ features).unsqueeze(0)
+        counts = torch.bincount(models, minlength=self.num_models)
+        order = torch.argsort(models, stable=True)
+        grouped_models = models[order]
+        position = torch.arange(len(models)) - (torch.cumsum(counts, 0) - counts)[grouped_models]
+        padded = torch.zeros(self.num_models, int(counts.max()) if len(models) else 0, self.feature_dim,
+                             dtype=torch.float64)
+        padded[grouped_models, position] = features[order]
+        return padded.transpose(1, 2) @ padded
 
     # ----------------------------------------------------------------------------------------------
     # Features and scores
@@ -209,7 +226,8 @@ class LinearBanditModule(TorchRLModule):
         if self.shape == "disjoint":
             contexts = features.to(torch.float32)
             projected = (contexts @ self._covariance_stacked).view(len(contexts), self.num_models, self.feature_dim)
-            return (projected * contexts.unsqueeze(1)).sum(-1).to(torch.float64)
+            # In place: a second [B, K, d] temporary costs 4x the time (fresh pages from the allocator).
+            return projected.mul_(contexts.unsqueeze(1)).sum(-1).to(torch.float64)
         return ((features @ self.covariance[0]) * features).sum(-1)
 
     def _sampled_scores(self, features: torch.Tensor) -> torch.Tensor:

@@ -126,20 +126,27 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
 
         collected: dict[str, list[tuple[str, float]]] = {url: [] for url in spec.urls}
 
-        async def post_batch(url: str, items: list[tuple[str, float]]) -> None:
-            body = json.dumps({"rewards": [{"event_id": event_id, "reward": value} for event_id, value in items]})
+        async def post(kind: str, url: str, body: bytes) -> tuple[float, float, int, bytes] | None:
+            """(sent, received, status, payload) of one POST; None (counted as an error) if it never answered."""
             sent = time.perf_counter()
             try:
-                async with session.post(f"{url}/v1/rewards", data=body.encode(), headers=headers) as response:
+                async with session.post(url, data=body, headers=headers) as response:
                     payload = await response.read()
                     status = response.status
             except (aiohttp.ClientError, TimeoutError) as exc:
-                error(f"reward:{type(exc).__name__}")
-                return
-            acked = time.perf_counter()
+                error(f"{kind}:{type(exc).__name__}")
+                return None
+            received = time.perf_counter()
             if status != 200:
-                error(f"reward:{status}")
+                error(f"{kind}:{status}")
+            return sent, received, status, payload
+
+        async def post_batch(url: str, items: list[tuple[str, float]]) -> None:
+            body = json.dumps({"rewards": [{"event_id": event_id, "reward": value} for event_id, value in items]})
+            answer = await post("reward", f"{url}/v1/rewards", body.encode())
+            if answer is None or answer[2] != 200:
                 return
+            sent, acked, _, payload = answer
             for result in json.loads(payload)["results"]:
                 if result["status"] == "rejected":
                     error(f"reward:{result['error']['status']}")
@@ -167,36 +174,20 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
             if spec.reward_batch_s > 0:
                 collected[url].append((event_id, reward))
                 return
-            body = json.dumps({"event_id": event_id, "reward": reward}).encode()
-            sent = time.perf_counter()
-            try:
-                async with session.post(f"{url}/v1/reward", data=body, headers=headers) as response:
-                    payload = await response.read()
-                    status = response.status
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                error(f"reward:{type(exc).__name__}")
+            answer = await post("reward", f"{url}/v1/reward", json.dumps({"event_id": event_id, "reward": reward}).encode())
+            if answer is None:
                 return
-            acked = time.perf_counter()
-            if status != 200:
-                error(f"reward:{status}")
-                rewards.append((sent, acked, status, -1))
-                return
-            rewards.append((sent, acked, status, int(json.loads(payload)["seq"])))
+            sent, acked, status, payload = answer
+            rewards.append((sent, acked, status, int(json.loads(payload)["seq"]) if status == 200 else -1))
 
         async def one(index: int) -> None:
             url = spec.urls[index % len(spec.urls)]
             user = int(rng.integers(len(users.bodies)))
-            sent = time.perf_counter()
-            try:
-                async with session.post(f"{url}/v1/rank", data=users.bodies[user], headers=headers) as response:
-                    payload = await response.read()
-                    status = response.status
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                error(f"rank:{type(exc).__name__}")
+            answer = await post("rank", f"{url}/v1/rank", users.bodies[user])
+            if answer is None:
                 return
-            received = time.perf_counter()
+            sent, received, status, payload = answer
             if status != 200:
-                error(f"rank:{status}")
                 ranks.append((sent, received, status, user, -1, -1, -1))
                 return
             answer = json.loads(payload)
