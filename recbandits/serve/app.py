@@ -181,7 +181,7 @@ class Recommender:
             self._learner_seen = time.monotonic()
             self._poller = asyncio.get_running_loop().create_task(self._poll_versions())
         # The objects made at start-up (Ray, FastAPI, torch, the policy) live as long as the replica: keep them
-        # out of the garbage collector's full passes, which otherwise stall requests for tens of milliseconds.
+        # out of the garbage collector's full passes, which would walk them again and again while requests wait.
         gc.collect()
         gc.freeze()
 
