@@ -5,8 +5,8 @@
 Weak scaling: every runner samples ``--num-envs`` sub-envs x ``--fragment`` vector steps per iteration, so an
 iteration with n runners makes n times the env steps. All algorithms (one per runner count) are built first,
 then their ``train()`` calls alternate, so every runner count sees the same machine load. Throughput is the
-median over the timed iterations, the speed-up the median ratio of adjacent iterations; the time split is the mean over the middle half of them by wall time (so
-its parts add up). Each iteration is split (``recbandits.cluster.scaling.TimedAlgorithm``) into
+median over the timed iterations, the speed-up the median ratio of adjacent iterations; the time split is the
+mean over the middle half of them by wall time (so its parts add up). Each iteration is split (``recbandits.cluster.scaling.TimedAlgorithm``) into
 the slowest runner's own sampling time and the synchronization cost: gather (dispatch and results of the
 runners' calls beyond the slowest runner), the Learner adding the deltas, ``sync_weights``, and the rest of
 ``train()``. The projection for ``--nodes`` (default 10 and 100 nodes of ``--runners-per-node`` runners) uses
