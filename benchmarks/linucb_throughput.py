@@ -1,20 +1,24 @@
 """LinUCB env steps/s through ``Algorithm.train()`` against TF-Agents LinUCB, side by side in one run.
 
-    .venv/bin/python benchmarks/linucb_throughput.py [--data-dir PATH] [--runners 1,2] [--iterations 10]
+    .venv/bin/python benchmarks/linucb_throughput.py [--data-dir PATH] [--runners 1,2] [--blocks 8]
+                                                     [--block-iterations 4] [--no-plain]
 
 Both learn on the MovieLens MF env in TF-Agents parity (rank 20, the first 20 movies) with TF-Agents'
 example hyperparameters (alpha 10, tikhonov/lambda 0.001). TF-Agents runs the way its users run it (driver,
 replay buffer, ``common.function``; batch 8, 2 steps per loop); recbandits runs ``train()`` with each number
-of env runners: all algorithms are built first, then their ``train()`` calls alternate, so every runner
-count sees the same machine load; the median over iterations is reported, and the runner-count speed-up is
-the median of the ratios of adjacent iterations (this VM's CPU speed drifts by tens of percent within minutes,
-so only rates measured moments apart compare). Wall time of ``train()`` only:
+of env runners. All algorithms are built first, then take turns in blocks of ``--block-iterations``
+``train()`` calls; the median rate over blocks is reported, and the runner-count speed-up is the median of
+the ratios of adjacent blocks (this VM's CPU speed drifts by tens of percent within minutes, so only rates
+measured moments apart compare). The machine's own scaling is measured in the same turns: the runner's
+sampling loop in one and in two plain processes without Ray (skip with ``--no-plain``), so the Ray speed-up
+reads against what two processes doing the same work get on this machine. Wall time of ``train()`` only:
 actor start-up is excluded, as TF-Agents' environment construction is. Default data: $RECBANDITS_ML100K, else ../shared/data/ml-100k.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import time
 from pathlib import Path
@@ -48,23 +52,80 @@ def build_linucb(data_dir: Path, runners: int, num_envs: int, fragment: int):
     return config.build_algo()
 
 
-def interleaved_steps_per_s(algos: dict, iterations: int) -> dict:
-    """Median env steps/s of ``train()`` per algorithm, alternating them so all see the same machine load."""
-    for algo in algos.values():
-        for _ in range(2):  # warm-up
-            algo.train()
-    rates: dict = {count: [] for count in algos}
-    regrets: dict = {}
+def _plain_sampler(connection, data_dir: str, num_envs: int, fragment: int, seed: int) -> None:
+    """A process without Ray: the BanditEnvRunner's sampling loop on its own, on command."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from recbandits.algos import LinUCBConfig
+    from recbandits.algos.env_runner import BanditEnvRunner
+
+    config = (
+        LinUCBConfig()
+        .environment("recbandits/MovieLens-v0", env_config={"data_dir": data_dir, "rank": 20, "num_movies": 20})
+        .env_runners(num_env_runners=0, num_envs_per_env_runner=num_envs, rollout_fragment_length=fragment)
+        .training(alpha=10.0, lambda_=0.001)
+        .debugging(seed=seed)
+    )
+    runner = BanditEnvRunner(config=config)
+    while (fragments := connection.recv()) is not None:
+        for _ in range(fragments):
+            runner.sample_statistics()
+        connection.send(fragments * num_envs * fragment)
+
+
+class PlainProcesses:
+    """``count`` plain processes sampling side by side: the machine's scaling for the runner's work, no Ray."""
+
+    def __init__(self, count: int, data_dir: Path, num_envs: int, fragment: int):
+        context = multiprocessing.get_context("spawn")
+        self.connections, self.processes = [], []
+        for index in range(count):
+            parent, child = context.Pipe()
+            process = context.Process(target=_plain_sampler, args=(child, str(data_dir), num_envs, fragment, index),
+                                      daemon=True)
+            process.start()
+            self.connections.append(parent)
+            self.processes.append(process)
+
+    def train_block(self, iterations: int) -> float:
+        """Env steps/s of ``iterations`` fragments in every process at once."""
+        started = time.perf_counter()
+        for connection in self.connections:
+            connection.send(iterations)
+        steps = sum(connection.recv() for connection in self.connections)
+        return steps / (time.perf_counter() - started)
+
+    def stop(self) -> None:
+        for connection in self.connections:
+            connection.send(None)
+        for process in self.processes:
+            process.join(timeout=30)
+
+
+def run_block(algo, iterations: int) -> tuple[float, dict]:
+    """(env steps/s, last result) of ``iterations`` back-to-back ``train()`` calls."""
+    if isinstance(algo, PlainProcesses):
+        return algo.train_block(iterations), {"env_runners": {"per_step_regret": float("nan")}}
+    before = algo.metrics.peek(("env_runners", "num_env_steps_sampled_lifetime"), default=0)
+    started = time.perf_counter()
     for _ in range(iterations):
-        for count, algo in algos.items():
-            before = algo.metrics.peek(("env_runners", "num_env_steps_sampled_lifetime"))
-            started = time.perf_counter()
-            result = algo.train()
-            elapsed = time.perf_counter() - started
-            rates[count].append((result["env_runners"]["num_env_steps_sampled_lifetime"] - before) / elapsed)
-            regrets[count] = result["env_runners"]["per_step_regret"]
-    return {count: {"steps_per_s": float(np.median(rates[count])), "per_step_regret": regrets[count],
-                    "rates": np.asarray(rates[count])} for count in algos}
+        result = algo.train()
+    elapsed = time.perf_counter() - started
+    return (result["env_runners"]["num_env_steps_sampled_lifetime"] - before) / elapsed, result
+
+
+def interleaved_steps_per_s(algos: dict, blocks: int, block_iterations: int) -> dict:
+    """Median env steps/s of ``train()`` per algorithm, taking turns in blocks so all see the same machine load."""
+    for algo in algos.values():
+        run_block(algo, 2)  # warm-up
+    rates: dict = {key: [] for key in algos}
+    regrets: dict = {}
+    for _ in range(blocks):
+        for key, algo in algos.items():
+            rate, result = run_block(algo, block_iterations)
+            rates[key].append(rate)
+            regrets[key] = result["env_runners"]["per_step_regret"]
+    return {key: {"steps_per_s": float(np.median(rates[key])), "per_step_regret": regrets[key],
+                  "rates": np.asarray(rates[key])} for key in algos}
 
 
 def main() -> None:
@@ -73,7 +134,10 @@ def main() -> None:
     parser.add_argument("--runners", default="1,2", help="comma-separated numbers of env runners")
     parser.add_argument("--num-envs", type=int, default=1024, help="sub-envs per env runner")
     parser.add_argument("--fragment", type=int, default=256, help="vector steps per runner per iteration")
-    parser.add_argument("--iterations", type=int, default=20, help="timed iterations per runner count")
+    parser.add_argument("--blocks", type=int, default=8, help="timed blocks per algorithm")
+    parser.add_argument("--block-iterations", type=int, default=4, help="train() calls per block")
+    parser.add_argument("--no-plain", dest="plain", action="store_false",
+                        help="skip the plain-process (no Ray) measurement of the machine's own scaling")
     parser.add_argument("--tf-agents-samples", type=int, default=3200)
     parser.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray)")
     args = parser.parse_args()
@@ -85,33 +149,53 @@ def main() -> None:
     from recbandits.cluster import connect
 
     counts = [int(value) for value in args.runners.split(",")]
+    modes = ["ray", "plain"] if args.plain else ["ray"]
     # All algorithms' runners exist at once (they take turns): enough logical CPUs to place them all.
     connect(args.address, num_cpus=None if args.address else max(os.cpu_count() or 1, sum(counts)))
-    algos = {count: build_linucb(args.data_dir, count, args.num_envs, args.fragment) for count in counts}
+    algos = {("ray", count): build_linucb(args.data_dir, count, args.num_envs, args.fragment) for count in counts}
+    if args.plain:
+        algos.update({("plain", count): PlainProcesses(count, args.data_dir, args.num_envs, args.fragment)
+                      for count in counts})
     try:
-        results = interleaved_steps_per_s(algos, args.iterations)
+        results = interleaved_steps_per_s(algos, args.blocks, args.block_iterations)
     finally:
         for algo in algos.values():
             algo.stop()
     print(f"data: {args.data_dir}; MF env rank 20, 20 movies; alpha 10, lambda 0.001; "
-          f"{args.num_envs} sub-envs x {args.fragment} steps per runner per iteration")
-    print("| policy | env runners | env steps/s | vs TF-Agents | per-step regret (last iteration) |")
+          f"{args.num_envs} sub-envs x {args.fragment} steps per runner per iteration; "
+          f"{args.blocks} blocks of {args.block_iterations} iterations per algorithm")
+    print("| policy | env runners (processes) | env steps/s | vs TF-Agents | per-step regret (last iteration) |")
     print("|---|---|---|---|---|")
     print(f"| TF-Agents LinUCB (batch 8, 2 steps/loop) | - | {tf_agents:,.0f} | 1x | - |")
-    for count, result in results.items():
-        print(f"| recbandits LinUCB, Algorithm.train() | {count} | {result['steps_per_s']:,.0f} | "
-              f"{result['steps_per_s'] / tf_agents:,.0f}x | {result['per_step_regret']:.4f} |")
-    best = max(result["steps_per_s"] for result in results.values())
+    for (mode, count), result in results.items():
+        if mode == "plain":
+            print(f"| the same sampling loop in plain processes, no Ray | ({count}) | {result['steps_per_s']:,.0f} | "
+                  f"{result['steps_per_s'] / tf_agents:,.0f}x | - |")
+        else:
+            print(f"| recbandits LinUCB, Algorithm.train() | {count} | {result['steps_per_s']:,.0f} | "
+                  f"{result['steps_per_s'] / tf_agents:,.0f}x | {result['per_step_regret']:.4f} |")
+    best = max(result["steps_per_s"] for (mode, _), result in results.items() if mode != "plain")
     print(f"\nbest recbandits / TF-Agents: {best / tf_agents:,.0f}x (target >= 1000x); "
           f"target >= 200,000 env steps/s: {'met' if best >= 200_000 else 'MISSED'} ({best:,.0f})")
-    if 1 in results and len(results) > 1:
-        for count, result in results.items():
+    for mode in modes:
+        if 1 not in counts:
+            break
+        for count in counts:
             if count > 1:
-                speedup = float(np.median(result["rates"] / results[1]["rates"]))
-                quartiles = np.percentile(result["rates"] / results[1]["rates"], [25, 75])
-                print(f"{count} runners / 1 runner: {speedup:.2f}x, median of {len(result['rates'])} adjacent pairs "
-                      f"(interquartile {quartiles[0]:.2f}-{quartiles[1]:.2f}x; parallel efficiency {speedup / count:.0%})"
-                      f"; target >= 1.8x for 2: {'met' if count != 2 or speedup >= 1.8 else 'MISSED'}")
+                ratios = results[(mode, count)]["rates"] / results[(mode, 1)]["rates"]
+                speedup = float(np.median(ratios))
+                quartiles = np.percentile(ratios, [25, 75])
+                target = ("the machine's own scaling for this work, no Ray" if mode == "plain" else
+                          f"target >= 1.8x for 2: {'met' if count != 2 or speedup >= 1.8 else 'MISSED'}")
+                print(f"{mode}: {count} / 1: {speedup:.2f}x, median of {len(ratios)} adjacent block pairs "
+                      f"(interquartile {quartiles[0]:.2f}-{quartiles[1]:.2f}x; parallel efficiency "
+                      f"{speedup / count:.0%}); {target}")
+    if "plain" in modes and 1 in counts:
+        for count in (count for count in counts if count > 1):
+            ray_ratios = results[("ray", count)]["rates"] / results[("ray", 1)]["rates"]
+            plain_ratios = results[("plain", count)]["rates"] / results[("plain", 1)]["rates"]
+            print(f"Ray's {count}-runner speed-up / the machine's {count}-process speed-up: "
+                  f"{float(np.median(ray_ratios / plain_ratios)):.2f} (median over the same blocks)")
 
 
 if __name__ == "__main__":

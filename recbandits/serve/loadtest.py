@@ -9,18 +9,25 @@ noise) to ``POST /v1/reward``. Arrivals are open-loop at ``rate`` per second (or
 Reported: rank and reward requests/s, latency percentiles, errors by status, the click-to-policy latency (from
 a reward's 2xx to the first rank answer whose ``policy_watermark`` reaches the reward's ``seq``: the first
 decision by a version that learned from it) and the cumulative regret of the served decisions against a frozen
-copy of the starting policy (fetched from ``/v1/policy/versions/{v}/state``) on the same users.
+copy of the starting policy (fetched from ``/v1/policy/versions/{v}/state``) on the same users. After the
+load stops, a decision is probed every 10 ms until a served version covers every acknowledged reward, so the
+rewards that arrive after the last arrival are timed as closely as the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import itertools
 import json
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+
+PROBE_INTERVAL_S = 0.01  # decisions probed after the load, to time the last rewards' click-to-policy
+PROBE_TIMEOUT_S = 5.0  # give up on covering the last rewards this long after the last one was acknowledged
 
 
 @dataclass
@@ -113,6 +120,10 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
                                seed=spec.seed + 1)
         users = _users(spec, fields["context_dim"], len(arm_ids))
         rng = np.random.default_rng(spec.seed)
+        # The generator's full garbage collections walked everything made so far (the env, torch, aiohttp): 150-300
+        # ms each, stopping its event loop, which showed up as service latency. Only what the run makes is walked.
+        gc.collect()
+        gc.freeze()
 
         ranks: list[tuple[float, float, int, int, int, int, int]] = []  # send, recv, status, user, action, version, wm
         rewards: list[tuple[float, float, int, int]] = []  # send, ack, status, seq
@@ -242,6 +253,26 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
 
             await asyncio.gather(*(closed_loop_user() for _ in range(spec.concurrency)))
         stopped = time.perf_counter()
+        # From here no load is offered, yet rewards still arrive (up to the largest delay): probe decisions every
+        # 10 ms until a served version covers every acknowledged reward, so that the late rewards' click-to-policy
+        # is measured as the others' are (these decisions count in neither throughput nor regret).
+        tail: list[tuple[float, int]] = []
+        rewards_done = asyncio.Event()
+
+        async def probe_after_load() -> None:
+            for index in itertools.count():
+                url = spec.urls[index % len(spec.urls)]
+                async with session.post(f"{url}/v1/rank", data=users.bodies[0], headers=headers) as response:
+                    if response.status == 200:
+                        tail.append((time.perf_counter(), int((await response.json())["policy_watermark"])))
+                if rewards_done.is_set():
+                    last_seq = max((row[3] for row in rewards if row[2] == 200), default=-1)
+                    if (tail and max(watermark for _, watermark in tail) >= last_seq) or \
+                            time.perf_counter() > rewards_done_at + PROBE_TIMEOUT_S:
+                        return
+                await asyncio.sleep(PROBE_INTERVAL_S)
+
+        prober = asyncio.get_running_loop().create_task(probe_after_load())
         if tasks:
             await asyncio.gather(*tasks)
         rank_done = time.perf_counter()
@@ -250,15 +281,9 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
         if flusher is not None:
             flusher.cancel()
             await flush_rewards(final=True)
-        await asyncio.sleep(min(1.0, 0.5 + high))  # let the last rewards reach a policy
-        # A few more decisions to observe the last versions (not counted in throughput or regret).
-        tail: list[tuple[float, int]] = []
-        for index in range(20):
-            url = spec.urls[index % len(spec.urls)]
-            async with session.post(f"{url}/v1/rank", data=users.bodies[0], headers=headers) as response:
-                if response.status == 200:
-                    tail.append((time.perf_counter(), int((await response.json())["policy_watermark"])))
-            await asyncio.sleep(0.05)
+        rewards_done_at = time.perf_counter()
+        rewards_done.set()
+        await prober
         end_info = await _get_json(session, f"{spec.urls[0]}/v1/policy")
 
     return _report(spec, users, frozen, ScoreJob, ranks, rewards, tail, errors, started, stopped, rank_done, issued,
@@ -332,9 +357,13 @@ def run_loadtest(spec: LoadTestSpec) -> dict[str, Any]:
     try:
         import uvloop
 
-        return uvloop.run(_run(spec))
+        run = uvloop.run
     except ImportError:
-        return asyncio.run(_run(spec))
+        run = asyncio.run
+    try:
+        return run(_run(spec))
+    finally:
+        gc.unfreeze()
 
 
 def format_report(report: dict[str, Any]) -> str:
