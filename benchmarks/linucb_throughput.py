@@ -39,33 +39,28 @@ def tf_agents_samples_per_s(data_dir: Path, samples: int) -> float:
     return run_tf_agents_baseline(config, samples).samples_per_s
 
 
-def build_linucb(data_dir: Path, runners: int, num_envs: int, fragment: int):
+def linucb_config(data_dir: Path, runners: int, num_envs: int, fragment: int, seed: int = 0):
     from recbandits.algos import LinUCBConfig
 
-    config = (
+    return (
         LinUCBConfig()
         .environment("recbandits/MovieLens-v0", env_config={"data_dir": str(data_dir), "rank": 20, "num_movies": 20})
         .env_runners(num_env_runners=runners, num_envs_per_env_runner=num_envs, rollout_fragment_length=fragment)
         .training(alpha=10.0, lambda_=0.001)
-        .debugging(seed=0, log_level="ERROR")
+        .debugging(seed=seed, log_level="ERROR")
     )
-    return config.build_algo()
+
+
+def build_linucb(data_dir: Path, runners: int, num_envs: int, fragment: int):
+    return linucb_config(data_dir, runners, num_envs, fragment).build_algo()
 
 
 def _plain_sampler(connection, data_dir: str, num_envs: int, fragment: int, seed: int) -> None:
     """A process without Ray: the BanditEnvRunner's sampling loop on its own, on command."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from recbandits.algos import LinUCBConfig
     from recbandits.algos.env_runner import BanditEnvRunner
 
-    config = (
-        LinUCBConfig()
-        .environment("recbandits/MovieLens-v0", env_config={"data_dir": data_dir, "rank": 20, "num_movies": 20})
-        .env_runners(num_env_runners=0, num_envs_per_env_runner=num_envs, rollout_fragment_length=fragment)
-        .training(alpha=10.0, lambda_=0.001)
-        .debugging(seed=seed)
-    )
-    runner = BanditEnvRunner(config=config)
+    runner = BanditEnvRunner(config=linucb_config(Path(data_dir), 0, num_envs, fragment, seed))
     while (fragments := connection.recv()) is not None:
         for _ in range(fragments):
             runner.sample_statistics()
