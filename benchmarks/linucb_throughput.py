@@ -96,16 +96,16 @@ class PlainProcesses:
             process.join(timeout=30)
 
 
-def run_block(algo, iterations: int) -> tuple[float, dict]:
-    """(env steps/s, last result) of ``iterations`` back-to-back ``train()`` calls."""
+def run_block(algo, iterations: int) -> tuple[float, float]:
+    """(env steps/s, per-step regret of the last iteration) of ``iterations`` back-to-back ``train()`` calls."""
     if isinstance(algo, PlainProcesses):
-        return algo.train_block(iterations), {"env_runners": {"per_step_regret": float("nan")}}
+        return algo.train_block(iterations), float("nan")
     before = algo.metrics.peek(("env_runners", "num_env_steps_sampled_lifetime"), default=0)
     started = time.perf_counter()
     for _ in range(iterations):
-        result = algo.train()
+        result = algo.train()["env_runners"]
     elapsed = time.perf_counter() - started
-    return (result["env_runners"]["num_env_steps_sampled_lifetime"] - before) / elapsed, result
+    return (result["num_env_steps_sampled_lifetime"] - before) / elapsed, result["per_step_regret"]
 
 
 def interleaved_steps_per_s(algos: dict, blocks: int, block_iterations: int) -> dict:
@@ -116,11 +116,15 @@ def interleaved_steps_per_s(algos: dict, blocks: int, block_iterations: int) -> 
     regrets: dict = {}
     for _ in range(blocks):
         for key, algo in algos.items():
-            rate, result = run_block(algo, block_iterations)
+            rate, regrets[key] = run_block(algo, block_iterations)
             rates[key].append(rate)
-            regrets[key] = result["env_runners"]["per_step_regret"]
     return {key: {"steps_per_s": float(np.median(rates[key])), "per_step_regret": regrets[key],
                   "rates": np.asarray(rates[key])} for key in algos}
+
+
+def block_ratios(results: dict, mode: str, count: int) -> np.ndarray:
+    """Rate with ``count`` runners (processes) over the rate with one, block by block."""
+    return results[(mode, count)]["rates"] / results[(mode, 1)]["rates"]
 
 
 def main() -> None:
@@ -172,25 +176,22 @@ def main() -> None:
     best = max(result["steps_per_s"] for (mode, _), result in results.items() if mode != "plain")
     print(f"\nbest recbandits / TF-Agents: {best / tf_agents:,.0f}x (target >= 1000x); "
           f"target >= 200,000 env steps/s: {'met' if best >= 200_000 else 'MISSED'} ({best:,.0f})")
+    larger = [count for count in counts if count > 1] if 1 in counts else []
     for mode in modes:
-        if 1 not in counts:
-            break
-        for count in counts:
-            if count > 1:
-                ratios = results[(mode, count)]["rates"] / results[(mode, 1)]["rates"]
-                speedup = float(np.median(ratios))
-                quartiles = np.percentile(ratios, [25, 75])
-                target = ("the machine's own scaling for this work, no Ray" if mode == "plain" else
-                          f"target >= 1.8x for 2: {'met' if count != 2 or speedup >= 1.8 else 'MISSED'}")
-                print(f"{mode}: {count} / 1: {speedup:.2f}x, median of {len(ratios)} adjacent block pairs "
-                      f"(interquartile {quartiles[0]:.2f}-{quartiles[1]:.2f}x; parallel efficiency "
-                      f"{speedup / count:.0%}); {target}")
-    if "plain" in modes and 1 in counts:
-        for count in (count for count in counts if count > 1):
-            ray_ratios = results[("ray", count)]["rates"] / results[("ray", 1)]["rates"]
-            plain_ratios = results[("plain", count)]["rates"] / results[("plain", 1)]["rates"]
+        for count in larger:
+            ratios = block_ratios(results, mode, count)
+            speedup = float(np.median(ratios))
+            quartiles = np.percentile(ratios, [25, 75])
+            target = ("the machine's own scaling for this work, no Ray" if mode == "plain" else
+                      f"target >= 1.8x for 2: {'met' if count != 2 or speedup >= 1.8 else 'MISSED'}")
+            print(f"{mode}: {count} / 1: {speedup:.2f}x, median of {len(ratios)} adjacent block pairs "
+                  f"(interquartile {quartiles[0]:.2f}-{quartiles[1]:.2f}x; parallel efficiency "
+                  f"{speedup / count:.0%}); {target}")
+    if "plain" in modes:
+        for count in larger:
+            relative = block_ratios(results, "ray", count) / block_ratios(results, "plain", count)
             print(f"Ray's {count}-runner speed-up / the machine's {count}-process speed-up: "
-                  f"{float(np.median(ray_ratios / plain_ratios)):.2f} (median over the same blocks)")
+                  f"{float(np.median(relative)):.2f} (median over the same blocks)")
 
 
 if __name__ == "__main__":
