@@ -31,7 +31,7 @@ from ray.exceptions import RayError
 
 from recbandits.serve.config import ServeConfig
 from recbandits.serve.core import BanditCore, Rejection
-from recbandits.serve.eventlog import LogWriteError
+from recbandits.serve.eventlog import LogWriteError, dumps
 from recbandits.serve.policy import Decision, ServingPolicy
 from recbandits.serve.schemas import (
     ErrorResponse,
@@ -62,7 +62,10 @@ Every error is a 4xx with `message` naming the field (`field: what is wrong`) an
 
 ERRORS = {422: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}}
 
-api = FastAPI(title="recbandits serving", version="1", description=DESCRIPTION)
+# FastAPI's own OpenTelemetry hooks check the global providers on every request; Ray Serve records the request
+# metrics and traces, so they are off.
+api = FastAPI(title="recbandits serving", version="1", description=DESCRIPTION,
+              telemetry={"tracing": False, "metrics": False, "logs": False})
 BODY_MODELS = (RankRequest, RewardRequest, RewardBatchRequest, RollbackRequest)
 
 
@@ -100,7 +103,7 @@ async def _parse(request: Request, model):
 
 
 def _json(data: Any, status: int = 200) -> Response:
-    return Response(json.dumps(data, separators=(",", ":")), status_code=status, media_type="application/json")
+    return Response(dumps(data), status_code=status, media_type="application/json")
 
 
 @api.exception_handler(RequestValidationError)
@@ -146,9 +149,10 @@ def _raise_if_rejected(result: dict[str, Any]) -> dict[str, Any]:
 
 
 LOGGING = {"enable_access_log": False, "log_level": "WARNING"}
+MAX_ONGOING_REQUESTS = 2048
 
 
-@serve.deployment(name="Recommender", max_ongoing_requests=2048, health_check_period_s=5.0,
+@serve.deployment(name="Recommender", max_ongoing_requests=MAX_ONGOING_REQUESTS, health_check_period_s=5.0,
                   graceful_shutdown_timeout_s=10.0)
 @serve.ingress(api)
 class Recommender:

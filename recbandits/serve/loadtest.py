@@ -19,12 +19,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
-import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 PROBE_INTERVAL_S = 0.01  # decisions probed after the load, to time the last rewards' click-to-policy
 PROBE_TIMEOUT_S = 5.0  # give up on covering the last rewards this long after the last one was acknowledged
@@ -59,14 +60,14 @@ class LoadTestSpec:
 
 
 @dataclass
-class _Users:
+class SimulatedUsers:
     contexts: np.ndarray  # [U, d] float32 (what the env observes)
     expected: np.ndarray  # [U, K] expected reward of each movie
     optimal: np.ndarray  # [U]
     bodies: list[bytes]
 
 
-def _users(spec: LoadTestSpec, context_dim: int, num_arms: int) -> _Users:
+def simulated_users(spec: LoadTestSpec, context_dim: int, num_arms: int) -> SimulatedUsers:
     """The env's users: contexts, expected reward of every movie, the oracle's, and each user's rank request."""
     from recbandits.envs import MovieLensEnv
 
@@ -78,8 +79,8 @@ def _users(spec: LoadTestSpec, context_dim: int, num_arms: int) -> _Users:
         raise ValueError(f"the env's users have {contexts.shape[1]} features, the service expects {context_dim}")
     expected = simulator.reward_model.expected(factorization.approx_ratings())
     extra = {} if spec.top_k is None else {"top_k": spec.top_k}
-    bodies = [json.dumps({"context": row.astype(np.float64).tolist(), **extra}).encode() for row in contexts]
-    return _Users(contexts, expected, expected.max(axis=1), bodies)
+    bodies = [orjson.dumps({"context": row.astype(np.float64).tolist(), **extra}) for row in contexts]
+    return SimulatedUsers(contexts, expected, expected.max(axis=1), bodies)
 
 
 async def _get_json(session, url: str) -> dict[str, Any]:
@@ -96,6 +97,38 @@ def _percentiles(values: list[float] | np.ndarray, scale: float = 1.0) -> dict[s
     array = np.asarray(values, dtype=np.float64) * scale
     return {"p50": float(np.percentile(array, 50)), "p90": float(np.percentile(array, 90)),
             "p99": float(np.percentile(array, 99)), "max": float(array.max()), "mean": float(array.mean())}
+
+
+async def open_loop(fire: Callable[[int], Awaitable[None]], rate: float, max_requests: int, deadline: float,
+                    in_flight: asyncio.Semaphore, started: float) -> tuple[int, float, set[asyncio.Task]]:
+    """Open-loop arrivals: start ``fire(i)`` at ``started + i / rate`` (at most ``in_flight`` at once) until
+    ``max_requests`` or ``deadline`` (perf_counter); return (requests issued, largest lag behind schedule in
+    seconds, the tasks still running)."""
+    loop = asyncio.get_running_loop()
+    issued, lag = 0, 0.0
+    tasks: set[asyncio.Task] = set()
+
+    async def limited(index: int) -> None:
+        try:
+            await fire(index)
+        finally:
+            in_flight.release()
+
+    interval = 1.0 / rate
+    while issued < max_requests:
+        due = started + issued * interval
+        now = time.perf_counter()
+        if due > now:
+            await asyncio.sleep(due - now)
+        if time.perf_counter() >= deadline:
+            break
+        await in_flight.acquire()
+        lag = max(lag, time.perf_counter() - due)
+        task = loop.create_task(limited(issued))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        issued += 1
+    return issued, lag, tasks
 
 
 async def _run(spec: LoadTestSpec) -> dict[str, Any]:
@@ -118,7 +151,7 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
         start_state = await _get_json(session, f"{spec.urls[0]}/v1/policy/versions/{start_version}/state")
         frozen = ServingPolicy(fields, {key: np.asarray(value) for key, value in start_state["state"].items()},
                                seed=spec.seed + 1)
-        users = _users(spec, fields["context_dim"], len(arm_ids))
+        users = simulated_users(spec, fields["context_dim"], len(arm_ids))
         rng = np.random.default_rng(spec.seed)
         # A full garbage collection would walk everything made at start-up (the env, torch, aiohttp: ~300k objects,
         # 150-300 ms per pass, with the event loop stopped and requests in flight timed): only what the run makes.
@@ -153,12 +186,12 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
             return sent, received, status, payload
 
         async def post_batch(url: str, items: list[tuple[str, float]]) -> None:
-            body = json.dumps({"rewards": [{"event_id": event_id, "reward": value} for event_id, value in items]})
-            answer = await post("reward", f"{url}/v1/rewards", body.encode())
+            body = orjson.dumps({"rewards": [{"event_id": event_id, "reward": value} for event_id, value in items]})
+            answer = await post("reward", f"{url}/v1/rewards", body)
             if answer is None or answer[2] != 200:
                 return
             sent, acked, _, payload = answer
-            for result in json.loads(payload)["results"]:
+            for result in orjson.loads(payload)["results"]:
                 if result["status"] == "rejected":
                     error(f"reward:{result['error']['status']}")
                     rewards.append((sent, acked, result["error"]["status"], -1))
@@ -185,11 +218,11 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
             if spec.reward_batch_s > 0:
                 collected[url].append((event_id, reward))
                 return
-            answer = await post("reward", f"{url}/v1/reward", json.dumps({"event_id": event_id, "reward": reward}).encode())
+            answer = await post("reward", f"{url}/v1/reward", orjson.dumps({"event_id": event_id, "reward": reward}))
             if answer is None:
                 return
             sent, acked, status, payload = answer
-            rewards.append((sent, acked, status, int(json.loads(payload)["seq"]) if status == 200 else -1))
+            rewards.append((sent, acked, status, int(orjson.loads(payload)["seq"]) if status == 200 else -1))
 
         async def one(index: int) -> None:
             url = spec.urls[index % len(spec.urls)]
@@ -201,7 +234,7 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
             if status != 200:
                 ranks.append((sent, received, status, user, -1, -1, -1))
                 return
-            answer = json.loads(payload)
+            answer = orjson.loads(payload)
             action = int(answer["action"])
             ranks.append((sent, received, status, user, action, int(answer["policy_version"]),
                           int(answer["policy_watermark"])))
@@ -213,12 +246,6 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
             pending_rewards.add(task)
             task.add_done_callback(pending_rewards.discard)
 
-        async def limited(index: int) -> None:
-            try:
-                await one(index)
-            finally:
-                in_flight.release()
-
         flusher = asyncio.get_running_loop().create_task(flush_rewards()) if spec.reward_batch_s > 0 else None
         started = time.perf_counter()
         deadline = started + spec.duration_s
@@ -226,20 +253,7 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
         lag = 0.0
         tasks: set[asyncio.Task] = set()
         if spec.rate > 0:
-            interval = 1.0 / spec.rate
-            while issued < spec.max_requests:
-                due = started + issued * interval
-                now = time.perf_counter()
-                if due > now:
-                    await asyncio.sleep(due - now)
-                if time.perf_counter() >= deadline:
-                    break
-                await in_flight.acquire()
-                lag = max(lag, time.perf_counter() - due)
-                task = asyncio.get_running_loop().create_task(limited(issued))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                issued += 1
+            issued, lag, tasks = await open_loop(one, spec.rate, spec.max_requests, deadline, in_flight, started)
         else:
             counter = iter(range(spec.max_requests))
 

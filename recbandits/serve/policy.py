@@ -20,6 +20,7 @@ Disjoint: f_k = x and theta, A belong to arm k's model. Shared: f_k = [x, a_k] (
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -283,24 +284,28 @@ class ServingPolicy:
             return []
         decisions = []
         for job, (scores, rows) in zip(jobs, self._scores(jobs), strict=True):
+            if not math.isfinite(scores.sum()):  # any NaN or infinity makes the sum so
+                # Inputs are finite and bounded (schemas.MAX_ABS_VALUE): this is a broken model, never logged.
+                raise FloatingPointError(f"the policy scored candidates {scores.tolist()}: not finite")
             count = len(scores)
+            # Best first; a stable sort keeps tied candidates in index order, so the ties are order[:num_ties].
+            order = np.argsort(-scores, kind="stable")
             if self.exploration == "random":
                 chosen = int(self.rng.integers(count))
                 probabilities = np.full(count, 1.0 / count)
             else:
-                best = scores.max()
-                ties = np.flatnonzero(scores == best)
-                chosen = int(ties[self.rng.integers(len(ties))]) if len(ties) > 1 else int(ties[0])
+                num_ties = int((scores == scores[order[0]]).sum())
+                chosen = int(order[self.rng.integers(num_ties)]) if num_ties > 1 else int(order[0])
                 probabilities = None
                 if self.exploration in ("ucb", "greedy", "eps_greedy"):
                     probabilities = np.zeros(count)
-                    probabilities[ties] = 1.0 / len(ties)
+                    probabilities[order[:num_ties]] = 1.0 / num_ties
                 if self.exploration == "eps_greedy":
                     probabilities = (1.0 - self.epsilon) * probabilities + self.epsilon / count
                     if self.rng.random() < self.epsilon:
                         chosen = int(self.rng.integers(count))
-            rest = np.argsort(-scores, kind="stable")
-            order = np.concatenate([[chosen], rest[rest != chosen]]).astype(np.int64)
+            if chosen != order[0]:
+                order = np.concatenate([[chosen], order[order != chosen]])
             if self.shape == "disjoint":
                 model, features = int(job.arms[chosen]), job.context
             else:

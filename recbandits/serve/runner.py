@@ -80,18 +80,13 @@ def replica_urls(config: ServeConfig, timeout_s: float = 30.0) -> list[str]:
     return sorted(found.values())
 
 
-def start_service(config: ServeConfig, address: str | None = None, explicit: set[str] | None = None) -> dict[str, Any]:
-    """Prepare the state dir, start Ray and Serve, deploy; return what ``run_service`` prints."""
+def start_ray_serve(config: ServeConfig, address: str | None = None) -> None:
+    """Ray (local, or the cluster at ``address``) and Ray Serve's HTTP options, with ``serve_environment``."""
     import ray
     from ray import serve
 
-    from recbandits.serve.app import build_app
-    from recbandits.serve.core import prepare_state_dir
-
     env = serve_environment(config)
     os.environ.update(env)  # a local Ray inherits them (Ray Serve reads its flags at import, in each process)
-    started = time.perf_counter()
-    config = prepare_state_dir(config, explicit)
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "namespace": "recbandits", "log_to_driver": True}
         if address:
@@ -107,6 +102,18 @@ def start_service(config: ServeConfig, address: str | None = None, explicit: set
         http_options={"host": config.host, "port": config.port},
         logging_config={"enable_access_log": False, "log_level": "WARNING"},
     )
+
+
+def start_service(config: ServeConfig, address: str | None = None, explicit: set[str] | None = None) -> dict[str, Any]:
+    """Prepare the state dir, start Ray and Serve, deploy; return what ``run_service`` prints."""
+    from ray import serve
+
+    from recbandits.serve.app import build_app
+    from recbandits.serve.core import prepare_state_dir
+
+    started = time.perf_counter()
+    config = prepare_state_dir(config, explicit)
+    start_ray_serve(config, address)
     serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
     url = f"http://{config.host}:{config.port}"
     urls = replica_urls(config)

@@ -62,9 +62,12 @@ def session_pids(session: int) -> list[int]:
 
 
 class ServiceProcess:
-    """``python -m recbandits.serve ARGS`` in its own session; its stdout/stderr go to ``log_path``."""
+    """``python -m recbandits.serve ARGS`` (or ``python COMMAND... ARGS``: any program that prints the same ready
+    line) in its own session; its stdout/stderr go to ``log_path``."""
 
-    def __init__(self, args: Sequence[str], log_path: str | Path | None = None, env: dict[str, str] | None = None):
+    def __init__(self, args: Sequence[str], log_path: str | Path | None = None, env: dict[str, str] | None = None,
+                 command: Sequence[str] = ("-m", "recbandits.serve")):
+        self.command = [str(part) for part in command]
         self.args = [str(arg) for arg in args]
         self.log_path = Path(log_path) if log_path else None
         self.env = {**os.environ, **(env or {})}
@@ -76,7 +79,7 @@ class ServiceProcess:
     def start(self, timeout_s: float = 180.0) -> dict[str, Any]:
         stderr = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "recbandits.serve", *self.args], stdout=subprocess.PIPE, stderr=stderr,
+            [sys.executable, *self.command, *self.args], stdout=subprocess.PIPE, stderr=stderr,
             env=self.env, start_new_session=True, text=True,
         )
         found = threading.Event()
