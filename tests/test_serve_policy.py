@@ -94,6 +94,25 @@ def test_explorations_and_probabilities():
     np.testing.assert_allclose(random.decide([job])[0].probabilities, 0.25)
 
 
+def test_order_is_the_chosen_then_the_rest_best_first_and_non_finite_scores_are_refused():
+    fields = {"shape": "disjoint", "context_dim": 1, "num_arms": 5, "arm_dim": 0, "arm_ids": list("abcde"),
+              "interaction": False, "model_config": {"exploration": "greedy", "lambda_": 1.0}}
+    policy = ServingPolicy(fields)
+    # theta_k = r_k / 2 after one record per arm with x = 1 (ridge, lambda 1): scores 1, 3, 3, 0, 2.
+    policy.absorb([LearningRecord(k + 1, k, np.array([1.0]), 2.0 * score) for k, score in enumerate([1, 3, 3, 0, 2])])
+    job = ScoreJob(context=np.array([1.0]), arms=np.arange(5))
+    orders = set()
+    for _ in range(40):
+        decision = policy.decide([job])[0]
+        assert decision.chosen in (1, 2)  # the tie of the best two is broken at random
+        np.testing.assert_allclose(decision.probabilities, [0, 0.5, 0.5, 0, 0])
+        orders.add(tuple(decision.order))
+    assert orders == {(1, 2, 4, 0, 3), (2, 1, 4, 0, 3)}
+    policy.theta[3] = np.nan  # a broken model: the decision is refused, never logged with a null score
+    with pytest.raises(FloatingPointError, match="not finite"):
+        policy.decide([job])
+
+
 def test_learning_records_give_the_closed_form_statistics():
     fields = {"shape": "disjoint", "context_dim": 3, "num_arms": 2, "arm_dim": 0, "arm_ids": ["0", "1"],
               "interaction": False, "model_config": {}}
