@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/serve_floor.py --data-dir ../shared/data/ml-100k [--rates 300,400,450]
                                                [--rounds 2] [--duration 30] [--out runs/floor.json]
+    .venv/bin/python benchmarks/serve_floor.py --apps recbandits --service-args "--batch-wait-ms 8" --rates 400
 
 Both apps run one replica under the settings ``recbandits serve`` uses (``start_ray_serve``: Ray Serve's
 throughput-optimized mode, direct ingress on the replica's port, the same FastAPI ingress and ``serve.batch``
@@ -156,7 +157,7 @@ def run_app(kind: str, rate: float, args, bodies: list[bytes]) -> dict:
         else:
             service = ServiceProcess([
                 "--state-dir", state, "--port", port, "--replica-port", port + 1, "--context-dim", 20,
-                "--num-arms", 20, "--snapshot-interval", 10, "--join-window", 30,
+                "--num-arms", 20, "--snapshot-interval", 10, "--join-window", 30, *args.service_args.split(),
             ], log_path=Path(state) / "service.log")  # fmt: skip
         ready = service.start()
         try:
@@ -170,6 +171,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--serve-constant", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--rates", default="300,400,450", help="Rank requests/s offered, comma-separated.")
+    parser.add_argument("--apps", default="constant,recbandits", help="Which apps, comma-separated.")
+    parser.add_argument("--service-args", default="", help="Extra `recbandits serve` options for the service.")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--warmup", type=float, default=3.0)
@@ -184,10 +187,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     bodies = simulated_users(LoadTestSpec(data_dir=args.data_dir), context_dim=20, num_arms=20).bodies
     rates = [float(rate) for rate in args.rates.split(",")]
+    apps = args.apps.split(",")
+    if not set(apps) <= {"constant", "recbandits"} or not apps:
+        parser.error(f"--apps {args.apps!r}: constant and/or recbandits")
     results = []
     for round_index in range(args.rounds):
         for rate in rates:
-            for kind in ("constant", "recbandits") if round_index % 2 == 0 else ("recbandits", "constant"):
+            for kind in apps if round_index % 2 == 0 else apps[::-1]:
                 result = {"round": round_index, **run_app(kind, rate, args, bodies)}
                 results.append(result)
                 print(f"round {round_index}  {kind:<10} {rate:5.0f}/s  p50 {result['p50_ms']:6.1f} ms  "
@@ -195,6 +201,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                       f"replica {result['replica_cpu_share'] * 100:4.0f}% of a core = "
                       f"{result['replica_cpu_ms_per_request']:.2f} ms CPU/request", flush=True)
 
+    if len(apps) < 2:
+        return results
     print(f"\nmedian over {args.rounds} round(s); target p99 <= {TARGET_P99_MS:.0f} ms")
     print(f"{'rate/s':>7} | {'constant p99':>12} | {'recbandits p99':>14} | {'constant CPU/req':>16} | "
           f"{'recbandits CPU/req':>18} | ratio")
