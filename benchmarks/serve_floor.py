@@ -206,14 +206,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"\nmedian over {args.rounds} round(s); target p99 <= {TARGET_P99_MS:.0f} ms")
     print(f"{'rate/s':>7} | {'constant p99':>12} | {'recbandits p99':>14} | {'constant CPU/req':>16} | "
           f"{'recbandits CPU/req':>18} | ratio")
-    for rate in rates:
-        def median(kind: str, key: str, rate: float = rate) -> float:
-            return float(np.median([row[key] for row in results if row["app"] == kind and row["rate"] == rate]))
+    def median(kind: str, key: str, rate: float) -> float:
+        return float(np.median([row[key] for row in results if row["app"] == kind and row["rate"] == rate]))
 
-        constant_cpu, own_cpu = median("constant", "replica_cpu_ms_per_request"), median(
-            "recbandits", "replica_cpu_ms_per_request")
-        print(f"{rate:7.0f} | {median('constant', 'p99_ms'):9.1f} ms | {median('recbandits', 'p99_ms'):11.1f} ms | "
-              f"{constant_cpu:13.2f} ms | {own_cpu:15.2f} ms | {own_cpu / constant_cpu:.2f}x")
+    for rate in rates:
+        constant_cpu = median("constant", "replica_cpu_ms_per_request", rate)
+        own_cpu = median("recbandits", "replica_cpu_ms_per_request", rate)
+        print(f"{rate:7.0f} | {median('constant', 'p99_ms', rate):9.1f} ms | "
+              f"{median('recbandits', 'p99_ms', rate):11.1f} ms | {constant_cpu:13.2f} ms | {own_cpu:15.2f} ms | "
+              f"{own_cpu / constant_cpu:.2f}x")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2))
