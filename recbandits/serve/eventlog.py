@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -102,17 +102,22 @@ class LogWriteError(RuntimeError):
 
 
 class EventLog:
-    """Append-only JSONL file with sequence numbers and group commit (see the module docstring)."""
+    """Append-only JSONL file with sequence numbers and group commit (see the module docstring).
+
+    One writer thread takes every row queued so far, writes and fsyncs them, and hands the whole commit back to
+    the event loop in one ``call_soon_threadsafe``: per commit the loop does one callback (``on_durable`` in
+    order, then the futures), not a task wake-up plus an executor round trip.
+    """
 
     def __init__(self, path: Path, next_seq: int = 1, fsync: bool = True):
         self.path = Path(path)
         self.fsync = fsync
         self.next_seq = next_seq
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self._queue: list[tuple[bytes, asyncio.Future | None, Callable[[], None] | None]] = []
-        self._wakeup: asyncio.Event | None = None
-        self._writer: asyncio.Task | None = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="eventlog")
+        self._queue: list[tuple[bytes, asyncio.Future, Callable[[], None] | None]] = []
+        self._queued = threading.Condition()
+        self._writer: threading.Thread | None = None
+        self._closing = False
         self.failure: BaseException | None = None
         self._last: asyncio.Future | None = None
         self.rows_written = 0
@@ -139,47 +144,65 @@ class EventLog:
         if self.failure is not None:
             raise LogWriteError(f"the event log {self.path} failed: {self.failure}")
         self.stamp(rows)
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._queue.append((b"".join(encode(row) for row in rows), future, on_durable))
+        future = asyncio.get_running_loop().create_future()
+        data = b"".join(encode(row) for row in rows)
+        with self._queued:
+            if self._closing:
+                raise LogWriteError(f"the event log {self.path} is closed")
+            self._queue.append((data, future, on_durable))
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, name="eventlog", daemon=True)
+                self._writer.start()
+            self._queued.notify()
         self._last = future
-        if self._writer is None or self._writer.done():
-            self._wakeup = asyncio.Event()
-            self._writer = loop.create_task(self._write_loop())
-        self._wakeup.set()
         return future
 
     async def append(self, rows: list[dict[str, Any]], on_durable: Callable[[], None] | None = None) -> None:
         await self.submit(rows, on_durable)
 
-    async def _write_loop(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _write_loop(self) -> None:
+        """The writer thread: group commits until ``close``; each commit resolved on its futures' loop."""
         while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            if not self._queue:
-                continue
-            batch, self._queue = self._queue, []
-            try:
-                await loop.run_in_executor(self._executor, self._write, b"".join(item[0] for item in batch))
-            except BaseException as error:  # noqa: BLE001 - every waiter must hear about it
-                self.failure = error
-                for _, future, _ in batch + self._queue:
-                    if future is not None and not future.done():
-                        future.set_exception(LogWriteError(f"the event log {self.path} failed: {error}"))
-                self._queue = []
-                return
-            for _, _, on_durable in batch:
-                if on_durable is not None:
-                    try:
-                        on_durable()
-                    except Exception:  # noqa: BLE001 - a bookkeeping bug must not stop the log
-                        import logging
+            with self._queued:
+                while not self._queue and not self._closing:
+                    self._queued.wait()
+                if not self._queue:
+                    return
+                batch, self._queue = self._queue, []
+            error = self.failure
+            if error is None:
+                try:
+                    self._write(b"".join(item[0] for item in batch))
+                except BaseException as exc:  # noqa: BLE001 - every waiter must hear about it
+                    self.failure = error = exc
+            loops: dict[asyncio.AbstractEventLoop, list] = {}
+            for item in batch:
+                loops.setdefault(item[1].get_loop(), []).append(item)
+            for loop, items in loops.items():
+                try:
+                    loop.call_soon_threadsafe(self._resolve, items, error)
+                except RuntimeError:  # that loop is closed: nobody waits there any more
+                    pass
 
-                        logging.getLogger(__name__).exception("on_durable callback failed")
+    def _resolve(self, batch: list[tuple[bytes, asyncio.Future, Callable[[], None] | None]],
+                 error: BaseException | None) -> None:
+        """On the event loop: run the commit's ``on_durable`` callbacks in order, then complete its futures."""
+        if error is not None:
             for _, future, _ in batch:
-                if future is not None and not future.done():
-                    future.set_result(None)
+                if not future.done():
+                    future.set_exception(LogWriteError(f"the event log {self.path} failed: {error}"))
+            return
+        for _, _, on_durable in batch:
+            if on_durable is not None:
+                try:
+                    on_durable()
+                except Exception:  # noqa: BLE001 - a bookkeeping bug must not stop the log
+                    import logging
+
+                    logging.getLogger(__name__).exception("on_durable callback failed")
+        for _, future, _ in batch:
+            if not future.done():
+                future.set_result(None)
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -197,7 +220,12 @@ class EventLog:
             await asyncio.wait([self._last])
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        """Write what is queued, stop the writer thread, close the file."""
+        with self._queued:
+            self._closing = True
+            self._queued.notify()
+        if self._writer is not None:
+            self._writer.join()
         try:
             os.close(self._fd)
         except OSError:
