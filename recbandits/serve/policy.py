@@ -140,9 +140,9 @@ class ScoreJob:
 @dataclass
 class Decision:
     chosen: int  # index into the job's candidates
-    order: np.ndarray  # candidate indices, chosen first, then by score
-    scores: np.ndarray  # [c]
-    probabilities: np.ndarray | None  # [c] probability of each candidate being the chosen one
+    order: list[int]  # candidate indices, chosen first, then by score
+    scores: list[float]  # [c]
+    probabilities: list[float] | None  # [c] probability of each candidate being the chosen one
     model: int  # model the chosen candidate's reward updates
     features: np.ndarray = field(repr=False)  # [D] features of the chosen candidate (what the reward teaches)
 
@@ -283,34 +283,42 @@ class ServingPolicy:
         if not jobs:
             return []
         decisions = []
+        exploration = self.exploration
         for job, (scores, rows) in zip(jobs, self._scores(jobs), strict=True):
-            if not math.isfinite(scores.sum()):  # any NaN or infinity makes the sum so
+            # Plain Python on the few candidates of a request: each numpy call costs more than the work here.
+            values = scores.tolist()
+            if not math.isfinite(sum(values)):  # any NaN or infinity makes the sum so
                 # Inputs are finite and bounded (schemas.MAX_ABS_VALUE): this is a broken model, never logged.
-                raise FloatingPointError(f"the policy scored candidates {scores.tolist()}: not finite")
-            count = len(scores)
-            # Best first; a stable sort keeps tied candidates in index order, so the ties are order[:num_ties].
-            order = np.argsort(-scores, kind="stable")
-            if self.exploration == "random":
+                raise FloatingPointError(f"the policy scored candidates {values}: not finite")
+            count = len(values)
+            # Best first; the sort is stable (reverse=True included), so tied candidates stay in index order and
+            # the ties are order[:num_ties].
+            order = sorted(range(count), key=values.__getitem__, reverse=True)
+            if exploration == "random":
                 chosen = int(self.rng.integers(count))
-                probabilities = np.full(count, 1.0 / count)
+                probabilities = [1.0 / count] * count
             else:
-                num_ties = int((scores == scores[order[0]]).sum())
-                chosen = int(order[self.rng.integers(num_ties)]) if num_ties > 1 else int(order[0])
+                best, num_ties = values[order[0]], 1
+                while num_ties < count and values[order[num_ties]] == best:
+                    num_ties += 1
+                chosen = order[int(self.rng.integers(num_ties))] if num_ties > 1 else order[0]
                 probabilities = None
-                if self.exploration in ("ucb", "greedy", "eps_greedy"):
-                    probabilities = np.zeros(count)
-                    probabilities[order[:num_ties]] = 1.0 / num_ties
-                if self.exploration == "eps_greedy":
-                    probabilities = (1.0 - self.epsilon) * probabilities + self.epsilon / count
+                if exploration in ("ucb", "greedy", "eps_greedy"):
+                    probabilities = [0.0] * count
+                    for index in order[:num_ties]:
+                        probabilities[index] = 1.0 / num_ties
+                if exploration == "eps_greedy":
+                    probabilities = [(1.0 - self.epsilon) * p + self.epsilon / count for p in probabilities]
                     if self.rng.random() < self.epsilon:
                         chosen = int(self.rng.integers(count))
             if chosen != order[0]:
-                order = np.concatenate([[chosen], order[order != chosen]])
+                order.remove(chosen)
+                order.insert(0, chosen)
             if self.shape == "disjoint":
                 model, features = int(job.arms[chosen]), job.context
             else:
                 model, features = 0, rows[chosen]
-            decisions.append(Decision(chosen, order, scores, probabilities, model, features))
+            decisions.append(Decision(chosen, order, values, probabilities, model, features))
         return decisions
 
     # ----------------------------------------------------------------------------------------------
