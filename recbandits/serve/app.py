@@ -287,14 +287,14 @@ class Recommender:
             if "rejection" in result:
                 answers.append(result)
                 continue
-            order = decision.order[: job.top_k]
-            probabilities = decision.probabilities
+            ids, scores, probabilities = job.candidate_ids, decision.scores, decision.probabilities
+            if probabilities is None:
+                probabilities = [None] * len(scores)
             answers.append({
                 "event_id": row["event_id"],
                 "action": row["action"],
-                "ranking": [{"id": job.candidate_ids[index], "score": decision.scores[index],
-                             "probability": None if probabilities is None else probabilities[index]}
-                            for index in order],
+                "ranking": [{"id": ids[index], "score": scores[index], "probability": probabilities[index]}
+                            for index in decision.order[: job.top_k]],
                 "policy_version": row["policy_version"],
                 "policy_watermark": row["watermark"],
                 "exploration": row["exploration"],

@@ -248,7 +248,7 @@ class ServingPolicy:
         """Scores of every job's candidates (and, shared shape, their feature rows)."""
         exploration = self.exploration
         if self.shape == "disjoint":
-            contexts = np.stack([job.context for job in jobs])  # [B, d]
+            contexts = np.array([job.context for job in jobs])  # [B, d]
             if exploration == "random":
                 return [(self.rng.random(len(job.arms)), None) for job in jobs]
             if exploration == "thompson":
@@ -259,8 +259,8 @@ class ServingPolicy:
                 all_scores = contexts @ self.theta.T  # [B, K]
                 if exploration == "ucb" and self.alpha > 0:
                     projected = (contexts @ self._stacked).reshape(len(jobs), self.num_models, self.feature_dim)
-                    variance = np.maximum((projected * contexts[:, None, :]).sum(-1), 0.0)
-                    all_scores = all_scores + self.alpha * np.sqrt(variance)
+                    variance = (projected @ contexts[:, :, None])[:, :, 0]  # x^T A_k^-1 x for every arm k
+                    all_scores += self.alpha * np.sqrt(np.maximum(variance, 0.0))
             return [(all_scores[b, job.arms], None) for b, job in enumerate(jobs)]
 
         features = [self.candidate_features(job.context, job.arm_features) for job in jobs]
