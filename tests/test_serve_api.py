@@ -29,6 +29,7 @@ def service(tmp_path_factory):
     port = free_port_block(12)
     args = [
         "--state-dir", root / "state", "--port", port, "--replica-port", port + 1, "--metrics-port", port + 10,
+        "--metrics-interval", 2,
         "--shape", "disjoint", "--context-dim", 4, "--arm-ids", ",".join(ARMS), "--exploration", "greedy",
         "--learning", "in_process", "--join-window", WINDOW_S, "--default-reward", 0.0, "--reward-rule", "first",
         "--max-candidates", 8, "--user-table", users, "--snapshot-interval", 1.0, "--update-interval", 0.0,

@@ -220,3 +220,12 @@ def test_validator_for_the_shared_shape(tmp_path):
         with pytest.raises(Rejection) as rejected:
             validator.rank_job(RankRequest.model_validate(body))
         assert rejected.value.field == field and rejected.value.status == 422
+
+
+def test_metrics_interval_reaches_ray_and_is_checked():
+    from recbandits.serve.runner import serve_environment
+
+    assert serve_environment(ServeConfig())["RAY_metrics_report_interval_ms"] == "60000"
+    assert serve_environment(ServeConfig(metrics_interval_s=2.5))["RAY_metrics_report_interval_ms"] == "2500"
+    with pytest.raises(ValueError, match="metrics_interval_s=0.5 must be a finite number >= 1"):
+        ServeConfig(metrics_interval_s=0.5)

@@ -56,6 +56,8 @@ def serve_command(
     fast_path: Annotated[bool, typer.Option(
         help="Ray Serve's throughput-optimized mode (replicas serve HTTP directly, gRPC handles).")] = True,
     metrics_port: Annotated[int | None, typer.Option(help="Prometheus port of Ray's metrics (local Ray).")] = None,
+    metrics_interval: Annotated[float | None, typer.Option(
+        help="Seconds between Ray's metric exports (local Ray; default 60, Ray's own 10).")] = None,
     checkpoint: Annotated[str | None, typer.Option(
         help="Start from `recbandits simulate --out DIR` (DIR or DIR/checkpoint) or an RLModule checkpoint.")] = None,
     shape: Annotated[str | None, typer.Option(help="Cold start: disjoint | shared.")] = None,
@@ -93,7 +95,8 @@ def serve_command(
 
     options: dict[str, Any] = dict(
         state_dir=str(state_dir), port=port, host=host, replica_port=replica_port, fast_path=fast_path,
-        metrics_port=metrics_port, checkpoint=checkpoint, shape=shape, context_dim=context_dim, num_arms=num_arms,
+        metrics_port=metrics_port, metrics_interval_s=metrics_interval, checkpoint=checkpoint, shape=shape,
+        context_dim=context_dim, num_arms=num_arms,
         arm_dim=arm_dim, arm_ids=arm_ids.split(",") if arm_ids else None, interaction=interaction,
         exploration=exploration, alpha=alpha, lambda_=lambda_, epsilon=epsilon, seed=seed, user_table=user_table,
         learning=learning, num_replicas=num_replicas, max_batch_size=max_batch_size,

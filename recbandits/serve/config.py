@@ -38,6 +38,9 @@ class ServeConfig:
     fast_path: bool = True
     replica_port: int | None = None
     metrics_port: int | None = None  # Prometheus export of Ray (and Serve) metrics; None: Ray picks one
+    # How often Ray's processes export their metrics to the node's agent (local Ray; Ray's default is 10 s). Each
+    # export is a CPU burst in the agent that stalls serving on a small machine: see docs/serve.md.
+    metrics_interval_s: float = 60.0
 
     # The starting policy: a checkpoint (recbandits simulate --out DIR, its DIR/checkpoint, or an RLModule
     # checkpoint), or a cold start for this feature spec.
@@ -115,6 +118,8 @@ class ServeConfig:
               f"default_reward={self.default_reward} must be finite (or None to drop)")
         check(self.update_interval_s is None or self.update_interval_s >= 0, "update_interval_s must be >= 0")
         check(self.snapshot_interval_s > 0, "snapshot_interval_s must be > 0")
+        check(math.isfinite(self.metrics_interval_s) and self.metrics_interval_s >= 1,
+              f"metrics_interval_s={self.metrics_interval_s} must be a finite number >= 1")
         check(self.keep_snapshots >= 1, "keep_snapshots must be >= 1")
         check(self.closed_retention >= 0, "closed_retention must be >= 0")
         unknown = set(self.model_config) - set(MODEL_KEYS)

@@ -343,6 +343,7 @@ def _report(spec, users, frozen, score_job, ranks, rewards, tail, errors, starte
 
     return {
         "spec": {**asdict(spec), "reward_delay": list(spec.reward_delay)},
+        "slow_seconds": _slow_seconds(steady, window_start),
         "duration_s": stopped - started,
         "issued": issued,
         "max_schedule_lag_ms": lag * 1e3,
@@ -366,6 +367,25 @@ def _report(spec, users, frozen, score_job, ranks, rewards, tail, errors, starte
         "policy_version": {"start": start_version, "end": end_info["policy_version"],
                            "observations_end": end_info["statistics"]["observations"]},
     }
+
+
+SLOW_MS = 50.0  # the latency target: the report says in which seconds of the run the requests above it were sent
+
+
+def _slow_seconds(steady: list[tuple], window_start: float) -> dict[str, Any]:
+    """Where the tail is: how many rank requests took over SLOW_MS, and the seconds (from the end of the warm-up)
+    in which most of them were sent. A few bad seconds point at stalls; slow requests spread over every second
+    point at a saturated server."""
+    sent = np.array([row[0] - window_start for row in steady])
+    slow = np.array([(row[1] - row[0]) * 1e3 > SLOW_MS for row in steady], dtype=bool)
+    if not len(sent):
+        return {"threshold_ms": SLOW_MS, "slow": 0, "seconds_with_slow": 0, "seconds": 0, "worst": []}
+    second = sent.astype(np.int64)
+    per_second = np.bincount(second[slow], minlength=int(second.max()) + 1)
+    worst = np.argsort(-per_second, kind="stable")[:5]
+    return {"threshold_ms": SLOW_MS, "slow": int(slow.sum()), "seconds_with_slow": int((per_second > 0).sum()),
+            "seconds": len(per_second),
+            "worst": [{"second": int(index), "slow": int(per_second[index])} for index in worst if per_second[index]]}
 
 
 def run_loadtest(spec: LoadTestSpec) -> dict[str, Any]:
@@ -397,6 +417,10 @@ def format_report(report: dict[str, Any]) -> str:
         f"reward   {reward['requests_per_s']:8.1f} /s     p50 {ms(reward['latency_ms']['p50'])}  "
         f"p99 {ms(reward['latency_ms']['p99'])}  ({reward['ok']} ok of {reward['sent']})",
         f"errors   {errors}",
+        f"tail     {report['slow_seconds']['slow']} rank requests over {report['slow_seconds']['threshold_ms']:.0f} ms, "
+        f"sent in {report['slow_seconds']['seconds_with_slow']} of {report['slow_seconds']['seconds']} s"
+        + ("; worst seconds " + ", ".join(f"{item['second']} s ({item['slow']})" for item in report["slow_seconds"]["worst"])
+           if report["slow_seconds"]["worst"] else ""),
         f"click-to-policy  median {s(click['p50'])}  p90 {s(click['p90'])}  p99 {s(click['p99'])}  "
         f"({click['observed']} observed, {click['not_observed']} not)",
         f"regret   online {regret['online_cumulative']:.1f}  frozen {regret['frozen_cumulative']:.1f}  "
