@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from recbandits.serve.loadtest import LoadTestSpec, run_loadtest
+from recbandits.serve.loadtest import LoadTestSpec, _slow_seconds, run_loadtest
 from recbandits.serve.testing import ServiceProcess, free_port_block
 
 
@@ -30,3 +30,15 @@ def test_loadtest_accounts_for_every_request_and_times_every_reward(tmp_path):
     assert report["policy_version"]["observations_end"] == report["issued"]
     # The learning service beats the frozen copy of its (cold) starting policy on the same users.
     assert report["regret"]["online_cumulative"] < report["regret"]["frozen_cumulative"]
+    tail = report["slow_seconds"]
+    assert sum(item["slow"] for item in tail["worst"]) <= tail["slow"] <= report["rank"]["steady_ok"]
+
+
+def test_slow_seconds_counts_the_tail_per_second_sent():
+    # (sent, received): 60 ms (slow), 10 ms, 200 ms (slow), 51 ms (slow), seconds from a window start at 100 s.
+    rows = [(100.2, 100.26), (100.5, 100.51), (102.1, 102.3), (102.9, 102.951)]
+    assert _slow_seconds(rows, 100.0) == {
+        "threshold_ms": 50.0, "slow": 3, "seconds_with_slow": 2, "seconds": 3,
+        "worst": [{"second": 2, "slow": 2}, {"second": 0, "slow": 1}],
+    }
+    assert _slow_seconds([], 100.0)["slow"] == 0

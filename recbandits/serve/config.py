@@ -38,8 +38,8 @@ class ServeConfig:
     fast_path: bool = True
     replica_port: int | None = None
     metrics_port: int | None = None  # Prometheus export of Ray (and Serve) metrics; None: Ray picks one
-    # How often Ray's processes export their metrics to the node's agent (local Ray; Ray's default is 10 s). Each
-    # export is a CPU burst in the agent that stalls serving on a small machine: see docs/serve.md.
+    # How often Ray's processes export their metrics to the node's agent (local Ray; Ray's default is 10 s). On a
+    # small machine each export stalls serving for a moment: see docs/serve.md.
     metrics_interval_s: float = 60.0
 
     # The starting policy: a checkpoint (recbandits simulate --out DIR, its DIR/checkpoint, or an RLModule

@@ -411,16 +411,16 @@ def format_report(report: dict[str, Any]) -> str:
         return "n/a" if value is None else f"{value:.3f} s"
 
     errors = ", ".join(f"{key}: {value}" for key, value in sorted(report["errors"].items())) or "none"
+    slow = report["slow_seconds"]
+    worst = ", ".join(f"{item['second']} s ({item['slow']})" for item in slow["worst"])
     lines = [
         f"rank     {rank['requests_per_s']:8.1f} req/s  p50 {ms(rank['latency_ms']['p50'])}  "
         f"p99 {ms(rank['latency_ms']['p99'])}  max {ms(rank['latency_ms']['max'])}  ({rank['ok']} ok)",
         f"reward   {reward['requests_per_s']:8.1f} /s     p50 {ms(reward['latency_ms']['p50'])}  "
         f"p99 {ms(reward['latency_ms']['p99'])}  ({reward['ok']} ok of {reward['sent']})",
         f"errors   {errors}",
-        f"tail     {report['slow_seconds']['slow']} rank requests over {report['slow_seconds']['threshold_ms']:.0f} ms, "
-        f"sent in {report['slow_seconds']['seconds_with_slow']} of {report['slow_seconds']['seconds']} s"
-        + ("; worst seconds " + ", ".join(f"{item['second']} s ({item['slow']})" for item in report["slow_seconds"]["worst"])
-           if report["slow_seconds"]["worst"] else ""),
+        f"tail     {slow['slow']} rank requests over {slow['threshold_ms']:.0f} ms, sent in "
+        f"{slow['seconds_with_slow']} of {slow['seconds']} s" + (f"; worst seconds {worst}" if worst else ""),
         f"click-to-policy  median {s(click['p50'])}  p90 {s(click['p90'])}  p99 {s(click['p99'])}  "
         f"({click['observed']} observed, {click['not_observed']} not)",
         f"regret   online {regret['online_cumulative']:.1f}  frozen {regret['frozen_cumulative']:.1f}  "

@@ -37,9 +37,9 @@ def serve_environment(config: ServeConfig) -> dict[str, str]:
     # 100-250 ms bursts of rank latency on 2 cores; once a minute is enough for those node graphs. Ray Serve's
     # request metrics are not affected. An explicit setting wins.
     env["REPORTER_UPDATE_INTERVAL_MS"] = os.environ.get("REPORTER_UPDATE_INTERVAL_MS", "60000")
-    # Every worker exports its metrics to the dashboard agent each metrics_report_interval_ms (Ray: 10 s); the
-    # agent's ingest is a ~0.3 s burst of CPU that, on 2 cores, put ~150-250 consecutive rank requests over
-    # 50 ms every 10 s. Ray Serve's metrics stay, exported every metrics_interval_s.
+    # Every Ray process exports its metrics to the dashboard agent each metrics_report_interval_ms (Ray: 10 s).
+    # On 2 cores each export (with a ~0.3 s CPU burst in the agent) stalled the replica: ~150-250 consecutive
+    # rank requests over 50 ms every 10 s. Ray Serve's metrics stay, exported every metrics_interval_s.
     env["RAY_metrics_report_interval_ms"] = str(int(config.metrics_interval_s * 1000))
     if config.fast_path:
         first = config.effective_replica_port
