@@ -7,6 +7,7 @@ and every bad-input case (4xx naming the field, never a 5xx, the model untouched
 
 from __future__ import annotations
 
+import os
 import time
 import urllib.request
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from recbandits.serve.eventlog import read_event_log
-from recbandits.serve.testing import ServiceProcess, free_port_block, wait_for_log_rows
+from recbandits.serve.testing import ServiceProcess, free_port_block, session_pids, wait_for_log_rows
 from recbandits.serve.testing import http_json as request
 
 ARMS = ["a", "b", "c", "d"]
@@ -38,7 +39,7 @@ def service(tmp_path_factory):
     ready = process.start()
     assert ready["replica_urls"], ready
     yield {"url": ready["url"], "fast": ready["replica_urls"][0], "state_dir": Path(ready["state_dir"]),
-           "metrics_port": port + 10, "process": process}
+           "metrics_port": port + 10, "process": process, "ready": ready}
     process.stop()
 
 
@@ -255,6 +256,25 @@ def test_versions_and_rollback(service):
     event = rank(service, {"context": context, "candidates": ["a"]})["event_id"]
     assert reward(service, event, 1.0)[0] == 200
     assert rank(service, {"context": context})["action"] == "a"
+
+
+def test_ray_agent_runs_at_idle_priority(service):
+    """The local Ray's dashboard agent (its metrics pipeline's bursts) only gets CPU the service leaves free."""
+    agent = service["ready"]["idle_ray_agent"]
+    assert agent and agent["pids"] and agent["threads"] >= len(agent["pids"]), service["ready"]
+    for pid in agent["pids"]:
+        assert "DashboardAgent" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+        threads = [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]
+        assert threads and all(os.sched_getscheduler(tid) == os.SCHED_IDLE for tid in threads)
+    replicas = [pid for pid in session_pids(service["process"].process.pid) if "ServeReplica" in _cmdline(pid)]
+    assert replicas and all(os.sched_getscheduler(pid) == os.SCHED_OTHER for pid in replicas)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+    except OSError:  # ended meanwhile
+        return ""
 
 
 def test_ray_serve_metrics_exported(service):

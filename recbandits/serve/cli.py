@@ -58,6 +58,8 @@ def serve_command(
     metrics_port: Annotated[int | None, typer.Option(help="Prometheus port of Ray's metrics (local Ray).")] = None,
     metrics_interval: Annotated[float | None, typer.Option(
         help="Seconds between Ray's metric exports (local Ray; default 60, Ray's own 10).")] = None,
+    idle_ray_agent: Annotated[bool, typer.Option(
+        help="Local Ray: run Ray's dashboard agent at idle CPU priority (SCHED_IDLE).")] = True,
     checkpoint: Annotated[str | None, typer.Option(
         help="Start from `recbandits simulate --out DIR` (DIR or DIR/checkpoint) or an RLModule checkpoint.")] = None,
     shape: Annotated[str | None, typer.Option(help="Cold start: disjoint | shared.")] = None,
@@ -95,7 +97,8 @@ def serve_command(
 
     options: dict[str, Any] = dict(
         state_dir=str(state_dir), port=port, host=host, replica_port=replica_port, fast_path=fast_path,
-        metrics_port=metrics_port, metrics_interval_s=metrics_interval, checkpoint=checkpoint, shape=shape,
+        metrics_port=metrics_port, metrics_interval_s=metrics_interval, idle_ray_agent=idle_ray_agent,
+        checkpoint=checkpoint, shape=shape,
         context_dim=context_dim, num_arms=num_arms,
         arm_dim=arm_dim, arm_ids=arm_ids.split(",") if arm_ids else None, interaction=interaction,
         exploration=exploration, alpha=alpha, lambda_=lambda_, epsilon=epsilon, seed=seed, user_table=user_table,

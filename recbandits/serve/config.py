@@ -41,6 +41,9 @@ class ServeConfig:
     # How often Ray's processes export their metrics to the node's agent (local Ray; Ray's default is 10 s). On a
     # small machine each export stalls serving for a moment: see docs/serve.md.
     metrics_interval_s: float = 60.0
+    # Local Ray: run Ray's dashboard agent (node stats, the metrics pipeline) at idle CPU priority, so that its
+    # bursts of work wait for the cores the replicas leave free instead of delaying requests (docs/serve.md).
+    idle_ray_agent: bool = True
 
     # The starting policy: a checkpoint (recbandits simulate --out DIR, its DIR/checkpoint, or an RLModule
     # checkpoint), or a cold start for this feature spec.

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from recbandits.serve.config import ServeConfig
@@ -108,6 +109,60 @@ def start_ray_serve(config: ServeConfig, address: str | None = None) -> None:
     )
 
 
+def _descendants(root: int) -> dict[int, list[str]]:
+    """{pid: argv} of every process below ``root`` (from /proc; empty where there is none)."""
+    parents: dict[int, int] = {}
+    commands: dict[int, list[str]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            commands[int(entry.name)] = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except (OSError, ValueError, IndexError):  # a process that ended while we looked
+            continue
+    found, frontier = {}, [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent and pid not in found:
+                found[pid] = commands[pid]
+                frontier.append(pid)
+    return found
+
+
+def _is_dashboard_agent(argv: list[str]) -> bool:
+    """The agent renames itself ``ray::DashboardAgent``; before that it is ``python -u .../dashboard/agent.py``.
+    (The raylet's own command line names agent.py too, as an argument: argv[0] decides.)"""
+    if argv[0].startswith("ray::DashboardAgent"):
+        return True
+    return Path(argv[0]).name.startswith("python") and any(arg.endswith("dashboard/agent.py") for arg in argv[1:3])
+
+
+def idle_ray_agent() -> dict[str, Any] | None:
+    """Put every thread of the local Ray's dashboard agent in SCHED_IDLE; return its pid and thread count.
+
+    Ray 2.60's agent rebuilds each exported histogram by replaying every observation in Python (one record()
+    per request and histogram): at 400 requests/s a burst of 2-3 s of a full core once per metric export,
+    which on 2 cores put hundreds of rank requests over 50 ms. SCHED_IDLE gives it only the CPU nothing else
+    wants (new threads inherit the policy); measured, it cuts those slow requests but does not remove them
+    (docs/BENCHMARKS.md). The agent is a child of the raylet this process started.
+    """
+    if not hasattr(os, "sched_setscheduler") or not Path("/proc").is_dir():
+        return None
+    agents = [pid for pid, argv in _descendants(os.getpid()).items() if _is_dashboard_agent(argv)]
+    if not agents:
+        return None
+    threads = 0
+    for pid in agents:
+        for task in Path(f"/proc/{pid}/task").glob("[0-9]*"):
+            try:
+                os.sched_setscheduler(int(task.name), os.SCHED_IDLE, os.sched_param(0))
+                threads += 1
+            except OSError:  # a thread that ended meanwhile
+                continue
+    return {"pids": agents, "threads": threads}
+
+
 def start_service(config: ServeConfig, address: str | None = None, explicit: set[str] | None = None) -> dict[str, Any]:
     """Prepare the state dir, start Ray and Serve, deploy; return what ``run_service`` prints."""
     from ray import serve
@@ -119,6 +174,7 @@ def start_service(config: ServeConfig, address: str | None = None, explicit: set
     config = prepare_state_dir(config, explicit)
     start_ray_serve(config, address)
     serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
+    idle_agent = idle_ray_agent() if config.idle_ray_agent and not address else None
     url = f"http://{config.host}:{config.port}"
     urls = replica_urls(config)
     health = _get(f"{(urls or [url])[0]}/v1/policy", timeout=10.0) or {}
@@ -127,6 +183,7 @@ def start_service(config: ServeConfig, address: str | None = None, explicit: set
         "url": url,
         "replica_urls": urls,
         "metrics_port": config.metrics_port,
+        "idle_ray_agent": idle_agent,
         "state_dir": str(config.state_path.resolve()),
         "learning": config.learning,
         "policy_version": health.get("policy_version"),
