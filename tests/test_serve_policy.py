@@ -222,6 +222,16 @@ def test_validator_for_the_shared_shape(tmp_path):
         assert rejected.value.field == field and rejected.value.status == 422
 
 
+def test_validator_defaults_to_every_arm_of_a_disjoint_config():
+    """A config built in code (no state dir, no arm_ids) still ranks all of its arms when no candidates are given."""
+    config = ServeConfig(shape="disjoint", context_dim=3, num_arms=4)
+    job = RequestValidator(config).rank_job(RankRequest.model_validate({"context": [1, 0, 0]}))
+    assert job.candidate_ids == ["0", "1", "2", "3"]
+    assert job.score.arms.tolist() == [0, 1, 2, 3]
+    named = RequestValidator(ServeConfig(shape="disjoint", context_dim=3, num_arms=2, arm_ids=["x", "y"]))
+    assert named.rank_job(RankRequest.model_validate({"context": [0, 1, 0]})).candidate_ids == ["x", "y"]
+
+
 def test_metrics_interval_reaches_ray_and_is_checked():
     from recbandits.serve.runner import serve_environment
 

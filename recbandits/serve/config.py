@@ -140,6 +140,13 @@ class ServeConfig:
         return 0.05 if self.learning == "in_process" else 0.1
 
     @property
+    def effective_arm_ids(self) -> list[str] | None:
+        """Disjoint: the arm ids (given, else "0".."K-1"); shared: None (candidates carry their features)."""
+        if self.shape != "disjoint":
+            return None
+        return list(self.arm_ids) if self.arm_ids else [str(k) for k in range(self.num_arms)]
+
+    @property
     def effective_replica_port(self) -> int:
         return self.replica_port if self.replica_port is not None else self.port + 1
 

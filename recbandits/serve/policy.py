@@ -89,7 +89,7 @@ def policy_fields_of_module(module, config: ServeConfig) -> dict[str, Any]:
 def cold_policy_fields(config: ServeConfig) -> dict[str, Any]:
     fields = config.policy_fields()
     if config.shape == "disjoint":
-        fields["arm_ids"] = config.arm_ids or [str(k) for k in range(config.num_arms)]
+        fields["arm_ids"] = config.effective_arm_ids
         fields["arm_dim"] = 0
     else:
         fields["arm_ids"] = None

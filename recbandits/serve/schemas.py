@@ -254,7 +254,7 @@ class RequestValidator:
         self.context_dim = config.context_dim
         self.arm_dim = config.arm_dim
         self.max_candidates = config.max_candidates
-        self.arm_ids = list(config.arm_ids or [])
+        self.arm_ids = config.effective_arm_ids or []
         self.arm_index = {arm: index for index, arm in enumerate(self.arm_ids)}
         self._all_arms = np.arange(len(self.arm_ids))
         self.users = load_user_table(config.user_table, config.context_dim) if config.user_table else None
