@@ -263,7 +263,7 @@ def test_ray_agent_runs_at_idle_priority(service):
     agent = service["ready"]["idle_ray_agent"]
     assert agent and agent["pids"] and agent["threads"] >= len(agent["pids"]), service["ready"]
     for pid in agent["pids"]:
-        assert "DashboardAgent" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+        assert "DashboardAgent" in _cmdline(pid)
         threads = [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]
         assert threads and all(os.sched_getscheduler(tid) == os.SCHED_IDLE for tid in threads)
     replicas = [pid for pid in session_pids(service["process"].process.pid) if "ServeReplica" in _cmdline(pid)]

@@ -109,24 +109,31 @@ def start_ray_serve(config: ServeConfig, address: str | None = None) -> None:
     )
 
 
-def _descendants(root: int) -> dict[int, list[str]]:
-    """{pid: argv} of every process below ``root`` (from /proc; empty where there is none)."""
-    parents: dict[int, int] = {}
-    commands: dict[int, list[str]] = {}
+def process_stats() -> dict[int, list[str]]:
+    """{pid: the fields of /proc/PID/stat after "(comm)": state, ppid, pgrp, session, ...} of every process."""
+    stats = {}
     for entry in Path("/proc").glob("[0-9]*"):
         try:
-            stat = (entry / "stat").read_text()
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-            commands[int(entry.name)] = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except (OSError, ValueError, IndexError):  # a process that ended while we looked
+            stats[int(entry.name)] = (entry / "stat").read_bytes().decode(errors="replace").rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # a process that ended while we looked
             continue
-    found, frontier = {}, [root]
+    return stats
+
+
+def _descendants(root: int) -> dict[int, list[str]]:
+    """{pid: argv} of every process below ``root``."""
+    children: dict[int, list[int]] = {}
+    for pid, fields in process_stats().items():
+        children.setdefault(int(fields[1]), []).append(pid)
+    found: dict[int, list[str]] = {}
+    frontier = [root]
     while frontier:
-        parent = frontier.pop()
-        for pid, ppid in parents.items():
-            if ppid == parent and pid not in found:
-                found[pid] = commands[pid]
-                frontier.append(pid)
+        for pid in children.get(frontier.pop(), []):
+            try:
+                found[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            except OSError:  # ended meanwhile
+                continue
+            frontier.append(pid)
     return found
 
 

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from recbandits.serve.runner import process_stats
+
 
 def _port_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -47,18 +49,7 @@ def free_port_block(count: int, low: int = 20000, high: int = 29000, seed: int |
 
 def session_pids(session: int) -> list[int]:
     """The processes of a session (Linux /proc)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                fields = handle.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == session:  # after "pid (comm)": state, ppid, pgrp, session
-            pids.append(int(entry))
-    return pids
+    return [pid for pid, fields in process_stats().items() if int(fields[3]) == session]
 
 
 class ServiceProcess:
