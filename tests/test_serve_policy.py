@@ -232,6 +232,31 @@ def test_validator_defaults_to_every_arm_of_a_disjoint_config():
     assert named.rank_job(RankRequest.model_validate({"context": [0, 1, 0]})).candidate_ids == ["x", "y"]
 
 
+def test_cli_options_override_the_config_file_only_when_given(tmp_path):
+    """`recbandits serve --print-config`: a JSON file's switches stand unless the command line names them."""
+    from typer.testing import CliRunner
+
+    from recbandits.cli import app
+
+    settings = tmp_path / "serve.json"
+    settings.write_text(json.dumps({"fsync": False, "idle_ray_agent": False, "fast_path": False, "context_dim": 5}))
+
+    def resolved(*options):
+        result = CliRunner().invoke(app, ["serve", *options, "--print-config"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    from_file = resolved("--config", str(settings))
+    assert (from_file["fsync"], from_file["idle_ray_agent"], from_file["fast_path"], from_file["context_dim"]) == (
+        False, False, False, 5)
+    overridden = resolved("--config", str(settings), "--fsync", "--idle-ray-agent", "--context-dim", "7")
+    assert (overridden["fsync"], overridden["idle_ray_agent"], overridden["fast_path"], overridden["context_dim"]) == (
+        True, True, False, 7)
+    defaults = resolved()
+    assert (defaults["fsync"], defaults["idle_ray_agent"], defaults["fast_path"]) == (True, True, True)
+    assert resolved("--no-fsync")["fsync"] is False
+
+
 def test_metrics_interval_reaches_ray_and_is_checked():
     from recbandits.serve.runner import serve_environment
 

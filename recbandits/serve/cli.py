@@ -53,13 +53,15 @@ def serve_command(
     host: Annotated[str, typer.Option(help="HTTP host.")] = "127.0.0.1",
     replica_port: Annotated[int | None, typer.Option(
         help="Fast path: first port of the replicas' own HTTP servers (default --port + 1).")] = None,
-    fast_path: Annotated[bool, typer.Option(
-        help="Ray Serve's throughput-optimized mode (replicas serve HTTP directly, gRPC handles).")] = True,
+    fast_path: Annotated[bool | None, typer.Option(
+        "--fast-path/--no-fast-path",
+        help="Ray Serve's throughput-optimized mode (replicas serve HTTP directly, gRPC handles). [default: on]")] = None,
     metrics_port: Annotated[int | None, typer.Option(help="Prometheus port of Ray's metrics (local Ray).")] = None,
     metrics_interval: Annotated[float | None, typer.Option(
         help="Seconds between Ray's metric exports (local Ray; default 60, Ray's own 10).")] = None,
-    idle_ray_agent: Annotated[bool, typer.Option(
-        help="Local Ray: run Ray's dashboard agent at idle CPU priority (SCHED_IDLE).")] = True,
+    idle_ray_agent: Annotated[bool | None, typer.Option(
+        "--idle-ray-agent/--no-idle-ray-agent",
+        help="Local Ray: run Ray's dashboard agent at idle CPU priority (SCHED_IDLE). [default: on]")] = None,
     checkpoint: Annotated[str | None, typer.Option(
         help="Start from `recbandits simulate --out DIR` (DIR or DIR/checkpoint) or an RLModule checkpoint.")] = None,
     shape: Annotated[str | None, typer.Option(help="Cold start: disjoint | shared.")] = None,
@@ -88,9 +90,12 @@ def serve_command(
     update_interval: Annotated[float | None, typer.Option(help="Seconds between policy updates.")] = None,
     snapshot_interval: Annotated[float | None, typer.Option(help="Seconds between policy snapshots.")] = None,
     keep_snapshots: Annotated[int | None, typer.Option(help="Snapshots kept (besides rollbacks).")] = None,
-    fsync: Annotated[bool, typer.Option(help="fsync the event log before every acknowledgement.")] = True,
+    fsync: Annotated[bool | None, typer.Option(
+        "--fsync/--no-fsync", help="fsync the event log before every acknowledgement. [default: on]")] = None,
     config: Annotated[Path | None, typer.Option(help="JSON file of settings (CLI options override it).")] = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default: a local Ray).")] = None,
+    print_config: Annotated[bool, typer.Option(
+        "--print-config", help="Print the settings the service would run with (JSON: --config file, then options) and exit.")] = False,
 ) -> None:
     """Serve a contextual bandit over HTTP (Ray Serve) with online learning and a durable event log."""
     from recbandits.serve.runner import run_service
@@ -116,6 +121,9 @@ def serve_command(
         elif default_reward is not None:
             service_config.default_reward = default_reward
         service_config.validate()
+        if print_config:
+            print(json.dumps(service_config.to_dict(), indent=2))
+            return
         run_service(service_config, address=address, explicit=explicit)
     except (ValueError, ConnectionError, RuntimeError) as error:
         raise _fail(str(error)) from None
