@@ -198,11 +198,19 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
                 else:
                     rewards.append((sent, acked, 200, int(result["seq"])))
 
-        async def flush_rewards(final: bool = False) -> None:
-            """Reward batching (``reward_batch_s``): post what each URL collected, every period."""
+        flushing_stopped = asyncio.Event()
+
+        async def flush_rewards() -> None:
+            """Reward batching (``reward_batch_s``): post what each URL collected, every period, until stopped.
+            A post in flight is awaited, never cancelled: its rewards are already out of ``collected``."""
+            final = False
             while True:
                 if not final:
-                    await asyncio.sleep(spec.reward_batch_s)
+                    try:
+                        await asyncio.wait_for(flushing_stopped.wait(), spec.reward_batch_s)
+                        final = True  # stopped: one last pass over what was collected
+                    except TimeoutError:
+                        pass
                 posts = []
                 for url, items in collected.items():
                     while items:
@@ -293,8 +301,8 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
         if pending_rewards:
             await asyncio.gather(*list(pending_rewards))
         if flusher is not None:
-            flusher.cancel()
-            await flush_rewards(final=True)
+            flushing_stopped.set()
+            await flusher
         last_seq = max((row[3] for row in rewards if row[2] == 200), default=-1)
         rewards_done_at = time.perf_counter()
         rewards_done.set()
