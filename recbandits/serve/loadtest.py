@@ -17,6 +17,7 @@ rewards that arrive after the last arrival are timed as closely as the others.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import itertools
 import time
@@ -203,14 +204,10 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
         async def flush_rewards() -> None:
             """Reward batching (``reward_batch_s``): post what each URL collected, every period, until stopped.
             A post in flight is awaited, never cancelled: its rewards are already out of ``collected``."""
-            final = False
             while True:
-                if not final:
-                    try:
-                        await asyncio.wait_for(flushing_stopped.wait(), spec.reward_batch_s)
-                        final = True  # stopped: one last pass over what was collected
-                    except TimeoutError:
-                        pass
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(flushing_stopped.wait(), spec.reward_batch_s)
+                final = flushing_stopped.is_set()  # nothing is collected after the stop: this pass takes the rest
                 posts = []
                 for url, items in collected.items():
                     while items:
