@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from recbandits.serve.eventlog import read_event_log
+from recbandits.serve.runner import process_argv
 from recbandits.serve.testing import ServiceProcess, free_port_block, session_pids, wait_for_log_rows
 from recbandits.serve.testing import http_json as request
 
@@ -263,18 +264,11 @@ def test_ray_agent_runs_at_idle_priority(service):
     agent = service["ready"]["idle_ray_agent"]
     assert agent and agent["pids"] and agent["threads"] >= len(agent["pids"]), service["ready"]
     for pid in agent["pids"]:
-        assert "DashboardAgent" in _cmdline(pid)
+        assert process_argv(pid)[0].startswith("ray::DashboardAgent")
         threads = [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]
         assert threads and all(os.sched_getscheduler(tid) == os.SCHED_IDLE for tid in threads)
-    replicas = [pid for pid in session_pids(service["process"].process.pid) if "ServeReplica" in _cmdline(pid)]
+    replicas = [pid for pid in session_pids(service["process"].process.pid) if "ServeReplica" in " ".join(process_argv(pid))]
     assert replicas and all(os.sched_getscheduler(pid) == os.SCHED_OTHER for pid in replicas)
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
-    except OSError:  # ended meanwhile
-        return ""
 
 
 def test_ray_serve_metrics_exported(service):

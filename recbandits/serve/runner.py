@@ -39,8 +39,9 @@ def serve_environment(config: ServeConfig) -> dict[str, str]:
     # request metrics are not affected. An explicit setting wins.
     env["REPORTER_UPDATE_INTERVAL_MS"] = os.environ.get("REPORTER_UPDATE_INTERVAL_MS", "60000")
     # Every Ray process exports its metrics to the dashboard agent each metrics_report_interval_ms (Ray: 10 s).
-    # On 2 cores each export (with a ~0.3 s CPU burst in the agent) stalled the replica: ~150-250 consecutive
-    # rank requests over 50 ms every 10 s. Ray Serve's metrics stay, exported every metrics_interval_s.
+    # The agent's work per export grows with the requests since the last one (idle_ray_agent below), and each
+    # export put ~150-250 rank requests over 50 ms on 2 cores: every 10 s with Ray's default, once a minute
+    # with ours. Ray Serve's metrics stay, exported every metrics_interval_s.
     env["RAY_metrics_report_interval_ms"] = str(int(config.metrics_interval_s * 1000))
     if config.fast_path:
         first = config.effective_replica_port
@@ -120,6 +121,14 @@ def process_stats() -> dict[int, list[str]]:
     return stats
 
 
+def process_argv(pid: int) -> list[str]:
+    """A process's command line as argv ([] once it has ended)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
 def _descendants(root: int) -> dict[int, list[str]]:
     """{pid: argv} of every process below ``root``."""
     children: dict[int, list[int]] = {}
@@ -129,11 +138,9 @@ def _descendants(root: int) -> dict[int, list[str]]:
     frontier = [root]
     while frontier:
         for pid in children.get(frontier.pop(), []):
-            try:
-                found[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-            except OSError:  # ended meanwhile
-                continue
-            frontier.append(pid)
+            if argv := process_argv(pid):  # [] if it ended meanwhile
+                found[pid] = argv
+                frontier.append(pid)
     return found
 
 
