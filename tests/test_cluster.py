@@ -214,7 +214,7 @@ def test_sweep_on_the_default_data_is_interrupted_resumed_and_writes_its_outputs
     assert len(table) == 4 and set(table["status"]) <= {"completed", "stopped early"}, table
     assert sorted(zip(table["alpha"], table["seed"], strict=True)) == [(0.5, 0), (0.5, 1), (5.0, 0), (5.0, 1)]
     completed = table[table["status"] == "completed"]
-    assert len(completed) >= 1 and (completed["env_steps"] == 2048).all()
+    assert len(completed) >= 1 and (completed["env_steps"] == 2048).all(), table.to_string()
     assert (completed["cumulative_regret"] > 0).all()
     # Trials finished before the interrupt are kept as they were, not run again.
     kept = table.set_index("trial_id").loc[done_before["trial_id"]]
