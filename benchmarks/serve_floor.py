@@ -96,16 +96,16 @@ def replica_cpu_seconds(service: ServiceProcess) -> float:
 async def offer(url: str, bodies: list[bytes], rate: float, duration_s: float, warmup_s: float,
                 service: ServiceProcess) -> dict:
     """Rank requests at ``rate``/s for ``duration_s``: latency percentiles and replica CPU after the warm-up."""
-    import aiohttp
+    import httptools
 
+    from recbandits.serve.http_client import KeepAliveClient
     from recbandits.serve.loadtest import open_loop
 
     latencies: list[float] = []
     errors = 0
     rng = np.random.default_rng(0)
-    headers = {"content-type": "application/json"}
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10.0),
-                                     connector=aiohttp.TCPConnector(limit=256)) as session:
+    client = KeepAliveClient(url, timeout_s=10.0, max_connections=256)
+    try:
         gc.collect()
         gc.freeze()  # as the load test does: no full collections of start-up objects while requests are timed
         started = time.perf_counter()
@@ -115,11 +115,9 @@ async def offer(url: str, bodies: list[bytes], rate: float, duration_s: float, w
             nonlocal errors
             sent = time.perf_counter()
             try:
-                async with session.post(f"{url}/v1/rank", data=bodies[int(rng.integers(len(bodies)))],
-                                        headers=headers) as response:
-                    await response.read()
-                    ok = response.status == 200
-            except (aiohttp.ClientError, TimeoutError):
+                status, _ = await client.request("POST", "/v1/rank", bodies[int(rng.integers(len(bodies)))])
+                ok = status == 200
+            except (OSError, httptools.HttpParserError):
                 ok = False
             if not ok:
                 errors += 1
@@ -136,6 +134,8 @@ async def offer(url: str, bodies: list[bytes], rate: float, duration_s: float, w
         stopped, cpu_end = time.perf_counter(), replica_cpu_seconds(service)
         await asyncio.gather(*tasks)
         begun, cpu_begin = await window
+    finally:
+        await client.close()
     gc.unfreeze()
     steady_requests = len(latencies)
     latency_ms = np.asarray(latencies) * 1e3

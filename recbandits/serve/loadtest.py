@@ -25,8 +25,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import httptools
 import numpy as np
 import orjson
+
+from recbandits.serve.http_client import KeepAliveClient, parse_base_url
 
 PROBE_INTERVAL_S = 0.01  # decisions probed after the load, to time the last rewards' click-to-policy
 PROBE_TIMEOUT_S = 5.0  # give up on covering the last rewards this long after the last one was acknowledged
@@ -53,6 +56,8 @@ class LoadTestSpec:
         if not self.urls:
             raise ValueError("give at least one --url")
         self.urls = [url.rstrip("/") for url in self.urls]
+        for url in self.urls:
+            parse_base_url(url)
         if self.rate < 0 or self.concurrency < 1 or self.max_requests < 1 or self.duration_s <= 0:
             raise ValueError("rate >= 0, concurrency >= 1, requests >= 1 and duration > 0 are required")
         low, high = self.reward_delay
@@ -84,12 +89,11 @@ def simulated_users(spec: LoadTestSpec, context_dim: int, num_arms: int) -> Simu
     return SimulatedUsers(contexts, expected, expected.max(axis=1), bodies)
 
 
-async def _get_json(session, url: str) -> dict[str, Any]:
-    async with session.get(url) as response:
-        body = await response.json()
-        if response.status != 200:
-            raise ConnectionError(f"GET {url}: {response.status} {body}")
-        return body
+async def _get_json(client: KeepAliveClient, path: str) -> dict[str, Any]:
+    status, payload = await client.request("GET", path)
+    if status != 200:
+        raise ConnectionError(f"GET {client.host}:{client.port}{path}: {status} {payload[:500]!r}")
+    return orjson.loads(payload)
 
 
 def _percentiles(values: list[float] | np.ndarray, scale: float = 1.0) -> dict[str, float | None]:
@@ -133,15 +137,13 @@ async def open_loop(fire: Callable[[int], Awaitable[None]], rate: float, max_req
 
 
 async def _run(spec: LoadTestSpec) -> dict[str, Any]:
-    import aiohttp
-
     from recbandits.serve.policy import ScoreJob, ServingPolicy
 
-    timeout = aiohttp.ClientTimeout(total=spec.timeout_s)
-    connector = aiohttp.TCPConnector(limit=max(spec.concurrency * 2, 64) * len(spec.urls))
-    headers = {"content-type": "application/json"}
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-        info = await _get_json(session, f"{spec.urls[0]}/v1/policy")
+    clients = {url: KeepAliveClient(url, spec.timeout_s, max_connections=max(spec.concurrency * 2, 64))
+               for url in spec.urls}
+    first = clients[spec.urls[0]]
+    try:
+        info = await _get_json(first, "/v1/policy")
         fields = info["policy"]
         if fields["shape"] != "disjoint":
             raise ValueError("the load test simulates the MovieLens env: it needs a disjoint-shape service")
@@ -149,12 +151,12 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
         if arm_ids != [str(k) for k in range(len(arm_ids))]:
             raise ValueError("the load test maps arm ids 0..K-1 to the env's movies; the service has other ids")
         start_version = int(info["policy_version"])
-        start_state = await _get_json(session, f"{spec.urls[0]}/v1/policy/versions/{start_version}/state")
+        start_state = await _get_json(first, f"/v1/policy/versions/{start_version}/state")
         frozen = ServingPolicy(fields, {key: np.asarray(value) for key, value in start_state["state"].items()},
                                seed=spec.seed + 1)
         users = simulated_users(spec, fields["context_dim"], len(arm_ids))
         rng = np.random.default_rng(spec.seed)
-        # A full garbage collection would walk everything made at start-up (the env, torch, aiohttp: ~300k objects,
+        # A full garbage collection would walk everything made at start-up (the env, torch, Ray: ~300k objects,
         # 150-300 ms per pass, with the event loop stopped and requests in flight timed): only what the run makes.
         gc.collect()
         gc.freeze()
@@ -171,14 +173,12 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
 
         collected: dict[str, list[tuple[str, float]]] = {url: [] for url in spec.urls}
 
-        async def post(kind: str, url: str, body: bytes) -> tuple[float, float, int, bytes] | None:
+        async def post(kind: str, url: str, path: str, body: bytes) -> tuple[float, float, int, bytes] | None:
             """(sent, received, status, payload) of one POST; None (counted as an error) if it never answered."""
             sent = time.perf_counter()
             try:
-                async with session.post(url, data=body, headers=headers) as response:
-                    payload = await response.read()
-                    status = response.status
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                status, payload = await clients[url].request("POST", path, body)
+            except (OSError, httptools.HttpParserError) as exc:  # refused, reset, timed out, malformed
                 error(f"{kind}:{type(exc).__name__}")
                 return None
             received = time.perf_counter()
@@ -188,7 +188,7 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
 
         async def post_batch(url: str, items: list[tuple[str, float]]) -> None:
             body = orjson.dumps({"rewards": [{"event_id": event_id, "reward": value} for event_id, value in items]})
-            answer = await post("reward", f"{url}/v1/rewards", body)
+            answer = await post("reward", url, "/v1/rewards", body)
             if answer is None or answer[2] != 200:
                 return
             sent, acked, _, payload = answer
@@ -223,7 +223,7 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
             if spec.reward_batch_s > 0:
                 collected[url].append((event_id, reward))
                 return
-            answer = await post("reward", f"{url}/v1/reward", orjson.dumps({"event_id": event_id, "reward": reward}))
+            answer = await post("reward", url, "/v1/reward", orjson.dumps({"event_id": event_id, "reward": reward}))
             if answer is None:
                 return
             sent, acked, status, payload = answer
@@ -232,7 +232,7 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
         async def one(index: int) -> None:
             url = spec.urls[index % len(spec.urls)]
             user = int(rng.integers(len(users.bodies)))
-            answer = await post("rank", f"{url}/v1/rank", users.bodies[user])
+            answer = await post("rank", url, "/v1/rank", users.bodies[user])
             if answer is None:
                 return
             sent, received, status, payload = answer
@@ -253,6 +253,7 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
 
         flusher = asyncio.get_running_loop().create_task(flush_rewards()) if spec.reward_batch_s > 0 else None
         started = time.perf_counter()
+        cpu_at_start = time.process_time()
         deadline = started + spec.duration_s
         issued = 0
         lag = 0.0
@@ -272,6 +273,7 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
 
             await asyncio.gather(*(closed_loop_user() for _ in range(spec.concurrency)))
         stopped = time.perf_counter()
+        generator_cpu_s = time.process_time() - cpu_at_start  # this process's CPU (all threads) while offering load
         # From here no load is offered, yet rewards still arrive (up to the largest delay): probe decisions every
         # 10 ms until a served version covers every acknowledged reward, so that the late rewards' click-to-policy
         # is measured as the others' are (these decisions count in neither throughput nor regret).
@@ -283,10 +285,10 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
             nonlocal covered
             for index in itertools.count():
                 url = spec.urls[index % len(spec.urls)]
-                async with session.post(f"{url}/v1/rank", data=users.bodies[0], headers=headers) as response:
-                    if response.status == 200:
-                        tail.append((time.perf_counter(), int((await response.json())["policy_watermark"])))
-                        covered = max(covered, tail[-1][1])
+                status, payload = await clients[url].request("POST", "/v1/rank", users.bodies[0])
+                if status == 200:
+                    tail.append((time.perf_counter(), int(orjson.loads(payload)["policy_watermark"])))
+                    covered = max(covered, tail[-1][1])
                 if rewards_done.is_set() and (covered >= last_seq or time.perf_counter() > rewards_done_at + PROBE_TIMEOUT_S):
                     return
                 await asyncio.sleep(PROBE_INTERVAL_S)
@@ -304,14 +306,17 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
         rewards_done_at = time.perf_counter()
         rewards_done.set()
         await prober
-        end_info = await _get_json(session, f"{spec.urls[0]}/v1/policy")
+        end_info = await _get_json(first, "/v1/policy")
+    finally:
+        for client in clients.values():
+            await client.close()
 
     return _report(spec, users, frozen, ScoreJob, ranks, rewards, tail, errors, started, stopped, rank_done, issued,
-                   lag, start_version, end_info)
+                   lag, start_version, end_info, generator_cpu_s)
 
 
 def _report(spec, users, frozen, score_job, ranks, rewards, tail, errors, started, stopped, rank_done, issued, lag,
-            start_version, end_info) -> dict[str, Any]:
+            start_version, end_info, generator_cpu_s) -> dict[str, Any]:
     ok = [row for row in ranks if row[2] == 200]
     window_start = started + spec.warmup_s
     steady = [row for row in ok if row[0] >= window_start]
@@ -352,6 +357,9 @@ def _report(spec, users, frozen, score_job, ranks, rewards, tail, errors, starte
         "duration_s": stopped - started,
         "issued": issued,
         "max_schedule_lag_ms": lag * 1e3,
+        # On one machine the generator shares the CPUs with the service: what it took is not the service's.
+        "generator_cpu": {"cpu_s": generator_cpu_s, "cores": generator_cpu_s / max(stopped - started, 1e-9),
+                          "per_rank_request_ms": generator_cpu_s / max(issued, 1) * 1e3},
         "rank": {
             "ok": len(ok), "steady_ok": len(steady), "requests_per_s": len(steady) / steady_span,
             "latency_ms": _percentiles(rank_latency, 1e3), "drain_s": rank_done - stopped,
@@ -434,6 +442,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"policy   version {report['policy_version']['start']} -> {report['policy_version']['end']}  "
         f"({report['policy_version']['observations_end']:.0f} observations)  duration {report['duration_s']:.1f} s, "
         f"max schedule lag {report['max_schedule_lag_ms']:.1f} ms",
+        f"generator {report['generator_cpu']['cores']:.2f} of a core  "
+        f"({report['generator_cpu']['per_rank_request_ms']:.2f} ms per rank request, its rewards included)",
     ]
     return "\n".join(lines)
 
