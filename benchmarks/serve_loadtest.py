@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--exploration", default="ucb")
     parser.add_argument("--rate", type=float, default=450.0)
     parser.add_argument("--duration", type=float, default=30.0)
-    parser.add_argument("--requests", type=int, default=100_000)
+    parser.add_argument("--requests", type=int, default=None,
+                        help="Stop after this many rank requests (default: as many as --rate x --duration)")
     parser.add_argument("--reward-delay", default="0.05,0.5")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--data-dir", default=None)
@@ -71,7 +72,9 @@ def main(argv: list[str] | None = None) -> dict:
         try:
             low, high = (float(part) for part in args.reward_delay.split(","))
             urls = [ready["url"]] if args.through_proxy or not ready["replica_urls"] else ready["replica_urls"]
-            spec = LoadTestSpec(urls=urls, rate=args.rate, max_requests=args.requests, duration_s=args.duration,
+            # Bounded by --duration unless --requests is given (closed loop, --rate 0: 100,000 requests at most).
+            max_requests = args.requests or max(int(args.rate * args.duration) + 1, 100_000)
+            spec = LoadTestSpec(urls=urls, rate=args.rate, max_requests=max_requests, duration_s=args.duration,
                                 reward_delay=(low, high), data_dir=args.data_dir, warmup_s=args.warmup,
                                 top_k=args.top_k or None, reward_batch_s=args.reward_batch_ms / 1000.0)
             load_before = os.getloadavg()
