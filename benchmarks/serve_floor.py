@@ -96,9 +96,7 @@ def replica_cpu_seconds(service: ServiceProcess) -> float:
 async def offer(url: str, bodies: list[bytes], rate: float, duration_s: float, warmup_s: float,
                 service: ServiceProcess) -> dict:
     """Rank requests at ``rate``/s for ``duration_s``: latency percentiles and replica CPU after the warm-up."""
-    import httptools
-
-    from recbandits.serve.http_client import KeepAliveClient
+    from recbandits.serve.http_client import REQUEST_ERRORS, KeepAliveClient
     from recbandits.serve.loadtest import open_loop
 
     latencies: list[float] = []
@@ -117,7 +115,7 @@ async def offer(url: str, bodies: list[bytes], rate: float, duration_s: float, w
             try:
                 status, _ = await client.request("POST", "/v1/rank", bodies[int(rng.integers(len(bodies)))])
                 ok = status == 200
-            except (OSError, httptools.HttpParserError):
+            except REQUEST_ERRORS:
                 ok = False
             if not ok:
                 errors += 1

@@ -9,9 +9,9 @@ uvicorn uses); this module only keeps the connections.
     status, payload = await client.request("POST", "/v1/rank", body)
     await client.close()
 
-A request that fails (connection refused or reset, timeout, malformed answer) raises ``OSError``, ``TimeoutError``
-or ``httptools.HttpParserError`` and its connection is dropped: a connection whose answer never came is not
-reused, so no answer can be read by the wrong request.
+A request that fails (connection refused or reset, timeout, malformed answer) raises one of ``REQUEST_ERRORS``
+(``OSError``, ``TimeoutError`` among them, or ``httptools.HttpParserError``) and its connection is dropped: a
+connection whose answer never came is not reused, so no answer can be read by the wrong request.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ import asyncio
 from urllib.parse import urlsplit
 
 import httptools
+
+# What a failed request raises: refused or reset connections and timeouts (OSError), malformed answers.
+REQUEST_ERRORS = (OSError, httptools.HttpParserError)
 
 
 class _Connection(asyncio.Protocol):
@@ -111,14 +114,12 @@ class KeepAliveClient:
                 async with asyncio.timeout(self.timeout_s):
                     answer = await connection.exchange(head + body)
             except BaseException:
-                connection.close()  # its answer may still arrive: never hand it to another request
-                self._open.discard(connection)
+                self._drop(connection)  # its answer may still arrive: never hand it to another request
                 raise
             if connection.reusable:
                 self._idle.append(connection)
             else:
-                connection.close()
-                self._open.discard(connection)
+                self._drop(connection)
             return answer
 
     async def _connection(self) -> _Connection:
@@ -126,11 +127,15 @@ class KeepAliveClient:
             connection = self._idle.pop()
             if connection.reusable:
                 return connection
-            self._open.discard(connection)  # the server closed it while idle
+            self._drop(connection)  # the server closed it while idle
         async with asyncio.timeout(self.timeout_s):
             _, connection = await asyncio.get_running_loop().create_connection(_Connection, self.host, self.port)
         self._open.add(connection)
         return connection
+
+    def _drop(self, connection: _Connection) -> None:
+        connection.close()
+        self._open.discard(connection)
 
     @property
     def open_connections(self) -> int:

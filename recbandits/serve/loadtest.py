@@ -25,11 +25,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import httptools
 import numpy as np
 import orjson
 
-from recbandits.serve.http_client import KeepAliveClient, parse_base_url
+from recbandits.serve.http_client import REQUEST_ERRORS, KeepAliveClient, parse_base_url
 
 PROBE_INTERVAL_S = 0.01  # decisions probed after the load, to time the last rewards' click-to-policy
 PROBE_TIMEOUT_S = 5.0  # give up on covering the last rewards this long after the last one was acknowledged
@@ -178,7 +177,7 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
             sent = time.perf_counter()
             try:
                 status, payload = await clients[url].request("POST", path, body)
-            except (OSError, httptools.HttpParserError) as exc:  # refused, reset, timed out, malformed
+            except REQUEST_ERRORS as exc:  # refused, reset, timed out, malformed
                 error(f"{kind}:{type(exc).__name__}")
                 return None
             received = time.perf_counter()
