@@ -62,9 +62,10 @@ def _plain_sampler(connection, data_dir: str, num_envs: int, fragment: int, seed
 
     runner = BanditEnvRunner(config=linucb_config(Path(data_dir), 0, num_envs, fragment, seed))
     while (fragments := connection.recv()) is not None:
+        started_cpu = time.thread_time()
         for _ in range(fragments):
             runner.sample_statistics()
-        connection.send(fragments * num_envs * fragment)
+        connection.send((fragments * num_envs * fragment, time.thread_time() - started_cpu))
 
 
 class PlainProcesses:
@@ -81,13 +82,13 @@ class PlainProcesses:
             self.connections.append(parent)
             self.processes.append(process)
 
-    def train_block(self, iterations: int) -> float:
-        """Env steps/s of ``iterations`` fragments in every process at once."""
+    def train_block(self, iterations: int) -> tuple[float, float]:
+        """(env steps/s, CPU seconds per env step) of ``iterations`` fragments in every process at once."""
         started = time.perf_counter()
         for connection in self.connections:
             connection.send(iterations)
-        steps = sum(connection.recv() for connection in self.connections)
-        return steps / (time.perf_counter() - started)
+        steps, cpu_seconds = np.sum([connection.recv() for connection in self.connections], axis=0)
+        return steps / (time.perf_counter() - started), cpu_seconds / steps
 
     def stop(self) -> None:
         for connection in self.connections:
@@ -96,16 +97,22 @@ class PlainProcesses:
             process.join(timeout=30)
 
 
-def run_block(algo, iterations: int) -> tuple[float, float]:
-    """(env steps/s, per-step regret of the last iteration) of ``iterations`` back-to-back ``train()`` calls."""
+def run_block(algo, iterations: int) -> tuple[float, float, float]:
+    """(env steps/s, sampling CPU seconds per env step, per-step regret of the last iteration) of
+    ``iterations`` back-to-back ``train()`` calls."""
+    from recbandits.algos.metrics import SAMPLE_CPU_TIME
+
     if isinstance(algo, PlainProcesses):
-        return algo.train_block(iterations), float("nan")
+        return *algo.train_block(iterations), float("nan")
     before = algo.metrics.peek(("env_runners", "num_env_steps_sampled_lifetime"), default=0)
+    cpu_seconds = 0.0
     started = time.perf_counter()
     for _ in range(iterations):
         result = algo.train()["env_runners"]
+        cpu_seconds += result[SAMPLE_CPU_TIME]
     elapsed = time.perf_counter() - started
-    return (result["num_env_steps_sampled_lifetime"] - before) / elapsed, result["per_step_regret"]
+    steps = result["num_env_steps_sampled_lifetime"] - before
+    return steps / elapsed, cpu_seconds / steps, result["per_step_regret"]
 
 
 def interleaved_steps_per_s(algos: dict, blocks: int, block_iterations: int) -> dict:
@@ -113,18 +120,20 @@ def interleaved_steps_per_s(algos: dict, blocks: int, block_iterations: int) -> 
     for algo in algos.values():
         run_block(algo, 2)  # warm-up
     rates: dict = {key: [] for key in algos}
+    cpu_per_step: dict = {key: [] for key in algos}
     regrets: dict = {}
     for _ in range(blocks):
         for key, algo in algos.items():
-            rate, regrets[key] = run_block(algo, block_iterations)
+            rate, cpu, regrets[key] = run_block(algo, block_iterations)
             rates[key].append(rate)
+            cpu_per_step[key].append(cpu)
     return {key: {"steps_per_s": float(np.median(rates[key])), "per_step_regret": regrets[key],
-                  "rates": np.asarray(rates[key])} for key in algos}
+                  "rates": np.asarray(rates[key]), "cpu_per_step": np.asarray(cpu_per_step[key])} for key in algos}
 
 
-def block_ratios(results: dict, mode: str, count: int) -> np.ndarray:
-    """Rate with ``count`` runners (processes) over the rate with one, block by block."""
-    return results[(mode, count)]["rates"] / results[(mode, 1)]["rates"]
+def block_ratios(results: dict, mode: str, count: int, field: str = "rates") -> np.ndarray:
+    """``field`` (rate, or CPU time per step) with ``count`` runners (processes) over that with one, block by block."""
+    return results[(mode, count)][field] / results[(mode, 1)][field]
 
 
 def main() -> None:
@@ -163,16 +172,18 @@ def main() -> None:
     print(f"data: {args.data_dir}; MF env rank 20, 20 movies; alpha 10, lambda 0.001; "
           f"{args.num_envs} sub-envs x {args.fragment} steps per runner per iteration; "
           f"{args.blocks} blocks of {args.block_iterations} iterations per algorithm")
-    print("| policy | env runners (processes) | env steps/s | vs TF-Agents | per-step regret (last iteration) |")
-    print("|---|---|---|---|---|")
-    print(f"| TF-Agents LinUCB (batch 8, 2 steps/loop) | - | {tf_agents:,.0f} | 1x | - |")
+    print("| policy | env runners (processes) | env steps/s | vs TF-Agents | sampling CPU us per env step | "
+          "per-step regret (last iteration) |")
+    print("|---|---|---|---|---|---|")
+    print(f"| TF-Agents LinUCB (batch 8, 2 steps/loop) | - | {tf_agents:,.0f} | 1x | - | - |")
     for (mode, count), result in results.items():
+        cpu = f"{np.median(result['cpu_per_step']) * 1e6:.2f}"
         if mode == "plain":
             print(f"| the same sampling loop in plain processes, no Ray | ({count}) | {result['steps_per_s']:,.0f} | "
-                  f"{result['steps_per_s'] / tf_agents:,.0f}x | - |")
+                  f"{result['steps_per_s'] / tf_agents:,.0f}x | {cpu} | - |")
         else:
             print(f"| recbandits LinUCB, Algorithm.train() | {count} | {result['steps_per_s']:,.0f} | "
-                  f"{result['steps_per_s'] / tf_agents:,.0f}x | {result['per_step_regret']:.4f} |")
+                  f"{result['steps_per_s'] / tf_agents:,.0f}x | {cpu} | {result['per_step_regret']:.4f} |")
     best = max(result["steps_per_s"] for (mode, _), result in results.items() if mode != "plain")
     print(f"\nbest recbandits / TF-Agents: {best / tf_agents:,.0f}x (target >= 1000x); "
           f"target >= 200,000 env steps/s: {'met' if best >= 200_000 else 'MISSED'} ({best:,.0f})")
@@ -187,6 +198,11 @@ def main() -> None:
             print(f"{mode}: {count} / 1: {speedup:.2f}x, median of {len(ratios)} adjacent block pairs "
                   f"(interquartile {quartiles[0]:.2f}-{quartiles[1]:.2f}x; parallel efficiency "
                   f"{speedup / count:.0%}); {target}")
+            # The same instructions on a core whose neighbours are busy: > 1 is the hardware slowing down
+            # (shared caches, memory, a host that runs the vCPUs on shared cores), which no software recovers.
+            inflation = float(np.median(block_ratios(results, mode, count, "cpu_per_step")))
+            print(f"{mode}: sampling CPU time per env step with {count} / with 1: {inflation:.2f}x, so {count} "
+                  f"can reach at most {count / inflation:.2f}x here")
     if "plain" in modes:
         for count in larger:
             relative = block_ratios(results, "ray", count) / block_ratios(results, "plain", count)

@@ -87,6 +87,9 @@ def test_train_results_carry_the_bandit_metrics(small_data_dir):
             assert runners["cumulative_regret"] == pytest.approx(total_regret)
             assert 0 <= runners["suboptimal_arm_rate"] <= 1 and runners["env_steps_per_s"] > 0
             assert np.isfinite(runners["mean_reward"]) and runners["num_nodes"] == 1
+            # The sampling thread's CPU time: positive, and not more than the wall time it sampled for (up to
+            # the two clocks' rates: the CPU clock is not slewed by NTP as the monotonic one is).
+            assert 0 < runners["sample_cpu_time_s"] <= runners["sample_time_s"] * 1.001 + 1e-6
     finally:
         algo.stop()
 

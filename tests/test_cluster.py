@@ -87,7 +87,7 @@ def test_scaling_model_recovers_the_sync_cost_and_projects():
         parts = dict(gather_s=(2 + n) * 1e-3, learn_s=0.5e-3 * n, sync_s=3e-3, other_s=(1 + 0.5 * n) * 1e-3)
         total = sample_s + sum(parts.values())
         return IterationTiming(runners=n, env_steps=1000 * n, total_s=total, sample_max_s=sample_s,
-                               sample_mean_s=sample_s, **parts)  # fmt: skip
+                               sample_mean_s=sample_s, sample_cpu_mean_s=sample_s, **parts)  # fmt: skip
 
     assert typical_timing([timing(2, 0.1), timing(2, 0.1), timing(2, 5.0), timing(2, 0.1)]) == timing(2, 0.1)
     model, parts = fit_model({n: timing(n) for n in (1, 2, 4)}, delta_bytes=1000)

@@ -164,7 +164,7 @@ class BanditEnvRunner(EnvRunner, Checkpointable):
             self._observations, _ = self.env.reset(seed=self._first_reset_seed())
         tracker = bandit_metrics.StepTracker()
         trace = np.zeros((steps, 3)) if self.config.record_regret_trace else None
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.thread_time()
         for step in range(steps):
             actions, features = self._policy_actions(self._observations, policy)
             next_observations, rewards, _, _, infos = self.env.step(actions.numpy())
@@ -175,8 +175,8 @@ class BanditEnvRunner(EnvRunner, Checkpointable):
             if learn:
                 self._learn(self._observations, features, actions, rewards, infos, acted)
             self._observations = next_observations
-        elapsed = time.perf_counter() - started
-        self._log_metrics(tracker, elapsed)
+        cpu_time = time.thread_time() - started_cpu  # read inside the wall-clock interval
+        self._log_metrics(tracker, time.perf_counter() - started, cpu_time)
         if trace is not None:  # per vector step: regret, suboptimal decisions, decisions
             trace = np.diff(np.vstack([trace, [tracker.regret, tracker.suboptimal, tracker.steps]]), axis=0)
         result = {
@@ -228,13 +228,14 @@ class BanditEnvRunner(EnvRunner, Checkpointable):
         chosen = slot_features[observed]
         return chosen, torch.zeros(len(chosen), dtype=torch.int64), clicks[observed]
 
-    def _log_metrics(self, tracker: bandit_metrics.StepTracker, elapsed: float) -> None:
+    def _log_metrics(self, tracker: bandit_metrics.StepTracker, elapsed: float, cpu_time: float) -> None:
         for key, value in tracker.sums().items():
             self.metrics.log_value(key, value, reduce="sum")
         self.metrics.log_value(NUM_ENV_STEPS_SAMPLED, tracker.steps, reduce="sum")
         self.metrics.log_value(NUM_ENV_STEPS_SAMPLED_LIFETIME, tracker.steps, reduce="lifetime_sum")
         self.metrics.log_value(bandit_metrics.CUMULATIVE_REGRET, tracker.regret, reduce="lifetime_sum")
         self.metrics.log_value(bandit_metrics.SAMPLE_TIME, elapsed, reduce="sum")
+        self.metrics.log_value(bandit_metrics.SAMPLE_CPU_TIME, cpu_time, reduce="sum")
         self.num_env_steps_sampled_lifetime += tracker.steps
 
     def get_metrics(self) -> dict[str, Any]:

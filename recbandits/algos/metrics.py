@@ -18,6 +18,9 @@ SUBOPTIMAL_SUM = "suboptimal_sum"
 STEPS = "steps"
 CUMULATIVE_REGRET = "cumulative_regret"
 SAMPLE_TIME = "sample_time_s"
+# CPU seconds of the sampling thread: against SAMPLE_TIME it shows whether a runner waited for a CPU, and against
+# the same work on an idle machine whether the hardware itself slowed down (busy neighbours sharing the core).
+SAMPLE_CPU_TIME = "sample_cpu_time_s"
 
 MEAN_REWARD = "mean_reward"
 PER_STEP_REGRET = "per_step_regret"

@@ -3,7 +3,8 @@
 ``TimedAlgorithm`` wraps the three calls of ``LinearBandit.training_step`` on a built algorithm (the runners'
 ``sample_statistics``, the Learner's ``learn_from_runners``, ``sync_weights``) and times each of them for
 every iteration; RLlib's own ``result["timers"]`` are exponential moving averages over iterations, too smooth
-to split one iteration. Each runner's own sampling time comes from its metrics (``sample_time_s``).
+to split one iteration. Each runner's own sampling time and its CPU time come from its metrics
+(``sample_time_s``, ``sample_cpu_time_s``).
 
 The model (weak scaling: every runner samples the same fragment per iteration, so the work per runner is
 fixed and more runners mean more env steps per iteration)::
@@ -29,6 +30,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from recbandits.algos.metrics import SAMPLE_CPU_TIME, SAMPLE_TIME
+
 
 @dataclass
 class IterationTiming:
@@ -39,6 +42,7 @@ class IterationTiming:
     total_s: float
     sample_max_s: float  # the slowest runner's own sampling time
     sample_mean_s: float
+    sample_cpu_mean_s: float  # a runner's sampling thread's CPU time (above sample_mean_s: it waited for a CPU)
     gather_s: (
         float  # sampling call's wall time beyond the slowest runner: dispatch, transfer, deserialization
     )
@@ -62,7 +66,7 @@ class TimedAlgorithm:
     def __init__(self, algo):
         self.algo = algo
         self._calls: dict[str, float] = {}
-        self._samples: list[float] = []
+        self._samples: list[tuple[float, float]] = []
         runners, learners = algo.env_runner_group, algo.learner_group
         foreach_env_runner, foreach_learner = runners.foreach_env_runner, learners.foreach_learner
         sync_weights = runners.sync_weights
@@ -72,7 +76,8 @@ class TimedAlgorithm:
             out = foreach_env_runner(*args, **kwargs)
             if out and isinstance(out[0], tuple) and isinstance(out[0][0], dict) and "payload" in out[0][0]:
                 self._calls["sample"] = time.perf_counter() - started
-                self._samples = [_value(metrics.get("sample_time_s", 0.0)) for _, metrics in out]
+                self._samples = [(_value(metrics.get(SAMPLE_TIME, 0.0)), _value(metrics.get(SAMPLE_CPU_TIME, 0.0)))
+                                 for _, metrics in out]
             return out
 
         def timed(name, function):
@@ -103,16 +108,17 @@ class TimedAlgorithm:
         started = time.perf_counter()
         result = self.algo.train()
         total = time.perf_counter() - started
-        samples = self._samples or [0.0]
+        samples, cpu_times = np.array(self._samples or [(0.0, 0.0)]).T
         sample_call = self._calls.get("sample", 0.0)
         learn, sync = self._calls.get("learn", 0.0), self._calls.get("sync", 0.0)
         timing = IterationTiming(
             runners=self.num_runners,
             env_steps=int(result["env_runners"]["num_env_steps_sampled_lifetime"]) - before,
             total_s=total,
-            sample_max_s=max(samples),
-            sample_mean_s=float(np.mean(samples)),
-            gather_s=max(sample_call - max(samples), 0.0),
+            sample_max_s=float(samples.max()),
+            sample_mean_s=float(samples.mean()),
+            sample_cpu_mean_s=float(cpu_times.mean()),
+            gather_s=max(sample_call - float(samples.max()), 0.0),
             learn_s=learn,
             sync_s=sync,
             other_s=max(total - sample_call - learn - sync, 0.0),
