@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from recbandits.serve.config import ServeConfig
-from recbandits.serve.core import BanditCore, Rejection, prepare_state_dir
+from recbandits.serve.core import BanditCore, Rejection
 from recbandits.serve.eventlog import LOG_FILE, read_event_log, scan_log
 from recbandits.serve.policy import LearningRecord, ScoreJob, ServingPolicy, build_module
 from recbandits.serve.schemas import RankRequest, RequestValidator
+from recbandits.serve.state import prepare_state_dir
 
 
 def _random_state(module, rng, rows: int = 50):

@@ -52,6 +52,35 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
 SCORES = "scores"
 
 
+UNIT_ROUNDOFF = 2.0**-53  # float64
+
+
+def max_learnable_norm_sq(lambda_: float, feature_dim: int) -> float:
+    """The largest squared norm ||x||^2 of a feature row that a model can learn from in float64.
+
+    Adding x x^T to the statistics rounds each entry by up to u |x_i x_j| (u = 2^-53), a perturbation of A of
+    spectral norm <= feature_dim * u * ||x||^2. Up to lambda_ / 2 it leaves every eigenvalue of the stored A at
+    >= lambda_ / 2, so the posterior in every other direction survives the row. A larger row (a context of 1e8
+    where the others are ~1) would swamp lambda_ by rounding alone: the serving policy quarantines it instead.
+    """
+    return lambda_ / (2.0 * feature_dim * UNIT_ROUNDOFF)
+
+
+def covariance_factor(covariance: torch.Tensor) -> torch.Tensor:
+    """L with L L^T = A^-1 per model, for sampling theta~ = theta + v L z.
+
+    Cholesky where it succeeds; a model whose A^-1 rounding left not positive-definite gets the symmetric square
+    root of its eigendecomposition (eigenvalues clipped at 0), which has the same L L^T.
+    """
+    factor, info = torch.linalg.cholesky_ex(covariance)
+    failed = (info != 0).nonzero().flatten()
+    if len(failed):
+        symmetric = 0.5 * (covariance[failed] + covariance[failed].transpose(-1, -2))
+        eigenvalues, eigenvectors = torch.linalg.eigh(symmetric)
+        factor[failed] = (eigenvectors * eigenvalues.clamp_min(0.0).sqrt().unsqueeze(-2)) @ eigenvectors.transpose(-1, -2)
+    return factor
+
+
 def _observation_layout(observation_space: gym.Space, action_space: gym.Space) -> tuple[str, int, int, int]:
     """(shape, number of arms, global dim, arm dim) of the spaces, or a clear error."""
     if isinstance(observation_space, gym.spaces.Box) and isinstance(action_space, gym.spaces.Discrete):
@@ -107,6 +136,8 @@ class LinearBanditModule(TorchRLModule):
         if self.slate_size > self.num_arms:
             raise ValueError(f"slate_size={self.slate_size} exceeds the {self.num_arms} candidates")
 
+        self.max_feature_norm_sq = max_learnable_norm_sq(self.lambda_, self.feature_dim)
+
         models, dim = self.num_models, self.feature_dim
         # The state: float64 sufficient statistics (persistent buffers = what get_state/set_state carry).
         self.register_buffer("data_precision", torch.zeros(models, dim, dim, dtype=torch.float64))
@@ -122,12 +153,30 @@ class LinearBanditModule(TorchRLModule):
     # ----------------------------------------------------------------------------------------------
 
     def refresh(self) -> None:
-        """Recompute theta, A^-1 and the sampling factor from the statistics."""
+        """Recompute theta, A^-1 and the sampling factor from the statistics.
+
+        A = lambda_ I + D with D positive semi-definite, so every eigenvalue of A is >= lambda_. Where rounding
+        makes the stored A not positive-definite for Cholesky (statistics spanning more than ~1/eps in scale,
+        e.g. one context of 1e8 next to contexts of 1), that model's A is factored by its eigendecomposition
+        with the eigenvalues clipped at lambda_: the posterior stays finite and positive-definite for any
+        finite statistics. ``ill_conditioned`` counts the models that needed it.
+        """
         eye = torch.eye(self.feature_dim, dtype=torch.float64)
         precision = self.data_precision + self.lambda_ * eye
-        cholesky = torch.linalg.cholesky(precision)
+        cholesky, info = torch.linalg.cholesky_ex(precision)
+        failed = (info != 0).nonzero().flatten()
+        self.ill_conditioned = len(failed)
+        if len(failed):
+            cholesky[failed] = eye  # a placeholder, overwritten below (a failed factor may be singular)
         self.covariance = torch.cholesky_inverse(cholesky)
         self.theta = torch.cholesky_solve(self.data_response.unsqueeze(-1), cholesky).squeeze(-1)
+        if len(failed):
+            symmetric = 0.5 * (precision[failed] + precision[failed].transpose(-1, -2))
+            eigenvalues, eigenvectors = torch.linalg.eigh(symmetric)
+            inverse = eigenvectors * eigenvalues.clamp_min(self.lambda_).reciprocal().unsqueeze(-2)
+            covariance = inverse @ eigenvectors.transpose(-1, -2)
+            self.covariance[failed] = covariance
+            self.theta[failed] = (covariance @ self.data_response[failed].unsqueeze(-1)).squeeze(-1)
         self._covariance_factor = None  # computed when Thompson sampling first needs it
         if self.shape == "disjoint":
             # All arms' A_k^-1 side by side [d, K*d], so x^T A_k^-1 for every k is one matrix product. float32:
@@ -233,7 +282,7 @@ class LinearBanditModule(TorchRLModule):
     def _sampled_scores(self, features: torch.Tensor) -> torch.Tensor:
         """Thompson sampling: one theta~ ~ N(theta, v^2 A^-1) per decision (per model), scored on every arm."""
         if self._covariance_factor is None:
-            self._covariance_factor = torch.linalg.cholesky(self.covariance)
+            self._covariance_factor = covariance_factor(self.covariance)
         batch = features.shape[0]
         normal = torch.randn(batch, self.num_models, self.feature_dim, dtype=torch.float64, generator=self._generator)
         scale = self.noise_scale.view(1, -1, 1)

@@ -151,8 +151,8 @@ def _signature_once(method):
     return method
 
 
-def _raise_if_rejected(result: dict[str, Any]) -> dict[str, Any]:
-    if "rejection" in result:
+def _raise_if_rejected(result: Any) -> Any:
+    if isinstance(result, dict) and "rejection" in result:
         raise Rejection.from_dict(result["rejection"])
     return result
 
@@ -405,13 +405,18 @@ class Recommender:
 
     @api.get("/healthz")
     async def healthz(self) -> Response:
-        """200 when this replica serves a policy and can log; 503 otherwise."""
+        """200 ``ready`` when this replica serves a policy, can log and learns; 503 ``unavailable`` when it cannot
+        log (or reach the learner), 503 ``degraded`` when it serves but learning fails or is stuck (``reason``)."""
         try:
             self.check_health()
         except RuntimeError as error:
-            return _json({"status": "unavailable", "reason": str(error)}, status=503)
-        return _json({"status": "ready", "replica": self.replica, "learning": self.config.learning,
-                      "policy_version": self.version["policy_version"]})
+            return _json({"status": "unavailable", "reason": str(error), "replica": self.replica}, status=503)
+        body = {"status": "ready", "replica": self.replica, "learning": self.config.learning,
+                "policy_version": self.version["policy_version"]}
+        problem = await self._call("learning_problem")
+        if problem is not None:
+            return _json({**body, "status": "degraded", "reason": problem}, status=503)
+        return _json(body)
 
     @api.get("/", include_in_schema=False)
     async def root(self) -> Response:
@@ -450,8 +455,9 @@ class Learner:
         return self.core.published()
 
     async def call(self, method: str, *args) -> Any:
-        """info, list_versions, version_info, version_state, rollback (Rejections travel as dicts)."""
-        if method not in ("info", "list_versions", "version_info", "version_state", "rollback"):
+        """info, list_versions, version_info, version_state, rollback, learning_problem (Rejections travel as
+        dicts)."""
+        if method not in ("info", "list_versions", "version_info", "version_state", "rollback", "learning_problem"):
             raise ValueError(f"unknown method {method}")
         try:
             result = getattr(self.core, method)(*args)
@@ -503,7 +509,7 @@ def build_app(args: ServeConfig | dict[str, Any] | None = None):
     arguments: ``serve run recbandits.serve.app:build_app checkpoint=DIR state_dir=DIR`` or a RayService's
     ``args``. The state dir is prepared here (first start: service.json and the initial policy).
     """
-    from recbandits.serve.core import prepare_state_dir
+    from recbandits.serve.state import prepare_state_dir
 
     if isinstance(args, ServeConfig):
         config = prepare_state_dir(args)

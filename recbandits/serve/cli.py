@@ -94,6 +94,9 @@ def serve_command(
         "--fsync/--no-fsync", help="fsync the event log before every acknowledgement. [default: on]")] = None,
     config: Annotated[Path | None, typer.Option(help="JSON file of settings (CLI options override it).")] = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default: a local Ray).")] = None,
+    repair_log: Annotated[bool, typer.Option(
+        "--repair-log", help="Move a corrupt event-log line and the lines after it into a file next to the log "
+        "(nothing is deleted), then start.")] = False,
     print_config: Annotated[bool, typer.Option(
         "--print-config", help="Print the settings the service would run with (JSON: --config file, then options) and exit.")] = False,
 ) -> None:
@@ -124,7 +127,7 @@ def serve_command(
         if print_config:
             print(json.dumps(service_config.to_dict(), indent=2))
             return
-        run_service(service_config, address=address, explicit=explicit)
+        run_service(service_config, address=address, explicit=explicit, repair_log=repair_log)
     except (ValueError, ConnectionError, RuntimeError) as error:
         raise _fail(str(error)) from None
 

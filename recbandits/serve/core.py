@@ -12,6 +12,9 @@ Every event is a row of the log (``eventlog.py``) with a sequence number ``seq``
   record), ``dropped`` (no reward, ``default_reward`` None: nothing learned) or ``rewarded`` (rule ``sum``).
 * ``version``: a new policy version: ``update`` (learning records absorbed up to ``watermark``), ``rollback``
   (the statistics of an older version, ``source``), ``restore`` (after a restart), ``initial``.
+* ``quarantine``: the learning record at ``record_seq`` was not learned (``reason``: not finite, or too large for
+  float64 statistics; ``ServingPolicy.absorb``). The test reads the record alone, so every replay skips it too;
+  later records are learned as usual.
 
 Learning records are absorbed in ``seq`` order and only once durable, so a version's statistics are exactly
 those of its nearest snapshotted ancestor plus the learning records in ``(ancestor.watermark,
@@ -24,11 +27,9 @@ is either at or below a snapshot's watermark, hence in it, or above, hence repla
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import heapq
 import json
 import logging
-import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -37,14 +38,19 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from recbandits.serve.config import POLICY_FIELDS, SERVICE_FILE, ServeConfig
+from recbandits.serve.config import ServeConfig
 from recbandits.serve.eventlog import LOG_FILE, EventLog, repair_log, scan_log
-from recbandits.serve.policy import LearningRecord, ServingPolicy, initial_policy
-from recbandits.serve.store import SnapshotStore, read_npz, write_json_atomic, write_npz_atomic
+from recbandits.serve.policy import LearningRecord, ServingPolicy
+from recbandits.serve.state import StateLock, prepare_state_dir, read_service_file
+from recbandits.serve.store import SnapshotStore, read_npz
 
 logger = logging.getLogger("recbandits.serve")
 
 MAX_VERSIONS_IN_MEMORY = 20_000  # older versions are in the log (not listed, not rolled back to)
+RECENT_QUARANTINED = 100  # quarantined records listed in GET /v1/policy (all are in the log)
+LEARNING_STUCK_S = 30.0  # a learning record waiting longer than this turns /healthz degraded
+COUNTERS = ("decisions", "rewards", "expired_default", "expired_dropped", "expired_rewarded", "learning_records",
+            "quarantined")
 
 
 class Rejection(Exception):
@@ -60,69 +66,6 @@ class Rejection(Exception):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Rejection:
         return cls(data["status"], data["field"], data["message"], data["code"])
-
-
-# --------------------------------------------------------------------------------------------------
-# State directory preparation (first start writes service.json and the initial policy)
-# --------------------------------------------------------------------------------------------------
-
-
-def read_service_file(state_dir: Path) -> dict[str, Any] | None:
-    path = Path(state_dir) / SERVICE_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def prepare_state_dir(config: ServeConfig, explicit: set[str] | None = None) -> ServeConfig:
-    """Create the state dir on a first start (service.json, the initial policy); return the config to run.
-
-    On a restart the policy fields come from service.json (``explicit`` ones must agree, see
-    ``config.reconcile_with_state``) and the checkpoint is not read again.
-    """
-    from recbandits.serve.config import reconcile_with_state
-
-    state_dir = config.state_path.resolve()
-    state_dir.mkdir(parents=True, exist_ok=True)
-    if config.state_dir != str(state_dir):  # replicas may run in another working directory
-        config = ServeConfig.from_dict({**config.to_dict(), "state_dir": str(state_dir)})
-    service = read_service_file(state_dir)
-    if service is not None:
-        return reconcile_with_state(config, service["policy"], explicit if explicit is not None else set(POLICY_FIELDS))
-    fields, state, origin = initial_policy(config)
-    store = SnapshotStore(state_dir)
-    write_npz_atomic(store.initial_path, state, {"origin": origin})
-    data = config.to_dict()
-    data.update(fields)
-    resolved = ServeConfig.from_dict(data)
-    write_json_atomic(state_dir / SERVICE_FILE, {"policy": resolved.policy_fields(), "origin": origin,
-                                                 "created_at": time.time()})
-    return resolved
-
-
-class StateLock:
-    """An exclusive flock on ``<state_dir>/lock``: one live service per state dir (released when the process dies)."""
-
-    def __init__(self, path: Path, timeout_s: float = 60.0):
-        self.path = path
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    os.close(self._fd)
-                    raise RuntimeError(f"another service holds {path} (is one still running on this state dir?)") from None
-                time.sleep(0.2)
-        os.ftruncate(self._fd, 0)
-        os.write(self._fd, f"{os.getpid()}\n".encode())
-
-    def release(self) -> None:
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-        except OSError:
-            pass
 
 
 # --------------------------------------------------------------------------------------------------
@@ -193,6 +136,8 @@ class Replay:
     versions: list[dict[str, Any]] = field(default_factory=list)
     last_seq: int = 0
     rows: int = 0
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+    quarantine_rows: list[dict[str, Any]] = field(default_factory=list)
 
 
 def index_log(path: Path) -> tuple[list[dict[str, Any]], int, int]:
@@ -241,8 +186,10 @@ class BanditCore:
         self.queue: list[LearningRecord] = []
         self.versions: OrderedDict[int, dict[str, Any]] = OrderedDict()
         self.protected: set[int] = set()  # snapshots never pruned: rollbacks (their lineage starts there)
-        self.counters = {"decisions": 0, "rewards": 0, "expired_default": 0, "expired_dropped": 0,
-                         "expired_rewarded": 0, "learning_records": 0}
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        self.quarantined: list[dict[str, Any]] = []  # the newest RECENT_QUARANTINED quarantine rows
+        self._queued_since: float | None = None  # monotonic time the oldest queued learning record was queued
+        self._learning_failure: str | None = None
         self._last_learn = 0.0
         self._learning_paused = False
         self._version_changed: asyncio.Event | None = None
@@ -287,7 +234,12 @@ class BanditCore:
             state, _ = read_npz(self.snapshots.initial_path)
         tail = self._scan(log_path, after=watermark, policy_state=state)
         self.policy = ServingPolicy(self.fields, state)
-        self.policy.absorb(tail.records)
+        marked = {int(row["record_seq"]) for row in tail.quarantine_rows}
+        self.counters.update(tail.counters)
+        self.quarantined = tail.quarantine_rows[-RECENT_QUARANTINED:]
+        # A record quarantined live whose mark a crash lost is marked now (the same test quarantines it again).
+        self._quarantine([item for item in self.policy.absorb(tail.records) if item[0].seq not in marked],
+                         write=True)
         self.open = tail.open
         self._deadlines = [(event.deadline, event_id) for event_id, event in self.open.items()]
         heapq.heapify(self._deadlines)
@@ -324,7 +276,9 @@ class BanditCore:
             replay.last_seq = seq
             replay.rows += 1
             kind = row["kind"]
+            counters = replay.counters
             if kind == "decision":
+                counters["decisions"] += 1
                 chosen = row.get("chosen_features")
                 features = helper.learning_features(
                     np.asarray(row["context"], dtype=np.float64),
@@ -335,9 +289,12 @@ class BanditCore:
                 event = replay.open.get(row["event_id"])
                 if event is None:
                     continue  # its decision precedes a truncated history: nothing to learn
+                counters["rewards"] += 1
+                counters["learning_records"] += 1
                 if seq > after:
                     replay.records.append(LearningRecord(seq, event.model, event.features, float(row["reward"]),
-                                                         full=bool(row["first"]), previous=float(row["previous_total"])))
+                                                         full=bool(row["first"]), previous=float(row["previous_total"]),
+                                                         event_id=row["event_id"]))
                 event.total, event.count = float(row["total"]), int(row["reward_count"])
                 result = _reward_result(row)
                 if row.get("reward_id") is not None:
@@ -350,12 +307,20 @@ class BanditCore:
                 event = replay.open.pop(row["event_id"], None)
                 if event is None:
                     continue
-                if row["outcome"] == "default" and seq > after:
-                    replay.records.append(LearningRecord(seq, event.model, event.features, float(row["reward"])))
+                counters[f"expired_{row['outcome']}"] += 1
+                if row["outcome"] == "default":
+                    counters["learning_records"] += 1
+                    if seq > after:
+                        replay.records.append(LearningRecord(seq, event.model, event.features, float(row["reward"]),
+                                                             event_id=row["event_id"]))
                 replay.closed.add(row["event_id"], ClosedEvent("expired", row["outcome"], row.get("total"), row["ts"],
                                                                event.reward_ids))
             elif kind == "version":
                 replay.versions.append(row)
+            elif kind == "quarantine":
+                counters["quarantined"] += 1
+                counters["learning_records"] -= 1
+                replay.quarantine_rows.append(row)
         return replay
 
     # ----------------------------------------------------------------------------------------------
@@ -398,11 +363,53 @@ class BanditCore:
             return False
         records, self.queue = self.queue, []
         self._last_learn = now
-        self.policy.absorb(records)
-        self.counters["learning_records"] += len(records)
+        try:
+            quarantined = self.policy.absorb(records)
+        except Exception as error:  # noqa: BLE001 - a bug: keep the records, keep serving, report it
+            self.queue = records + self.queue
+            message = f"{type(error).__name__}: {error}"
+            if message != self._learning_failure:
+                logger.exception("learning failed; the records are kept and retried")
+            self._learning_failure = message
+            return False
+        self._learning_failure = None
+        self._queued_since = now if self.queue else None
+        self._quarantine(quarantined)
+        self.counters["learning_records"] += len(records) - len(quarantined)
         self._install_version({"kind": "update", "parent": self.version_id, "watermark": records[-1].seq,
-                               "learned": len(records)})
+                               "learned": len(records) - len(quarantined)})
         return True
+
+    def _quarantine(self, items: list[tuple[LearningRecord, str]], write: bool = False) -> None:
+        """Mark records that were not learned: a ``quarantine`` row each, a counter, a warning naming them."""
+        if not items:
+            return
+        rows = [{"kind": "quarantine", "record_seq": record.seq, "event_id": record.event_id, "model": record.model,
+                 "reason": reason} for record, reason in items]
+        if write:
+            self.log.write_now(rows)
+        else:
+            self.log.submit(rows)
+        self.counters["quarantined"] += len(rows)
+        self.quarantined = (self.quarantined + rows)[-RECENT_QUARANTINED:]
+        for row in rows:
+            logger.warning("quarantined the learning record at seq %s (event %s): %s", row["record_seq"],
+                           row["event_id"], row["reason"])
+
+    def _enqueue(self, record: LearningRecord) -> None:
+        if not self.queue:
+            self._queued_since = time.monotonic()
+        self.queue.append(record)
+
+    def learning_problem(self) -> str | None:
+        """Why learning is failing or stuck, or None."""
+        if self._learning_failure is not None:
+            return f"learning failed: {self._learning_failure}"
+        if self.queue and self._queued_since is not None:
+            waited = time.monotonic() - self._queued_since
+            if waited > max(LEARNING_STUCK_S, 10 * self.config.effective_update_interval_s):
+                return f"learning stuck: {len(self.queue)} learning records waiting for {waited:.0f} s"
+        return None
 
     def version_info(self, version: int) -> dict[str, Any]:
         if version not in self.versions:
@@ -562,11 +569,12 @@ class BanditCore:
         if closes:
             del self.open[event_id]
             self.closed.add(event_id, ClosedEvent("rewarded", None, event.total, now, event.reward_ids))
-        record = LearningRecord(0, event.model, event.features, reward, full=first, previous=previous)
+        record = LearningRecord(0, event.model, event.features, reward, full=first, previous=previous,
+                                event_id=event_id)
 
         def durable() -> None:
             record.seq = row["seq"]
-            self.queue.append(record)
+            self._enqueue(record)
             self.counters["rewards"] += 1
 
         await self.log.append([row], on_durable=durable)
@@ -594,14 +602,14 @@ class BanditCore:
                    "total": event.total if event.count else reward}
             rows.append(row)
             if outcome == "default":
-                records.append((row, LearningRecord(0, event.model, event.features, reward)))
+                records.append((row, LearningRecord(0, event.model, event.features, reward, event_id=event_id)))
             self.closed.add(event_id, ClosedEvent("expired", outcome, row["total"], now, event.reward_ids))
             self.counters[f"expired_{outcome}"] += 1
         if rows:
             def durable() -> None:
                 for row, record in records:
                     record.seq = row["seq"]
-                    self.queue.append(record)
+                    self._enqueue(record)
 
             self.log.submit(rows, on_durable=durable)
         return len(rows)
@@ -671,6 +679,8 @@ class BanditCore:
             "open_events": len(self.open),
             "queued_records": len(self.queue),
             "counters": dict(self.counters),
+            "quarantined": list(self.quarantined),
+            "learning_problem": self.learning_problem(),
             "restore": self.restore_info,
             "statistics": self.policy.statistics(),
             "log": {"rows_written": self.log.rows_written, "commits": self.log.commits, "path": str(self.log.path)},

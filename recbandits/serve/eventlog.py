@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 LOG_FILE = "events.jsonl"
-KINDS = ("decision", "reward", "expire", "version")
+KINDS = ("decision", "reward", "expire", "version", "quarantine")
 
 
 # orjson: about 20x faster than the json module on a decision row, which every rank request writes; it also
@@ -113,7 +113,8 @@ class EventLog:
         self.path = Path(path)
         self.fsync = fsync
         self.next_seq = next_seq
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)  # users' contexts and ids
+        os.fchmod(self._fd, 0o600)
         self._queue: list[tuple[bytes, asyncio.Future, Callable[[], None] | None]] = []
         self._queued = threading.Condition()
         self._writer: threading.Thread | None = None

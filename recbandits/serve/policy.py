@@ -162,6 +162,7 @@ class LearningRecord:
     reward: float
     full: bool = True
     previous: float = 0.0
+    event_id: str = ""
 
 
 class ServingPolicy:
@@ -205,7 +206,11 @@ class ServingPolicy:
     def factor(self) -> np.ndarray:
         """Cholesky factor of A^-1 per model (Thompson sampling)."""
         if self._factor is None:
-            self._factor = np.linalg.cholesky(self.covariance)
+            import torch
+
+            from recbandits.algos.module import covariance_factor
+
+            self._factor = covariance_factor(torch.from_numpy(self.covariance)).numpy()
         return self._factor
 
     def get_state(self) -> dict[str, np.ndarray]:
@@ -226,6 +231,7 @@ class ServingPolicy:
         return {
             "observations": float(counts.sum()),
             "num_updates": int(self.module.num_updates.item()),
+            "ill_conditioned_models": int(self.module.ill_conditioned),
             "models": [
                 {"model": name, "observations": float(counts[m]), "noise_scale": float(self.noise[m]),
                  "theta_norm": float(np.linalg.norm(self.theta[m])),
@@ -329,10 +335,57 @@ class ServingPolicy:
             return context
         return self.candidate_features(context, chosen_features[None, :])[0]
 
-    def absorb(self, records: list[LearningRecord]) -> None:
-        """Add the records' statistics to the posterior (no forgetting: replay gives the same state)."""
+    def absorb(self, records: list[LearningRecord]) -> list[tuple[LearningRecord, str]]:
+        """Add the records' statistics to the posterior (no forgetting: replay gives the same state).
+
+        Returns the records quarantined instead of learned, each with its reason: features or reward not
+        finite, or features whose squared norm exceeds the module's ``max_feature_norm_sq`` (a row float64
+        cannot add without rounding away the rest of the model; ``algos.module.max_learnable_norm_sq``). The
+        test reads the record alone, so live learning, restart replay and rebuilding an old version quarantine
+        exactly the same records. Should absorbing a batch still leave the posterior non-finite, the batch is
+        undone and absorbed record by record, and the records that break it are quarantined.
+        """
         if not records:
-            return
+            return []
+        rows = np.stack([record.features for record in records])
+        rewards = np.array([record.reward for record in records])
+        norms = np.einsum("ij,ij->i", rows, rows)
+        bound = self.module.max_feature_norm_sq
+        ok = np.isfinite(norms) & np.isfinite(rewards) & (norms <= bound)
+        quarantined = []
+        for index in np.flatnonzero(~ok).tolist():
+            if not np.isfinite(norms[index]) or not np.isfinite(rewards[index]):
+                reason = "features or reward not finite"
+            else:
+                reason = (f"features too large to learn in float64: squared norm {norms[index]:.3g} > "
+                          f"{bound:.3g} (lambda_ / (2 * feature_dim * 2^-53))")
+            quarantined.append((records[index], reason))
+        learnable = [record for record, keep in zip(records, ok.tolist(), strict=True) if keep]
+        if learnable and self._try_add(learnable) is not None:
+            for record in learnable:
+                failure = self._try_add([record])
+                if failure is not None:
+                    quarantined.append((record, failure))
+        self._cache()
+        quarantined.sort(key=lambda item: item[0].seq)
+        return quarantined
+
+    def _try_add(self, records: list[LearningRecord]) -> str | None:
+        """Absorb ``records``; None, or why they could not be (the posterior is then as before)."""
+        before = self.module.get_state()
+        try:
+            self._add(records)
+            module = self.module
+            if (module.theta.isfinite().all() and module.covariance.isfinite().all()
+                    and module.data_precision.isfinite().all()):
+                return None
+            failure = "absorbing it made the posterior non-finite"
+        except (ArithmeticError, RuntimeError, ValueError) as error:
+            failure = f"absorbing it failed: {type(error).__name__}: {error}"
+        self.module.set_state(before)
+        return failure
+
+    def _add(self, records: list[LearningRecord]) -> None:
         import torch
 
         models, dim = self.num_models, self.feature_dim
@@ -353,4 +406,3 @@ class ServingPolicy:
         np.add.at(response, index, rewards[:, None] * rows)
         np.add.at(response_square, index, 2.0 * previous * rewards + rewards * rewards)
         self.module.absorb(*(torch.from_numpy(array) for array in (precision, response, response_square, counts)))
-        self._cache()

@@ -78,7 +78,7 @@ def replica_urls(config: ServeConfig, timeout_s: float = 30.0) -> list[str]:
         for port in range(first, first + config.num_replicas + 8):
             url = f"http://{config.host}:{port}"
             health = _get(f"{url}/healthz", timeout=0.5)
-            if health and health.get("status") == "ready":
+            if health and health.get("status") in ("ready", "degraded"):
                 found[health["replica"]] = url
         if len(found) >= config.num_replicas:
             break
@@ -177,17 +177,46 @@ def idle_ray_agent() -> dict[str, Any] | None:
     return {"pids": agents, "threads": threads}
 
 
-def start_service(config: ServeConfig, address: str | None = None, explicit: set[str] | None = None) -> dict[str, Any]:
-    """Prepare the state dir, start Ray and Serve, deploy; return what ``run_service`` prints."""
+def deployment_failure(app_name: str = APP_NAME) -> str | None:
+    """The last line of the error that stopped an application's deployments (Ray Serve keeps the replica's
+    traceback in the deployment's status message), or None."""
+    from ray import serve
+
+    try:
+        application = serve.status().applications.get(app_name)
+    except Exception:  # noqa: BLE001 - the controller itself is gone: nothing more to say
+        return None
+    if application is None:
+        return None
+    for name, deployment in application.deployments.items():
+        lines = [line.strip() for line in (deployment.message or "").splitlines() if line.strip()]
+        if lines and str(deployment.status).endswith(("UNHEALTHY", "DEPLOY_FAILED")):
+            return f"{name}: {lines[-1]}"
+    return None
+
+
+def start_service(config: ServeConfig, address: str | None = None, explicit: set[str] | None = None,
+                  repair_log: bool = False) -> dict[str, Any]:
+    """Check and prepare the state dir, start Ray and Serve, deploy; return what ``run_service`` prints.
+
+    The state dir is checked here, before Ray starts (``state.check_state_dir``: one line naming the file);
+    should a replica still fail to start, the error names the replica's own exception.
+    """
     from ray import serve
 
     from recbandits.serve.app import build_app
-    from recbandits.serve.core import prepare_state_dir
+    from recbandits.serve.state import check_state_dir, prepare_state_dir
 
     started = time.perf_counter()
+    for note in check_state_dir(config, repair_log=repair_log):
+        print(note, file=sys.stderr, flush=True)
     config = prepare_state_dir(config, explicit)
     start_ray_serve(config, address)
-    serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
+    try:
+        serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
+    except RuntimeError as error:
+        cause = deployment_failure()
+        raise RuntimeError(f"the service did not start: {cause}" if cause else str(error).splitlines()[0]) from None
     idle_agent = idle_ray_agent() if config.idle_ray_agent and not address else None
     url = f"http://{config.host}:{config.port}"
     urls = replica_urls(config)
@@ -206,7 +235,8 @@ def start_service(config: ServeConfig, address: str | None = None, explicit: set
     }
 
 
-def run_service(config: ServeConfig, address: str | None = None, explicit: set[str] | None = None) -> None:
+def run_service(config: ServeConfig, address: str | None = None, explicit: set[str] | None = None,
+                repair_log: bool = False) -> None:
     """Start the service, print the ready line, serve until SIGINT/SIGTERM."""
     import ray
     from ray import serve
@@ -214,7 +244,12 @@ def run_service(config: ServeConfig, address: str | None = None, explicit: set[s
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    ready = start_service(config, address, explicit)
+    try:
+        ready = start_service(config, address, explicit, repair_log=repair_log)
+    except BaseException:
+        if ray.is_initialized():
+            ray.shutdown()
+        raise
     print(json.dumps(ready), flush=True)
     try:
         while not stop.wait(1.0):

@@ -31,7 +31,7 @@ def fsync_dir(path: Path) -> None:
 
 
 def write_npz_atomic(path: Path, state: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -67,7 +67,7 @@ class SnapshotStore:
 
     def __init__(self, state_dir: Path, keep: int = 20):
         self.directory = Path(state_dir) / SNAPSHOT_DIR
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.keep = keep
         for stale in self.directory.glob("*.tmp"):
             stale.unlink(missing_ok=True)

