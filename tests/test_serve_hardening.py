@@ -175,3 +175,142 @@ def test_the_rllib_learner_absorbs_ill_conditioned_deltas():
     assert module.ill_conditioned == 1
     assert bool(module.covariance.isfinite().all()) and bool(module.theta.isfinite().all())
     np.testing.assert_allclose(module.theta[0].numpy(), np.ones(4))  # the other arm: b / lambda, exact
+
+
+# --------------------------------------------------------------------------------------------------
+# Start-up failures name their cause, before Ray starts
+# --------------------------------------------------------------------------------------------------
+
+
+def _state_with_history(tmp_path, events: int = 30):
+    """A state dir a service has run on: decisions, rewards, versions and a snapshot (written without Ray)."""
+    import asyncio
+
+    from recbandits.serve.config import ServeConfig
+    from recbandits.serve.core import BanditCore
+    from recbandits.serve.state import prepare_state_dir
+
+    config = prepare_state_dir(ServeConfig(state_dir=str(tmp_path / "state"), context_dim=2, num_arms=2,
+                                           arm_ids=["a", "b"], model_config={"exploration": "greedy"}))
+
+    async def run():
+        core = BanditCore(config)
+        for index in range(events):
+            row = {"kind": "decision", "event_id": f"e{index}", "policy_version": core.version_id,
+                   "watermark": core.watermark, "context": [1.0, float(index)], "candidates": None,
+                   "action": "a", "model": 0, "chosen_features": None}
+            await core.log_decisions([row])
+            await core.record_reward(f"e{index}", 1.0)
+            if index == events // 2:
+                core.learn(force=True)
+                await core.snapshot()
+        await core.close()
+
+    asyncio.run(run())
+    return config.state_path
+
+
+def _start_fails(state_dir, *extra, timeout_s: float = 120.0) -> str:
+    """Run `python -m recbandits.serve` on a state dir that cannot be served: its one line of stderr."""
+    import subprocess
+    import sys
+
+    port = free_port_block(4)
+    result = subprocess.run([sys.executable, "-m", "recbandits.serve", "--state-dir", str(state_dir), "--port",
+                             str(port), *extra], capture_output=True, text=True, timeout=timeout_s)
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr  # one line, and nothing from Ray: it never started
+    assert result.stdout == ""
+    return lines[0]
+
+
+def test_a_corrupt_log_line_is_named_and_repair_log_moves_the_tail_aside(tmp_path):
+    state_dir = _state_with_history(tmp_path)
+    log = state_dir / "events.jsonl"
+    lines = log.read_bytes().splitlines(keepends=True)
+    lines[26] = b'{"kind":"reward","event_id":"e1\x00\xff garbage\n'
+    log.write_bytes(b"".join(lines))
+    message = _start_fails(state_dir)
+    assert message.startswith(f"{log}:27 is not a JSON row") and "--repair-log" in message, message
+
+    from recbandits.serve.config import ServeConfig
+    from recbandits.serve.state import check_state_dir, scan_log_rows
+
+    notes = check_state_dir(ServeConfig(state_dir=str(state_dir)), repair_log=True)
+    aside = sorted(state_dir.glob("events.jsonl.corrupt-27-*"))
+    assert len(aside) == 1 and notes == [f"moved {len(lines) - 26} log lines from {log}:27 (not a JSON row "
+                                         f"({notes[0].split('(not a JSON row (')[1]}"]
+    assert aside[0].read_bytes() == b"".join(lines[26:])  # nothing deleted
+    assert log.read_bytes() == b"".join(lines[:26])
+    assert scan_log_rows(log)[2] is None and oct(aside[0].stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_missing_starting_policy_is_named(tmp_path):
+    state_dir = _state_with_history(tmp_path)
+    for snapshot in (state_dir / "snapshots").glob("v*.npz"):
+        snapshot.unlink()
+    (state_dir / "snapshots" / "initial.npz").unlink()
+    message = _start_fails(state_dir)
+    assert message.startswith(f"{state_dir / 'snapshots' / 'initial.npz'} is missing"), message
+
+
+def test_another_live_service_on_the_state_dir_is_named(tmp_path):
+    from recbandits.serve.state import StateLock
+
+    state_dir = _state_with_history(tmp_path)
+    lock = StateLock(state_dir / "lock")
+    try:
+        message = _start_fails(state_dir)
+    finally:
+        lock.release()
+    import os
+
+    assert message == (f"another service (pid {os.getpid()}) holds {state_dir / 'lock'}: stop it, or use another "
+                       "--state-dir"), message
+
+
+def test_a_read_only_state_dir_is_named(tmp_path):
+    import os
+    import subprocess
+
+    state_dir = _state_with_history(tmp_path)
+    if os.geteuid() != 0:
+        state_dir.chmod(0o500)
+    elif subprocess.run(["mount", "--bind", str(state_dir), str(state_dir)], capture_output=True).returncode != 0:
+        pytest.skip("as root a read-only state dir needs a read-only bind mount, which this machine refuses")
+    else:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(state_dir)], check=True)
+    try:
+        message = _start_fails(state_dir)
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", str(state_dir)], check=True)
+        else:
+            state_dir.chmod(0o700)
+    assert message.startswith(f"state dir {state_dir} is not writable (Read-only file system" if os.geteuid() == 0
+                              else f"state dir {state_dir} is not writable (Permission denied"), message
+
+
+def test_a_snapshot_holding_poisoned_statistics_starts_and_serves(tmp_path):
+    """What the unguarded service wrote after a context of 1e8: a restart must start and serve from it."""
+    from recbandits.serve.store import SnapshotStore, read_npz, write_npz_atomic
+
+    state_dir = _state_with_history(tmp_path)
+    store = SnapshotStore(state_dir)
+    newest = store.path(max(store.versions()))
+    state, meta = read_npz(newest)
+    state["data_precision"][1] += np.full((2, 2), 1e16)  # arm b had no data: lambda I + 1e16 1 1^T
+    write_npz_atomic(newest, state, meta)
+    port = free_port_block(12)
+    service = ServiceProcess(_service_args(state_dir, port), log_path=tmp_path / "service.log")
+    base = service.start()["replica_urls"][0]
+    try:
+        status, answer = request("POST", f"{base}/v1/rank", {"context": [0.5, -1.0]})
+        assert status == 200, answer
+        status, health = request("GET", f"{base}/healthz")
+        assert status == 200 and health["status"] == "ready", health
+        status, info = request("GET", f"{base}/v1/policy")
+        assert info["restore"]["restored"] and info["statistics"]["ill_conditioned_models"] == 1, info
+    finally:
+        service.stop()
