@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> dict:
             max_requests = args.requests or max(int(args.rate * args.duration) + 1, 100_000)
             spec = LoadTestSpec(urls=urls, rate=args.rate, max_requests=max_requests, duration_s=args.duration,
                                 reward_delay=(low, high), data_dir=args.data_dir, warmup_s=args.warmup,
-                                top_k=args.top_k or None, reward_batch_s=args.reward_batch_ms / 1000.0)
+                                top_k=args.top_k or None, reward_batch_s=args.reward_batch_ms / 1000.0,
+                                admin_token=service.admin_token)
             load_before = os.getloadavg()
             report = run_loadtest(spec)
             load_after = os.getloadavg()

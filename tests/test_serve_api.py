@@ -40,7 +40,7 @@ def service(tmp_path_factory):
     ready = process.start()
     assert ready["replica_urls"], ready
     yield {"url": ready["url"], "fast": ready["replica_urls"][0], "state_dir": Path(ready["state_dir"]),
-           "metrics_port": port + 10, "process": process, "ready": ready}
+           "metrics_port": port + 10, "process": process, "ready": ready, "token": process.admin_token}
     process.stop()
 
 
@@ -55,7 +55,7 @@ def reward(service, event_id, value, **extra):
 
 
 def policy(service):
-    status, info = request("GET", f"{service['fast']}/v1/policy")
+    status, info = request("GET", f"{service['fast']}/v1/policy", token=service["token"])
     assert status == 200, info
     return info
 
@@ -222,10 +222,11 @@ def test_bad_inputs_are_4xx_naming_the_field_and_leave_the_model_alone(service):
     for path, body, expected, field in BAD_REQUESTS:
         raw = body if isinstance(body, str) else None
         for base in (service["fast"],) if path != "/v1/rank" or raw is None else (service["fast"], service["url"]):
-            status, error = request("POST", f"{base}{path}", None if raw is not None else body, raw=raw)
+            token = service["token"] if path.startswith("/v1/policy") else None
+            status, error = request("POST", f"{base}{path}", None if raw is not None else body, raw=raw, token=token)
             assert status == expected, (path, body, status, error)
             assert isinstance(error, dict) and error["message"].split(":")[0].split("; ")[0] == field, (body, error)
-    status, error = request("GET", f"{service['fast']}/v1/policy/versions/abc")
+    status, error = request("GET", f"{service['fast']}/v1/policy/versions/abc", token=service["token"])
     assert status == 422 and "version" in error["message"]
     after = policy(service)
     for counter in ("decisions", "rewards"):
@@ -241,18 +242,19 @@ def test_versions_and_rollback(service):
         event = rank(service, {"context": context, "candidates": ["d"]})["event_id"]
         assert reward(service, event, 3.0)[0] == 200
     assert rank(service, {"context": context})["action"] == "d"
-    status, listing = request("GET", f"{service['fast']}/v1/policy/versions?limit=500")
+    status, listing = request("GET", f"{service['fast']}/v1/policy/versions?limit=500", token=service["token"])
     assert status == 200
     versions = {row["policy_version"]: row for row in listing["versions"]}
     assert versions[1]["version_kind"] == "initial" and versions[1]["snapshot"]
     assert listing["policy_version"] == max(versions)
     # Back to the cold start: every score of this context is 0 again, learning continues from there.
-    status, rolled = request("POST", f"{service['fast']}/v1/policy/rollback", {"version": 1})
+    status, rolled = request("POST", f"{service['fast']}/v1/policy/rollback", {"version": 1}, token=service["token"])
     assert status == 200 and rolled["rolled_back_to"] == 1 and rolled["policy_version"] > max(versions)
     answer = rank(service, {"context": context})
     assert answer["policy_version"] >= rolled["policy_version"]
     assert {item["score"] for item in answer["ranking"]} == {0.0}
-    status, state = request("GET", f"{service['fast']}/v1/policy/versions/{rolled['policy_version']}/state")
+    status, state = request("GET", f"{service['fast']}/v1/policy/versions/{rolled['policy_version']}/state",
+                            token=service["token"])
     assert status == 200 and sum(state["state"]["counts"]) == 0.0
     event = rank(service, {"context": context, "candidates": ["a"]})["event_id"]
     assert reward(service, event, 1.0)[0] == 200

@@ -39,12 +39,12 @@ def _closed_form(state_dir, num_models: int, dim: int, skip_seqs: set[int]):
     return precision, response, counts
 
 
-def _wait_until_learned(base, timeout_s: float = 20.0):
+def _wait_until_learned(base, token, timeout_s: float = 20.0):
     import time
 
     deadline = time.monotonic() + timeout_s
     while True:
-        status, info = request("GET", f"{base}/v1/policy")
+        status, info = request("GET", f"{base}/v1/policy", token=token)
         assert status == 200, info
         if info["queued_records"] == 0 and info["open_events"] == 0 or time.monotonic() > deadline:
             return info
@@ -75,7 +75,7 @@ def test_one_huge_context_is_quarantined_and_learning_goes_on(tmp_path):
             rewards = [{"event_id": event_id, "reward": float(rng.integers(0, 2))} for event_id in event_ids[:9]]
             status, answer = request("POST", f"{base}/v1/rewards", {"rewards": rewards})
             assert status == 200 and answer["accepted"] == 9, answer
-        info = _wait_until_learned(base)
+        info = _wait_until_learned(base, service.admin_token)
         assert info["counters"]["quarantined"] == 1 and info["counters"]["learning_records"] == 1000, info["counters"]
         assert [(row["event_id"], row["record_seq"]) for row in info["quarantined"]] == [(poisoned["event_id"],
                                                                                           poisoned_seq)]
@@ -85,15 +85,15 @@ def test_one_huge_context_is_quarantined_and_learning_goes_on(tmp_path):
         status, health = request("GET", f"{base}/healthz")
         assert status == 200 and health["status"] == "ready", health
         version = info["policy_version"]
-        status, state = request("GET", f"{base}/v1/policy/versions/{version}/state")
+        status, state = request("GET", f"{base}/v1/policy/versions/{version}/state", token=service.admin_token)
         assert status == 200, state
         precision, response, counts = _closed_form(state_dir, NUM_ARMS, CONTEXT_DIM, {poisoned_seq})
         np.testing.assert_allclose(state["state"]["data_precision"], precision, rtol=1e-9, atol=1e-9)
         np.testing.assert_allclose(state["state"]["data_response"], response, rtol=1e-9, atol=1e-9)
         np.testing.assert_array_equal(state["state"]["counts"], counts)
-        status, rolled = request("POST", f"{base}/v1/policy/rollback", {"version": 2})
+        status, rolled = request("POST", f"{base}/v1/policy/rollback", {"version": 2}, token=service.admin_token)
         assert status == 200 and rolled["rolled_back_to"] == 2, rolled
-        status, old = request("GET", f"{base}/v1/policy/versions/{version}/state")
+        status, old = request("GET", f"{base}/v1/policy/versions/{version}/state", token=service.admin_token)
         assert status == 200 and old["state"]["counts"] == state["state"]["counts"]
         log = read_event_log(state_dir)
         marks = log[log["kind"] == "quarantine"]
@@ -105,12 +105,12 @@ def test_one_huge_context_is_quarantined_and_learning_goes_on(tmp_path):
     service = ServiceProcess(_service_args(state_dir, port), log_path=tmp_path / "service.log")
     base = service.start()["replica_urls"][0]
     try:
-        status, info = request("GET", f"{base}/v1/policy")
+        status, info = request("GET", f"{base}/v1/policy", token=service.admin_token)
         assert status == 200, info
         assert info["counters"]["decisions"] == 1001 and info["counters"]["rewards"] == 901, info["counters"]
         assert info["counters"]["quarantined"] == 1 and info["counters"]["expired_default"] == 100
         assert [row["record_seq"] for row in info["quarantined"]] == [poisoned_seq]
-        status, state = request("GET", f"{base}/v1/policy/versions/{version}/state")
+        status, state = request("GET", f"{base}/v1/policy/versions/{version}/state", token=service.admin_token)
         assert status == 200, state
         np.testing.assert_array_equal(state["state"]["counts"], counts)
         status, answer = request("POST", f"{base}/v1/rank", {"context": [1e8] * CONTEXT_DIM})
@@ -310,7 +310,243 @@ def test_a_snapshot_holding_poisoned_statistics_starts_and_serves(tmp_path):
         assert status == 200, answer
         status, health = request("GET", f"{base}/healthz")
         assert status == 200 and health["status"] == "ready", health
-        status, info = request("GET", f"{base}/v1/policy")
+        status, info = request("GET", f"{base}/v1/policy", token=service.admin_token)
         assert info["restore"]["restored"] and info["statistics"]["ill_conditioned_models"] == 1, info
     finally:
         service.stop()
+
+
+# --------------------------------------------------------------------------------------------------
+# Limits, admission control, access control, the error format (one service with tight limits)
+# --------------------------------------------------------------------------------------------------
+
+MAX_BODY = 65536
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory):
+    root = tmp_path_factory.mktemp("limited")
+    port = free_port_block(12)
+    args = _service_args(root / "state", port, "--context-dim", 4, "--num-arms", 3, "--max-ongoing-requests", 2,
+                         "--max-queued-requests", 2, "--retry-after", 2, "--max-body-bytes", MAX_BODY,
+                         "--header-timeout", 1, "--keep-alive-timeout", 1)
+    service = ServiceProcess(args, log_path=root / "service.log")
+    ready = service.start()
+    yield {"service": service, "ready": ready, "fast": ready["replica_urls"][0], "url": ready["url"],
+           "state_dir": root / "state"}
+    service.stop()
+
+
+def _raw_exchange(base: str, data: bytes, timeout_s: float = 20.0) -> tuple[int, dict[str, str], bytes]:
+    """Send raw bytes on a new connection; (status, headers, body) of the answer."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base)
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout_s) as connection:
+        try:
+            connection.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):  # the server answered and closed before all was sent
+            pass
+        received = b""
+        while b"\r\n\r\n" not in received:
+            chunk = connection.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+        head, _, body = received.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+        while len(body) < int(headers.get("content-length", 0)):
+            chunk = connection.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
+def _post_head(path: str, extra: str) -> bytes:
+    return f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{extra}\r\n".encode()
+
+
+def _replica_pid(service) -> int:
+    from recbandits.serve.runner import process_argv
+    from recbandits.serve.testing import session_pids
+
+    pids = [pid for pid in session_pids(service.process.pid)
+            if process_argv(pid)[0].startswith("ray::ServeReplica:recbandits:Recommender")]
+    assert len(pids) == 1, pids
+    return pids[0]
+
+
+def _rss_mb(pid: int) -> float:
+    from pathlib import Path
+
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_bodies_over_the_limit_get_413_before_they_are_read(limited):
+    import orjson
+
+    replica = _replica_pid(limited["service"])
+    before = _rss_mb(replica)
+    for base in (limited["fast"], limited["url"]):
+        # 100 MB announced, 1 MB sent: the answer comes without the rest.
+        status, headers, body = _raw_exchange(base, _post_head("/v1/rank", "Content-Length: 100000000\r\n") +
+                                              b"x" * (1 << 20))
+        assert status == 413, (status, body)
+        error = orjson.loads(body)
+        assert error["message"] == f"body: 100000000 bytes exceed max_body_bytes={MAX_BODY}"
+        assert error["detail"] == [{"loc": ["body"], "msg": error["message"][6:], "type": "too_large"}]
+        # Chunked, no length: refused as soon as it passes the limit.
+        chunk = b"%x\r\n%s\r\n" % (16384, b" " * 16384)
+        status, _, body = _raw_exchange(base, _post_head("/v1/rank", "Transfer-Encoding: chunked\r\n") + chunk * 64)
+        assert status == 413 and b"chunked body exceeds" in body, (status, body)
+    for _ in range(4):
+        status, _, _ = _raw_exchange(limited["fast"], _post_head("/v1/rewards", "Content-Length: 20000000\r\n") +
+                                     b" " * (4 << 20))
+        assert status == 413
+    assert _rss_mb(replica) - before < 32, (before, _rss_mb(replica))
+    # A body under the limit is served as before.
+    status, answer = request("POST", f"{limited['fast']}/v1/rank", {"context": [0.0, 1.0, 0.0, 0.0]})
+    assert status == 200, answer
+
+
+def test_connections_that_send_no_complete_request_are_closed(limited):
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(limited["fast"])
+    for data in (b"", b"POST /v1/rank HTTP/1.1\r\nHost: 127.0.0.1\r\n"):
+        with socket.create_connection((parts.hostname, parts.port), timeout=10) as connection:
+            connection.sendall(data)
+            started = time.monotonic()
+            assert connection.recv(1024) == b""  # closed by the server (header timeout 1 s)
+            assert time.monotonic() - started < 8
+    # Idle after a complete exchange: the keep-alive timeout (1 s) closes it.
+    body = b'{"context": [1, 0, 0, 0]}'
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as connection:
+        connection.sendall(_post_head("/v1/rank", f"Content-Length: {len(body)}\r\n") + body)
+        answer = b""
+        while b"}" not in answer:
+            answer += connection.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200")
+        started = time.monotonic()
+        assert connection.recv(1024) == b"" and time.monotonic() - started < 8
+
+
+def test_overload_is_refused_at_once_with_retry_after(limited):
+    """2 working + 2 queued per replica: of 200 requests arriving at once most are refused, none waits long."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = b'{"context": [0.5, 0.5, 0.0, 1.0]}'
+    data = _post_head("/v1/rank", f"Content-Length: {len(body)}\r\nConnection: close\r\n") + body
+    with ThreadPoolExecutor(200) as pool:
+        answers = list(pool.map(lambda _: _raw_exchange(limited["fast"], data), range(200)))
+    statuses = [status for status, _, _ in answers]
+    assert set(statuses) <= {200, 503}, sorted(set(statuses))
+    refused = [(headers, body) for status, headers, body in answers if status == 503]
+    assert refused and statuses.count(200) >= 4, statuses
+    assert all(headers.get("retry-after") == "2" for headers, _ in refused), refused[0]
+    status, answer = request("POST", f"{limited['fast']}/v1/rank", {"context": [0.5, 0.5, 0.0, 1.0]})
+    assert status == 200, answer  # and serving again right after
+
+
+def test_the_admin_api_needs_the_token(limited):
+    service, base = limited["service"], limited["fast"]
+    for method, path, body in (("GET", "/v1/policy", None), ("GET", "/v1/policy/versions", None),
+                               ("GET", "/v1/policy/versions/1", None), ("GET", "/v1/policy/versions/1/state", None),
+                               ("POST", "/v1/policy/rollback", {"version": 1})):
+        status, error = request(method, f"{base}{path}", body)
+        assert status == 401, (path, status, error)
+        assert error["message"].startswith("authorization: the admin API needs `Authorization: Bearer <token>`")
+        assert error["detail"][0]["loc"] == ["header", "authorization"]
+        status, error = request(method, f"{base}{path}", body, token="x" * 43)
+        assert status == 403 and error["message"] == "authorization: this is not the admin token", error
+        status, _ = request(method, f"{base}{path}", body, token=service.admin_token)
+        assert status == 200, path
+    status, _ = request("POST", f"{base}/v1/rank", {"context": [1, 0, 0, 0]})  # the decision API is public
+    assert status == 200
+    token_file = limited["state_dir"] / "admin.token"
+    assert oct(token_file.stat().st_mode & 0o777) == "0o600" and len(service.admin_token) >= 32
+
+
+def test_one_error_format_with_the_right_location(limited):
+    service, base = limited["service"], limited["fast"]
+
+    def check(status, error, expected_status, loc, start):
+        assert status == expected_status, (status, error)
+        assert error["message"].startswith(start), error
+        assert error["detail"][0]["loc"] == loc, error
+
+    check(*request("GET", f"{base}/nope"), 404, ["path"], "path: no endpoint /nope")
+    status, headers, body = _raw_exchange(base, b"GET /v1/rank HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert status == 405 and headers["allow"] == "POST" and body.startswith(b'{"message":"method: GET is not allowed')
+    check(*request("GET", f"{base}/v1/policy/versions/abc", token=service.admin_token), 422, ["path", "version"],
+          "version: ")
+    check(*request("GET", f"{base}/v1/policy/versions/999999", token=service.admin_token), 404, ["path", "version"],
+          "version: policy version 999999 is unknown")
+    check(*request("POST", f"{base}/v1/rank", raw='{"event_id": "\\ud800", "context": [1, 0, 0, 0]}'), 422, ["body"],
+          "body: malformed JSON (\\ud800 at byte 14 is a lone UTF-16 surrogate")
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "application/json; charset=latin-1"):
+        check(*request("POST", f"{base}/v1/rank", {"context": [1, 0, 0, 0]}, headers={"content-type": content_type}),
+              415, ["header", "content-type"], f"content-type: '{content_type}' is not supported")
+    body = b'{"context": [1, 0, 0, 0]}'
+    status, _, answer = _raw_exchange(base, b"POST /v1/rank HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    assert status == 415 and answer.startswith(b'{"message":"content-type: missing: send application/json'), answer
+    status, _ = request("POST", f"{base}/v1/rank", {"context": [1, 0, 0, 0]},
+                        headers={"content-type": "application/json; charset=UTF-8"})
+    assert status == 200
+
+
+def test_state_files_are_private(limited):
+    state_dir = limited["state_dir"]
+    paths = [state_dir, *state_dir.rglob("*")]
+    assert {"events.jsonl", "lock", "service.json", "admin.token", "endpoints.json", "snapshots"} <= {
+        path.name for path in paths}
+    wrong = {str(path): oct(path.stat().st_mode & 0o777) for path in paths
+             if path.stat().st_mode & 0o777 != (0o700 if path.is_dir() else 0o600)}
+    assert not wrong, wrong
+
+
+def _listening_sockets(pids: list[int]) -> list[tuple[int, str, str]]:
+    """(pid, address, port) of every listening TCP socket of these processes (/proc/net/tcp{,6})."""
+    import os
+    from pathlib import Path
+
+    listening = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                address, port = fields[1].rsplit(":", 1)
+                listening[fields[9]] = (address, str(int(port, 16)))
+    found = []
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:[") and target[8:-1] in listening:
+                    found.append((pid, *listening[target[8:-1]]))
+        except OSError:
+            continue
+    return found
+
+
+LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
+
+
+def test_the_local_ray_listens_on_the_loopback_only(limited):
+    from recbandits.serve.runner import process_argv
+    from recbandits.serve.testing import session_pids
+
+    sockets = _listening_sockets(session_pids(limited["service"].process.pid))
+    assert len(sockets) > 5, sockets
+    exposed = [(process_argv(pid)[0], address, port) for pid, address, port in sockets if address not in LOOPBACK]
+    # Ray Serve 2.60 opens each replica's gRPC server on [::] (hard-coded; Ray's token authentication guards it).
+    assert all(name.startswith("ray::ServeReplica") and address == "0" * 32 for name, address, _ in exposed), exposed

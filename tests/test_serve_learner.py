@@ -29,7 +29,8 @@ def service(tmp_path_factory):
     ]  # fmt: skip
     process = ServiceProcess(args, log_path=root / "service.log")
     ready = process.start()
-    yield {"url": ready["url"], "replicas": ready["replica_urls"], "state_dir": Path(ready["state_dir"])}
+    yield {"url": ready["url"], "replicas": ready["replica_urls"], "state_dir": Path(ready["state_dir"]),
+           "token": process.admin_token}
     process.stop()
 
 
@@ -47,7 +48,7 @@ def test_two_replicas_behind_one_learner(service):
         assert status == 200 and health["learning"] == "learner"
         replicas.add(health["replica"])
     assert len(replicas) == 2
-    status, info = request("GET", f"{service['url']}/v1/policy")
+    status, info = request("GET", f"{service['url']}/v1/policy", token=service["token"])
     assert status == 200 and info["learning"] == "learner"
 
 
@@ -75,7 +76,8 @@ def test_learner_publishes_to_every_replica(service):
         assert answer["policy_version"] > start["policy_version"]
         assert all(rank(base, {"context": context})["action"] == "2" for _ in range(3))
     # A rollback on the learner reaches every replica too.
-    status, rolled = request("POST", f"{second}/v1/policy/rollback", {"version": start["policy_version"]})
+    status, rolled = request("POST", f"{second}/v1/policy/rollback", {"version": start["policy_version"]},
+                             token=service["token"])
     assert status == 200
     for base in (first, second):
         deadline = time.monotonic() + 10
@@ -105,8 +107,8 @@ def test_sum_rule_and_dropped_events(service):
     assert expired.loc[event, "outcome"] == "rewarded" and expired.loc[event, "total"] == 3.5
     assert expired.loc[silent, "outcome"] == "dropped"
     # Model 1 learned one observation with reward 3.5 (the sum), none from the dropped event.
-    status, info = request("GET", f"{first}/v1/policy")
-    status, state = request("GET", f"{first}/v1/policy/versions/{info['policy_version']}/state")
+    status, info = request("GET", f"{first}/v1/policy", token=service["token"])
+    status, state = request("GET", f"{first}/v1/policy/versions/{info['policy_version']}/state", token=service["token"])
     assert status == 200, state
     assert state["state"]["counts"][1] == 1.0 and state["state"]["data_response"][1][0] == 3.5
     assert state["state"]["response_square"][1] == 3.5**2

@@ -17,7 +17,7 @@ def test_loadtest_accounts_for_every_request_and_times_every_reward(tmp_path):
     try:
         # The default (synthetic) data; rewards batched as an event collector would send them.
         spec = LoadTestSpec(urls=ready["replica_urls"], rate=100.0, duration_s=4.0, warmup_s=1.0,
-                            reward_delay=(0.05, 0.3), reward_batch_s=0.05)
+                            reward_delay=(0.05, 0.3), reward_batch_s=0.05, admin_token=process.admin_token)
         report = run_loadtest(spec)
     finally:
         process.stop()

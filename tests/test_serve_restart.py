@@ -82,7 +82,7 @@ def test_kill_9_and_restart_loses_nothing(tmp_path, checkpoint):
     stop = threading.Event()
 
     # The starting policy is the checkpoint's module.
-    status, initial = request("GET", f"{base}/v1/policy/versions/1/state")
+    status, initial = request("GET", f"{base}/v1/policy/versions/1/state", token=service.admin_token)
     assert status == 200
     np.testing.assert_array_equal(np.asarray(initial["state"]["counts"]), checkpoint_state["counts"])
     np.testing.assert_allclose(np.asarray(initial["state"]["data_precision"]), checkpoint_state["data_precision"])
@@ -112,7 +112,7 @@ def test_kill_9_and_restart_loses_nothing(tmp_path, checkpoint):
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(one_event, range(90)))
     time.sleep(2.5)  # a snapshot covers phase 1
-    status, listing = request("GET", f"{base}/v1/policy/versions?limit=1000")
+    status, listing = request("GET", f"{base}/v1/policy/versions?limit=1000", token=service.admin_token)
     snapshotted = [row for row in listing["versions"] if row["snapshot"] and row["policy_version"] > 1]
     assert snapshotted, listing
     max_version_before = listing["policy_version"]
@@ -153,10 +153,11 @@ def test_kill_9_and_restart_loses_nothing(tmp_path, checkpoint):
     base = ready["replica_urls"][0]
     try:
         assert ready["restore"]["restored"] and ready["restore"]["replayed_records"] > 0, ready
-        status, info = request("GET", f"{base}/v1/policy")
+        status, info = request("GET", f"{base}/v1/policy", token=service.admin_token)
         assert info["policy_version"] > max_version_before
         assert info["version"]["version_kind"] == "restore"
-        status, restored = request("GET", f"{base}/v1/policy/versions/{info['policy_version']}/state")
+        status, restored = request("GET", f"{base}/v1/policy/versions/{info['policy_version']}/state",
+                                   token=service.admin_token)
         expected = _expected_state(checkpoint_state, frame)
         np.testing.assert_array_equal(np.asarray(restored["state"]["counts"]), expected["counts"])
         for key in ("data_precision", "data_response", "response_square"):

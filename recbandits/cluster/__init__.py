@@ -15,6 +15,21 @@ import ray
 WORKER_ENV_VARS = {"RLLIB_TEST_NO_TF_IMPORT": "1", "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
+def bind_local_ray_to_loopback() -> None:
+    """Make a local Ray listen on 127.0.0.1 only (call before ``ray.init`` starts one).
+
+    A local Ray takes the node's address from the default route and its servers (GCS, raylet, object manager,
+    workers, agents, metrics export) listen on every interface. Ray's single-machine mode
+    (``ray_constants.ENABLE_RAY_CLUSTER`` false, what ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` sets) uses
+    127.0.0.1 as the node address instead, so they bind the loopback. A machine that should serve other hosts
+    runs ``ray start`` and passes ``--address``. Ray Serve's replicas still open their gRPC port on every
+    interface (hard-coded in Ray 2.60; protected by Ray's token authentication): docs/serve.md.
+    """
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: bool = True) -> dict:
     """Connect to (or start) Ray once per process; return ``ray.init``'s context as a dict."""
     for name, value in WORKER_ENV_VARS.items():
@@ -27,6 +42,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: b
     else:
         # "local": always a new Ray of our own, even when a `ray start` cluster runs on this machine.
         kwargs.update(address="local", num_cpus=num_cpus, include_dashboard=False)
+        bind_local_ray_to_loopback()
     try:
         context = ray.init(**kwargs)
     except ConnectionError as error:

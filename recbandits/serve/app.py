@@ -15,10 +15,12 @@ group commit.
 
 import asyncio
 import gc
+import hmac
 import inspect
 import json
 import logging
 import os
+import re
 import time
 import uuid
 from typing import Any
@@ -29,6 +31,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from ray import serve
 from ray.exceptions import RayError
+from ray.serve.config import BackpressureConfig
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 from recbandits.serve.config import ServeConfig
@@ -49,6 +53,7 @@ from recbandits.serve.schemas import (
     error_body,
     rejection_body,
 )
+from recbandits.serve.state import read_admin_token
 
 logger = logging.getLogger("recbandits.serve")
 
@@ -56,13 +61,18 @@ DESCRIPTION = """Contextual-bandit recommendation with online learning.
 
 * `POST /v1/rank`: choose and rank candidate actions for a context; log the decision (`event_id`).
 * `POST /v1/reward`: the reward of a decision, joined within the join window.
-* `GET /v1/policy`, `GET /v1/policy/versions`, `POST /v1/policy/rollback`: policy versions.
 * `GET /healthz`: readiness.
+* Admin API (`Authorization: Bearer <token>`, the token in `--admin-token-file`, default `STATE_DIR/admin.token`):
+  `GET /v1/policy`, `GET /v1/policy/versions`, `GET /v1/policy/versions/{v}[/state]`, `POST /v1/policy/rollback`.
 
-Every error is a 4xx with `message` naming the field (`field: what is wrong`) and FastAPI-style `detail`.
+Every error has `message` naming the field (`field: what is wrong`) and FastAPI-style `detail` (`loc`, `msg`,
+`type`). Bodies are JSON (`Content-Type: application/json`, else 415) of at most `max_body_bytes` (else 413).
+Under overload a replica answers 503 with `Retry-After` at once (Ray Serve's admission control).
 """
 
-ERRORS = {422: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}}
+ERRORS = {422: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
+          415: {"model": ErrorResponse}, 413: {"model": ErrorResponse}}
+ADMIN_ERRORS = {401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}}
 
 # FastAPI's own OpenTelemetry hooks check the global providers on every request; Ray Serve records the request
 # metrics and traces, so they are off.
@@ -95,13 +105,38 @@ def _body(model) -> dict[str, Any]:
         "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
 
 
+JSON_TYPE = "application/json"
+# A UTF-16 high surrogate escape not followed by a low one, or a low one without a high one before it.
+_LONE_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})|"
+                             rb"(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+
+
 async def _parse(request: Request, model):
     """Validate the body with pydantic's JSON parser (NaN and Infinity are parsed, then refused per field)."""
+    content_type = request.headers.get("content-type", "")
+    media_type, _, parameters = content_type.partition(";")
+    charset = parameters.strip().lower().removeprefix("charset=").strip('"') if parameters.strip() else "utf-8"
+    if media_type.strip().lower() != JSON_TYPE or charset not in ("utf-8", "utf8"):
+        what = f"{content_type!r} is not supported" if content_type else "missing"
+        raise Rejection(415, "content-type", f"{what}: send {JSON_TYPE} (UTF-8)", "unsupported_media_type",
+                        location="header")
+    body = await request.body()
     try:
-        return model.model_validate_json(await request.body())
+        return model.model_validate_json(body)
     except ValidationError as error:
         errors = [{**item, "loc": ("body", *item["loc"])} for item in error.errors(include_url=False)]
+        for item in errors:
+            lone = _LONE_SURROGATE.search(body) if item["type"] == "json_invalid" else None
+            if lone is not None:  # jiter calls it "unexpected end of hex escape"
+                item["ctx"] = {"error": f"{lone.group().decode()} at byte {lone.start()} is a lone UTF-16 "
+                               "surrogate, not a character"}
         raise RequestValidationError(errors) from None
+
+
+def _error(status: int, location: str, message: str, code: str, headers: dict[str, str] | None = None) -> Response:
+    """The one error format: ``{"message": "field: what", "detail": [{"loc", "msg", "type"}]}``."""
+    body = {"message": message, "detail": [{"loc": location.split("."), "msg": message, "type": code}]}
+    return Response(dumps(body), status_code=status, media_type=JSON_TYPE, headers=headers)
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -115,19 +150,33 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
 
 @api.exception_handler(Rejection)
 async def _rejection(request: Request, rejection: Rejection) -> JSONResponse:
-    return JSONResponse(rejection_body(rejection), status_code=rejection.status)
+    headers = {"WWW-Authenticate": "Bearer"} if rejection.status == 401 else None
+    return JSONResponse(rejection_body(rejection), status_code=rejection.status, headers=headers)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, error: StarletteHTTPException) -> Response:
+    """Unknown paths (404) and methods (405, with Allow) in the service's error format."""
+    if error.status_code == 404:
+        message = f"path: no endpoint {request.url.path} (see /docs)"
+    elif error.status_code == 405:
+        message = f"method: {request.method} is not allowed on {request.url.path} (allowed: " \
+                  f"{(error.headers or {}).get('Allow', '?')})"
+    else:
+        message = f"request: {error.detail}"
+    return _error(error.status_code, message.split(":")[0], message, "http_error", headers=error.headers)
 
 
 @api.exception_handler(LogWriteError)
-async def _log_failed(request: Request, error: LogWriteError) -> JSONResponse:
-    return JSONResponse({"message": f"service unavailable: {error}", "detail": []}, status_code=503)
+async def _log_failed(request: Request, error: LogWriteError) -> Response:
+    return _error(503, "service", f"service: unavailable: {error}", "log_failed")
 
 
 @api.exception_handler(RayError)
-async def _learner_unavailable(request: Request, error: RayError) -> JSONResponse:
+async def _learner_unavailable(request: Request, error: RayError) -> Response:
     logger.warning("a call to another deployment failed", exc_info=error)
-    return JSONResponse({"message": f"service unavailable (retry): {type(error).__name__}", "detail": []},
-                        status_code=503)
+    return _error(503, "service", f"service: unavailable (retry): {type(error).__name__}", "learner_unavailable",
+                  headers={"Retry-After": "1"})
 
 
 async def _joined(core: BanditCore, event_id: str, reward: float, reward_id: str | None) -> dict[str, Any]:
@@ -183,6 +232,7 @@ class Recommender:
         _single_threaded_math()
         self.config = ServeConfig.from_dict(config)
         self.validator = RequestValidator(self.config)
+        self._admin_token = read_admin_token(self.config).encode()
         try:
             self.replica = serve.get_replica_context().replica_id.unique_id
         except Exception:  # noqa: BLE001 - outside Serve (local testing)
@@ -355,15 +405,27 @@ class Recommender:
     # Policy versions and health
     # ----------------------------------------------------------------------------------------------
 
+    def _authorize(self, http: Request) -> None:
+        """The admin API (policy state, versions, rollback) needs the bearer token (constant-time compare)."""
+        header = http.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Rejection(401, "authorization", "the admin API needs `Authorization: Bearer <token>` (the token "
+                            "is in the service's --admin-token-file, default STATE_DIR/admin.token)", "unauthorized",
+                            location="header")
+        if not hmac.compare_digest(token.strip().encode(), self._admin_token):
+            raise Rejection(403, "authorization", "this is not the admin token", "forbidden", location="header")
+
     async def _call(self, method: str, *args):
         if self.core is not None:
             result = getattr(self.core, method)(*args)
             return await result if asyncio.iscoroutine(result) else result
         return _raise_if_rejected(await self.learner.call.remote(method, *args))
 
-    @api.get("/v1/policy")
-    async def policy_info(self) -> Response:
-        """The current version, its statistics, the service's settings and counters."""
+    @api.get("/v1/policy", responses=ADMIN_ERRORS)
+    async def policy_info(self, http: Request) -> Response:
+        """Admin: the current version, its statistics, the service's settings and counters."""
+        self._authorize(http)
         info = await self._call("info")
         info.update({
             "learning": self.config.learning,
@@ -377,28 +439,33 @@ class Recommender:
         })
         return _json(info)
 
-    @api.get("/v1/policy/versions")
-    async def versions(self, limit: int = Query(50, ge=1, le=10_000)) -> Response:
-        """The newest versions first (``snapshot``: whether its statistics are on disk)."""
+    @api.get("/v1/policy/versions", responses=ADMIN_ERRORS)
+    async def versions(self, http: Request, limit: int = Query(50, ge=1, le=10_000)) -> Response:
+        """Admin: the newest versions first (``snapshot``: whether its statistics are on disk)."""
+        self._authorize(http)
         return _json({"policy_version": self.version["policy_version"],
                       "versions": await self._call("list_versions", limit)})
 
-    @api.get("/v1/policy/versions/{version}")
-    async def version_info(self, version: int) -> Response:
+    @api.get("/v1/policy/versions/{version}", responses=ADMIN_ERRORS)
+    async def version_info(self, http: Request, version: int) -> Response:
+        """Admin: one version's row."""
+        self._authorize(http)
         return _json(await self._call("version_info", version))
 
-    @api.get("/v1/policy/versions/{version}/state")
-    async def version_state(self, version: int) -> Response:
-        """The sufficient statistics of a version (nested lists), e.g. to rebuild a frozen copy of it."""
+    @api.get("/v1/policy/versions/{version}/state", responses=ADMIN_ERRORS)
+    async def version_state(self, http: Request, version: int) -> Response:
+        """Admin: the sufficient statistics of a version (nested lists), e.g. to rebuild a frozen copy of it."""
+        self._authorize(http)
         if self.core is not None:
             state = await self.core.version_state(version)
         else:
             state = _raise_if_rejected(await self.learner.call.remote("version_state", version))
         return _json({"version": version, "state": {key: value.tolist() for key, value in state.items()}})
 
-    @api.post("/v1/policy/rollback", responses=ERRORS, openapi_extra=_body(RollbackRequest))
+    @api.post("/v1/policy/rollback", responses={**ERRORS, **ADMIN_ERRORS}, openapi_extra=_body(RollbackRequest))
     async def rollback(self, http: Request) -> Response:
-        """Serve the statistics of an older version again (as a new version; learning continues from it)."""
+        """Admin: serve the statistics of an older version again (as a new version; learning continues from it)."""
+        self._authorize(http)
         request = await _parse(http, RollbackRequest)
         row = await self._call("rollback", request.version)
         return _json({"policy_version": row["policy_version"], "rolled_back_to": request.version, "version": row})
@@ -518,8 +585,12 @@ def build_app(args: ServeConfig | dict[str, Any] | None = None):
         config = prepare_state_dir(config, explicit)
     data = config.to_dict()
     actor_options = {"num_cpus": config.replica_num_cpus}
-    ingress = Recommender.options(num_replicas=config.num_replicas, ray_actor_options=actor_options,
-                                  logging_config=LOGGING)
+    # Ray Serve's admission control: beyond max_ongoing + max_queued requests a replica answers 503 with
+    # Retry-After at once (through the proxy and on its own fast-path port alike).
+    ingress = Recommender.options(
+        num_replicas=config.num_replicas, ray_actor_options=actor_options, logging_config=LOGGING,
+        max_ongoing_requests=config.max_ongoing_requests, max_queued_requests=config.max_queued_requests,
+        backpressure_config=BackpressureConfig(status_code=503, retry_after_s=config.retry_after_s))
     if config.learning == "learner":
         return ingress.bind(data, Learner.options(ray_actor_options=actor_options, logging_config=LOGGING).bind(data))
     return ingress.bind(data)

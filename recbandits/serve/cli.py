@@ -83,6 +83,19 @@ def serve_command(
     sync_wait_ms: Annotated[float | None, typer.Option(
         help="Learner mode: a replica sends its decisions and rewards to the learner every this many ms.")] = None,
     max_candidates: Annotated[int | None, typer.Option(help="Largest candidate list accepted.")] = None,
+    max_ongoing_requests: Annotated[int | None, typer.Option(
+        help="Requests a replica works on at once (Ray Serve admission control). [default: 128]")] = None,
+    max_queued_requests: Annotated[int | None, typer.Option(
+        help="Requests a replica queues beyond those; more get 503 with Retry-After at once. [default: 128]")] = None,
+    retry_after: Annotated[float | None, typer.Option(help="Retry-After seconds of a 503. [default: 1]")] = None,
+    max_body_bytes: Annotated[int | None, typer.Option(
+        help="Largest request body (413 beyond). [default: sized for --max-candidates, >= 1 MiB]")] = None,
+    header_timeout: Annotated[float | None, typer.Option(
+        help="Seconds a connection has to send complete request headers. [default: 10]")] = None,
+    keep_alive_timeout: Annotated[float | None, typer.Option(
+        help="Seconds an idle keep-alive connection stays open. [default: 5]")] = None,
+    admin_token_file: Annotated[str | None, typer.Option(
+        help="File holding the admin API's bearer token. [default: STATE_DIR/admin.token, made on first start]")] = None,
     join_window: Annotated[float | None, typer.Option(help="Seconds a reward may follow its decision.")] = None,
     default_reward: Annotated[float | None, typer.Option(help="Reward learned when none came in the window.")] = None,
     drop_unrewarded: Annotated[bool, typer.Option(help="Drop events without reward instead of a default.")] = False,
@@ -113,7 +126,10 @@ def serve_command(
         learning=learning, num_replicas=num_replicas, max_batch_size=max_batch_size,
         batch_wait_timeout_s=None if batch_wait_ms is None else batch_wait_ms / 1000.0,
         sync_wait_s=None if sync_wait_ms is None else sync_wait_ms / 1000.0,
-        max_candidates=max_candidates, join_window_s=join_window, reward_rule=reward_rule,
+        max_candidates=max_candidates, max_ongoing_requests=max_ongoing_requests,
+        max_queued_requests=max_queued_requests, retry_after_s=retry_after, max_body_bytes=max_body_bytes,
+        header_timeout_s=header_timeout, keep_alive_timeout_s=keep_alive_timeout, admin_token_file=admin_token_file,
+        join_window_s=join_window, reward_rule=reward_rule,
         update_interval_s=update_interval, snapshot_interval_s=snapshot_interval, keep_snapshots=keep_snapshots,
         fsync=fsync,
     )  # fmt: skip
@@ -149,6 +165,8 @@ def loadtest_command(
     top_k: Annotated[int, typer.Option(help="Ranking length asked for (0: the whole ranking).")] = 5,
     reward_batch_ms: Annotated[float, typer.Option(
         help="0: one /v1/reward call per reward; > 0: rewards due are posted to /v1/rewards every this many ms.")] = 0.0,
+    admin_token_file: Annotated[Path | None, typer.Option(
+        help="The service's admin token (it reads the policy's state): STATE_DIR/admin.token by default.")] = None,
     out: Annotated[Path | None, typer.Option(help="Write the report (JSON) here.")] = None,
 ) -> None:
     """Load-test a running service with simulated MovieLens users; report throughput, latency, regret."""
@@ -156,10 +174,11 @@ def loadtest_command(
 
     try:
         low, high = (float(part) for part in reward_delay.split(","))
+        token = admin_token_file.read_text().strip() if admin_token_file else None
         spec = LoadTestSpec(urls=list(url), rate=rate, concurrency=concurrency, max_requests=requests,
                             duration_s=duration, reward_delay=(low, high), data_dir=data_dir, rank=rank,
                             reward_noise=reward_noise, seed=seed, warmup_s=warmup, top_k=top_k or None,
-                            reward_batch_s=reward_batch_ms / 1000.0)
+                            reward_batch_s=reward_batch_ms / 1000.0, admin_token=token)
         report = run_loadtest(spec)
     except (ValueError, OSError) as error:
         raise _fail(str(error)) from None

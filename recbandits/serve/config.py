@@ -66,6 +66,17 @@ class ServeConfig:
     max_candidates: int = 1000
     replica_num_cpus: float = 0.0
 
+    # Admission control and HTTP limits (docs/serve.md, "Limits"). A replica works on at most
+    # max_ongoing_requests at once and queues at most max_queued_requests more; beyond that Ray Serve answers
+    # 503 with Retry-After at once, so that under overload the accepted requests keep their latency.
+    max_ongoing_requests: int = 128
+    max_queued_requests: int = 128
+    retry_after_s: float = 1.0
+    max_body_bytes: int | None = None  # None: sized for max_candidates candidates with arm_dim features
+    header_timeout_s: float = 10.0  # a connection must complete its request headers within this
+    keep_alive_timeout_s: float = 5.0  # idle keep-alive connections are closed after this
+    admin_token_file: str | None = None  # None: <state_dir>/admin.token, created on the first start
+
     # Joining rewards with decisions.
     join_window_s: float = 60.0
     default_reward: float | None = 0.0  # None: an event without reward in the window is dropped
@@ -114,6 +125,15 @@ class ServeConfig:
         check(self.batch_wait_timeout_s >= 0, "batch_wait_timeout_s must be >= 0")
         check(self.sync_wait_s >= 0, "sync_wait_s must be >= 0")
         check(self.max_candidates >= 1, f"max_candidates={self.max_candidates} must be >= 1")
+        check(self.max_ongoing_requests >= 1, f"max_ongoing_requests={self.max_ongoing_requests} must be >= 1")
+        check(self.max_queued_requests >= 1, f"max_queued_requests={self.max_queued_requests} must be >= 1")
+        check(math.isfinite(self.retry_after_s) and self.retry_after_s >= 1,
+              f"retry_after_s={self.retry_after_s} must be a finite number >= 1 (Retry-After is whole seconds)")
+        check(self.max_body_bytes is None or self.max_body_bytes >= 1024,
+              f"max_body_bytes={self.max_body_bytes} must be >= 1024")
+        for name in ("header_timeout_s", "keep_alive_timeout_s"):
+            value = getattr(self, name)
+            check(math.isfinite(value) and value > 0, f"{name}={value} must be a finite number > 0")
         check(self.replica_num_cpus >= 0, "replica_num_cpus must be >= 0")
         check(math.isfinite(self.join_window_s) and self.join_window_s > 0,
               f"join_window_s={self.join_window_s} must be a finite number > 0")
@@ -145,6 +165,16 @@ class ServeConfig:
         if self.shape != "disjoint":
             return None
         return list(self.arm_ids) if self.arm_ids else [str(k) for k in range(self.num_arms)]
+
+    @property
+    def effective_max_body_bytes(self) -> int:
+        """The configured limit, else room for a rank request with max_candidates candidates (id and arm_dim
+        features each) or a full reward batch, and never under 1 MiB."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        number = 32  # bytes of one JSON number, separator included
+        rank = 64 * 1024 + self.context_dim * number + self.max_candidates * (300 + self.arm_dim * number)
+        return max(rank, 1 << 20)
 
     @property
     def effective_replica_port(self) -> int:

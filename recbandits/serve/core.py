@@ -56,16 +56,18 @@ COUNTERS = ("decisions", "rewards", "expired_default", "expired_dropped", "expir
 class Rejection(Exception):
     """A request the service refuses, with its HTTP status and the field at fault."""
 
-    def __init__(self, status: int, field: str, message: str, code: str = "rejected"):
+    def __init__(self, status: int, field: str, message: str, code: str = "rejected", location: str = "body"):
         super().__init__(message)
         self.status, self.field, self.message, self.code = status, field, message, code
+        self.location = location  # where the field is: body, path, query or header
 
     def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "field": self.field, "message": self.message, "code": self.code}
+        return {"status": self.status, "field": self.field, "message": self.message, "code": self.code,
+                "location": self.location}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Rejection:
-        return cls(data["status"], data["field"], data["message"], data["code"])
+        return cls(data["status"], data["field"], data["message"], data["code"], data.get("location", "body"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -411,10 +413,10 @@ class BanditCore:
                 return f"learning stuck: {len(self.queue)} learning records waiting for {waited:.0f} s"
         return None
 
-    def version_info(self, version: int) -> dict[str, Any]:
+    def version_info(self, version: int, location: str = "path") -> dict[str, Any]:
         if version not in self.versions:
             raise Rejection(404, "version", f"policy version {version} is unknown (or too old to be listed)",
-                            "unknown_version")
+                            "unknown_version", location)
         meta = dict(self.versions[version])
         meta["snapshot"] = self.snapshots.has(version)
         return meta
@@ -449,7 +451,7 @@ class BanditCore:
 
     async def rollback(self, version: int) -> dict[str, Any]:
         """A new version with the statistics of ``version``; what was learned since is discarded."""
-        self.version_info(version)
+        self.version_info(version, location="body")
         if self._learning_paused:
             raise Rejection(409, "version", "another rollback is in progress", "rollback_in_progress")
         self.learn(force=True)

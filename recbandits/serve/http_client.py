@@ -104,10 +104,10 @@ class KeepAliveClient:
         self._slots = asyncio.Semaphore(max_connections)
         self._open: set[_Connection] = set()
 
-    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
-        """(status, payload) of one request; ``body`` is sent as JSON."""
-        head = b"%s %s HTTP/1.1\r\n%sContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (
-            method.encode(), path.encode(), self._host_header, len(body))
+    async def request(self, method: str, path: str, body: bytes = b"", headers: bytes = b"") -> tuple[int, bytes]:
+        """(status, payload) of one request; ``body`` is sent as JSON; ``headers``: more header lines (CRLF each)."""
+        head = b"%s %s HTTP/1.1\r\n%s%sContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (
+            method.encode(), path.encode(), self._host_header, headers, len(body))
         async with self._slots:
             connection = await self._connection()
             try:

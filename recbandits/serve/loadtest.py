@@ -50,6 +50,7 @@ class LoadTestSpec:
     timeout_s: float = 10.0
     top_k: int | None = 5
     reward_batch_s: float = 0.0  # > 0: rewards due are collected and posted to /v1/rewards every this many seconds
+    admin_token: str | None = None  # the service's admin token (GET /v1/policy and the starting policy's state)
 
     def __post_init__(self):
         if not self.urls:
@@ -88,8 +89,12 @@ def simulated_users(spec: LoadTestSpec, context_dim: int, num_arms: int) -> Simu
     return SimulatedUsers(contexts, expected, expected.max(axis=1), bodies)
 
 
-async def _get_json(client: KeepAliveClient, path: str) -> dict[str, Any]:
-    status, payload = await client.request("GET", path)
+async def _get_json(client: KeepAliveClient, path: str, token: str | None) -> dict[str, Any]:
+    headers = b"Authorization: Bearer %s\r\n" % token.encode() if token else b""
+    status, payload = await client.request("GET", path, headers=headers)
+    if status == 401:
+        raise ConnectionError(f"GET {client.host}:{client.port}{path}: the admin API needs the service's token: "
+                              "--admin-token-file (default STATE_DIR/admin.token)")
     if status != 200:
         raise ConnectionError(f"GET {client.host}:{client.port}{path}: {status} {payload[:500]!r}")
     return orjson.loads(payload)
@@ -142,7 +147,7 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
                for url in spec.urls}
     first = clients[spec.urls[0]]
     try:
-        info = await _get_json(first, "/v1/policy")
+        info = await _get_json(first, "/v1/policy", spec.admin_token)
         fields = info["policy"]
         if fields["shape"] != "disjoint":
             raise ValueError("the load test simulates the MovieLens env: it needs a disjoint-shape service")
@@ -150,7 +155,7 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
         if arm_ids != [str(k) for k in range(len(arm_ids))]:
             raise ValueError("the load test maps arm ids 0..K-1 to the env's movies; the service has other ids")
         start_version = int(info["policy_version"])
-        start_state = await _get_json(first, f"/v1/policy/versions/{start_version}/state")
+        start_state = await _get_json(first, f"/v1/policy/versions/{start_version}/state", spec.admin_token)
         frozen = ServingPolicy(fields, {key: np.asarray(value) for key, value in start_state["state"].items()},
                                seed=spec.seed + 1)
         users = simulated_users(spec, fields["context_dim"], len(arm_ids))
@@ -305,7 +310,7 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
         rewards_done_at = time.perf_counter()
         rewards_done.set()
         await prober
-        end_info = await _get_json(first, "/v1/policy")
+        end_info = await _get_json(first, "/v1/policy", spec.admin_token)
     finally:
         for client in clients.values():
             await client.close()

@@ -28,6 +28,7 @@ APP_NAME = "recbandits"
 def serve_environment(config: ServeConfig) -> dict[str, str]:
     """Environment of the Ray processes: quiet RLlib imports, and Ray Serve's throughput-optimized fast path."""
     from recbandits.cluster import WORKER_ENV_VARS
+    from recbandits.serve import limits
 
     env = dict(WORKER_ENV_VARS)
     # Ray starts workers at niceness 15 (background work); a serving replica must not yield to everything else.
@@ -43,6 +44,12 @@ def serve_environment(config: ServeConfig) -> dict[str, str]:
     # export put ~150-250 rank requests over 50 ms on 2 cores: every 10 s with Ray's default, once a minute
     # with ours. Ray Serve's metrics stay, exported every metrics_interval_s.
     env["RAY_metrics_report_interval_ms"] = str(int(config.metrics_interval_s * 1000))
+    # Body size limit and header timeout in every process that serves HTTP (serve/limits.py).
+    env.update({
+        "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "recbandits.serve.limits.http_middlewares",
+        limits.MAX_BODY_ENV: str(config.effective_max_body_bytes),
+        limits.HEADER_TIMEOUT_ENV: str(config.header_timeout_s),
+    })
     if config.fast_path:
         first = config.effective_replica_port
         env.update({
@@ -59,9 +66,10 @@ def serve_environment(config: ServeConfig) -> dict[str, str]:
     return env
 
 
-def _get(url: str, timeout: float = 1.0) -> dict[str, Any] | None:
+def _get(url: str, timeout: float = 1.0, token: str | None = None) -> dict[str, Any] | None:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
             return json.loads(response.read())
     except Exception:  # noqa: BLE001
         return None
@@ -91,6 +99,8 @@ def start_ray_serve(config: ServeConfig, address: str | None = None) -> None:
     import ray
     from ray import serve
 
+    from recbandits.cluster import bind_local_ray_to_loopback
+
     env = serve_environment(config)
     os.environ.update(env)  # a local Ray inherits them (Ray Serve reads its flags at import, in each process)
     if not ray.is_initialized():
@@ -103,9 +113,10 @@ def start_ray_serve(config: ServeConfig, address: str | None = None) -> None:
             kwargs.update(address="local", include_dashboard=False)
             if config.metrics_port:
                 kwargs["_metrics_export_port"] = config.metrics_port
+            bind_local_ray_to_loopback()
         ray.init(**kwargs)
     serve.start(
-        http_options={"host": config.host, "port": config.port},
+        http_options={"host": config.host, "port": config.port, "keep_alive_timeout_s": config.keep_alive_timeout_s},
         logging_config={"enable_access_log": False, "log_level": "WARNING"},
     )
 
@@ -205,7 +216,7 @@ def start_service(config: ServeConfig, address: str | None = None, explicit: set
     from ray import serve
 
     from recbandits.serve.app import build_app
-    from recbandits.serve.state import check_state_dir, prepare_state_dir
+    from recbandits.serve.state import admin_token_path, check_state_dir, prepare_state_dir, read_admin_token
 
     started = time.perf_counter()
     for note in check_state_dir(config, repair_log=repair_log):
@@ -220,7 +231,7 @@ def start_service(config: ServeConfig, address: str | None = None, explicit: set
     idle_agent = idle_ray_agent() if config.idle_ray_agent and not address else None
     url = f"http://{config.host}:{config.port}"
     urls = replica_urls(config)
-    health = _get(f"{(urls or [url])[0]}/v1/policy", timeout=10.0) or {}
+    health = _get(f"{(urls or [url])[0]}/v1/policy", timeout=10.0, token=read_admin_token(config)) or {}
     return {
         "ready": True,
         "url": url,
@@ -228,6 +239,7 @@ def start_service(config: ServeConfig, address: str | None = None, explicit: set
         "metrics_port": config.metrics_port,
         "idle_ray_agent": idle_agent,
         "state_dir": str(config.state_path.resolve()),
+        "admin_token_file": str(admin_token_path(config)),
         "learning": config.learning,
         "policy_version": health.get("policy_version"),
         "restore": health.get("restore"),
@@ -251,13 +263,68 @@ def run_service(config: ServeConfig, address: str | None = None, explicit: set[s
             ray.shutdown()
         raise
     print(json.dumps(ready), flush=True)
+    endpoints = EndpointsFile(config, ready)
     try:
-        while not stop.wait(1.0):
-            pass
+        while not stop.wait(ENDPOINTS_INTERVAL_S):
+            endpoints.refresh()
     finally:
         print(json.dumps({"stopping": True}), file=sys.stderr, flush=True)
+        ray_processes = list(_descendants(os.getpid())) if not address else []
         try:
             serve.delete(APP_NAME)  # graceful: replicas close the core (final snapshot)
             serve.shutdown()
         finally:
             ray.shutdown()
+            _end_processes(ray_processes)
+
+
+ENDPOINTS_FILE = "endpoints.json"
+ENDPOINTS_INTERVAL_S = 5.0
+
+
+class EndpointsFile:
+    """``<state_dir>/endpoints.json``: the proxy's URL and the replicas' current fast-path URLs, rewritten when a
+    replica is replaced (it may come back on another port of the range)."""
+
+    def __init__(self, config: ServeConfig, ready: dict[str, Any]):
+        self.config = config
+        self.path = Path(ready["state_dir"]) / ENDPOINTS_FILE
+        self.url = ready["url"]
+        self.current: list[str] | None = None
+        self.write(ready["replica_urls"])
+
+    def write(self, urls: list[str]) -> None:
+        from recbandits.serve.store import write_json_atomic
+
+        write_json_atomic(self.path, {"url": self.url, "replica_urls": urls, "updated_at": time.time()})
+        self.current = urls
+
+    def refresh(self) -> None:
+        if not self.config.fast_path:
+            return
+        urls = replica_urls(self.config, timeout_s=2.0)
+        if urls != self.current:
+            print(json.dumps({"replica_urls": urls}), file=sys.stderr, flush=True)
+            self.write(urls)
+
+
+def _end_processes(pids: list[int], wait_s: float = 3.0) -> None:
+    """Wait for processes to end, then SIGKILL the rest: Ray's raylet starts its dashboard and runtime-env agents
+    itself, and after a shutdown they wait ~60 s on the stopped GCS before exiting, holding their ports."""
+    deadline = time.monotonic() + wait_s
+    while pids and time.monotonic() < deadline:
+        pids = [pid for pid in pids if _running(pid)]
+        time.sleep(0.1)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie holds no ports; its parent reaps it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False

@@ -154,7 +154,7 @@ class ErrorResponse(BaseModel):
 def field_path(loc: tuple | list) -> str:
     """('body', 'candidates', 0, 'id') -> 'candidates[0].id'."""
     parts = list(loc)
-    if parts and parts[0] == "body":
+    if parts and parts[0] in ("body", "path", "query", "header"):
         parts = parts[1:]
     text = ""
     for part in parts:
@@ -183,7 +183,7 @@ def error_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def rejection_body(rejection: Rejection) -> dict[str, Any]:
-    loc = ["body", *_split_field(rejection.field)]
+    loc = [rejection.location, *_split_field(rejection.field)]
     return {"message": f"{rejection.field}: {rejection.message}",
             "detail": [{"loc": loc, "msg": rejection.message, "type": rejection.code}]}
 

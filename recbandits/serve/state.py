@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import secrets
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ from recbandits.serve.store import SNAPSHOT_DIR, SnapshotStore, read_npz, write_
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 LOCK_FILE = "lock"
+ADMIN_TOKEN_FILE = "admin.token"
 
 
 class StateDirError(ValueError):
@@ -72,6 +74,7 @@ def prepare_state_dir(config: ServeConfig, explicit: set[str] | None = None) -> 
     secure_state_dir(state_dir)
     if config.state_dir != str(state_dir):  # replicas may run in another working directory
         config = ServeConfig.from_dict({**config.to_dict(), "state_dir": str(state_dir)})
+    ensure_admin_token(config)
     service = read_service_file(state_dir)
     if service is not None:
         return reconcile_with_state(config, service["policy"], explicit if explicit is not None else set(POLICY_FIELDS))
@@ -120,6 +123,39 @@ class StateLock:
             os.close(self._fd)
         except OSError:
             pass
+
+
+# --------------------------------------------------------------------------------------------------
+# The admin API's token
+# --------------------------------------------------------------------------------------------------
+
+
+def admin_token_path(config: ServeConfig) -> Path:
+    if config.admin_token_file:
+        return Path(config.admin_token_file).expanduser().resolve()
+    return config.state_path.resolve() / ADMIN_TOKEN_FILE
+
+
+def ensure_admin_token(config: ServeConfig) -> Path:
+    """The token file: a configured one must exist; the default one is made (0600) on the first start."""
+    path = admin_token_path(config)
+    if config.admin_token_file is None and not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32) + "\n")
+    read_admin_token(config)
+    return path
+
+
+def read_admin_token(config: ServeConfig) -> str:
+    path = admin_token_path(config)
+    try:
+        token = path.read_text().strip()
+    except OSError as error:
+        raise StateDirError(f"admin token file {path} cannot be read ({error.strerror or error})") from None
+    if len(token) < 16:
+        raise StateDirError(f"admin token file {path} must hold a token of at least 16 characters")
+    return token
 
 
 # --------------------------------------------------------------------------------------------------
@@ -236,6 +272,8 @@ def check_state_dir(config: ServeConfig, repair_log: bool = False, lock_wait_s: 
         raise StateDirError(f"state dir {state_dir} is not a directory")
     _check_writable(state_dir)
     _check_unlocked(state_dir / LOCK_FILE, lock_wait_s)
+    if config.admin_token_file is not None:
+        read_admin_token(config)
     notes: list[str] = []
     log_path = state_dir / LOG_FILE
     service_path = state_dir / SERVICE_FILE

@@ -65,6 +65,7 @@ class ServiceProcess:
         self.env.pop("RAY_ADDRESS", None)  # always a local Ray of its own
         self.process: subprocess.Popen | None = None
         self.ready: dict[str, Any] | None = None
+        self.admin_token: str | None = None
         self._stdout_lines: list[str] = []
 
     def start(self, timeout_s: float = 180.0) -> dict[str, Any]:
@@ -89,6 +90,7 @@ class ServiceProcess:
                 self.kill()
                 tail = self.log_tail()
                 raise RuntimeError(f"the service did not start (exit {self.process.returncode}):\n{tail}")
+        self.admin_token = Path(self.ready["admin_token_file"]).read_text().strip()
         return self.ready
 
     def log_tail(self, lines: int = 40) -> str:
@@ -131,13 +133,19 @@ class ServiceProcess:
         self.kill()
 
 
-def http_json(method: str, url: str, body: Any = None, raw: str | None = None, timeout: float = 30.0):
-    """(status, parsed JSON body) of an HTTP request; HTTP errors are returned, not raised."""
+def http_json(method: str, url: str, body: Any = None, raw: str | None = None, timeout: float = 30.0,
+              token: str | None = None, headers: dict[str, str] | None = None):
+    """(status, parsed JSON body) of an HTTP request; HTTP errors are returned, not raised.
+
+    ``token``: the admin API's bearer token; ``headers`` replace the default ones (JSON content type)."""
     import urllib.error
     import urllib.request
 
     data = raw.encode() if raw is not None else (None if body is None else json.dumps(body).encode())
-    headers = {"content-type": "application/json"} if data is not None else {}
+    if headers is None:
+        headers = {"content-type": "application/json"} if data is not None else {}
+    if token is not None:
+        headers = {**headers, "authorization": f"Bearer {token}"}
     req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as response:
