@@ -98,6 +98,9 @@ def test_one_huge_context_is_quarantined_and_learning_goes_on(tmp_path):
         log = read_event_log(state_dir)
         marks = log[log["kind"] == "quarantine"]
         assert marks["record_seq"].tolist() == [poisoned_seq]
+        # A clean stop leaves no process behind (Ray's agents used to hold their ports ~60 s).
+        left = service.terminate()
+        assert service.process.returncode == 0 and left == [], (service.process.returncode, left)
     finally:
         service.stop()
 
@@ -107,6 +110,8 @@ def test_one_huge_context_is_quarantined_and_learning_goes_on(tmp_path):
     try:
         status, info = request("GET", f"{base}/v1/policy", token=service.admin_token)
         assert status == 200, info
+        # The clean stop wrote a final snapshot: the restart replays nothing.
+        assert info["restore"]["restored"] and info["restore"]["replayed_records"] == 0, info["restore"]
         assert info["counters"]["decisions"] == 1001 and info["counters"]["rewards"] == 901, info["counters"]
         assert info["counters"]["quarantined"] == 1 and info["counters"]["expired_default"] == 100
         assert [row["record_seq"] for row in info["quarantined"]] == [poisoned_seq]
@@ -550,3 +555,32 @@ def test_the_local_ray_listens_on_the_loopback_only(limited):
     exposed = [(process_argv(pid)[0], address, port) for pid, address, port in sockets if address not in LOOPBACK]
     # Ray Serve 2.60 opens each replica's gRPC server on [::] (hard-coded; Ray's token authentication guards it).
     assert all(name.startswith("ray::ServeReplica") and address == "0" * 32 for name, address, _ in exposed), exposed
+
+
+def test_endpoints_file_follows_a_replaced_replica(limited):
+    """endpoints.json lists the replicas' current URLs: after a replica is killed and replaced, the new one's."""
+    import json
+    import os
+    import signal
+    import time
+
+    path = limited["state_dir"] / "endpoints.json"
+    first = json.loads(path.read_text())
+    assert first["replica_urls"] == limited["ready"]["replica_urls"] and first["url"] == limited["url"]
+    status, health = request("GET", f"{first['replica_urls'][0]}/healthz")
+    old_replica = health["replica"]
+    os.kill(_replica_pid(limited["service"]), signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        urls = json.loads(path.read_text())["replica_urls"]
+        try:
+            answers = [request("GET", f"{url}/healthz", timeout=2) for url in urls]
+        except OSError as error:  # a URL of the old replica, not yet rewritten
+            answers = [(None, str(error))]
+        if urls and all(status == 200 and answer["replica"] != old_replica for status, answer in answers):
+            break
+        time.sleep(1.0)
+    else:
+        raise AssertionError(f"endpoints.json still lists {urls}: {answers}")
+    status, answer = request("POST", f"{urls[0]}/v1/rank", {"context": [1, 0, 0, 0]})
+    assert status == 200, answer

@@ -254,14 +254,21 @@ def run_service(config: ServeConfig, address: str | None = None, explicit: set[s
     from ray import serve
 
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+
+    def handle_stop_signals() -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+
+    handle_stop_signals()
     try:
         ready = start_service(config, address, explicit, repair_log=repair_log)
     except BaseException:
         if ray.is_initialized():
             ray.shutdown()
         raise
+    # ray.init installs Ray's C++ failure signal handler for SIGTERM, which dumps stack traces and makes the
+    # graceful shutdown below end in SIGABRT (no final snapshot): a stop signal is ours to handle.
+    handle_stop_signals()
     print(json.dumps(ready), flush=True)
     endpoints = EndpointsFile(config, ready)
     try:

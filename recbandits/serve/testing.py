@@ -120,16 +120,22 @@ class ServiceProcess:
         except subprocess.TimeoutExpired:
             pass
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGTERM (graceful: final snapshot), then kill whatever is left."""
+    def terminate(self, timeout_s: float = 30.0) -> list[int]:
+        """SIGTERM (graceful: final snapshot); wait for the service to exit; return its processes still running."""
         if self.process is None:
-            return
+            return []
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 pass
+        stats = process_stats()
+        return [pid for pid in session_pids(self.process.pid) if stats.get(pid, ["Z"])[0] != "Z"]
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM (graceful: final snapshot), then kill whatever is left."""
+        self.terminate(timeout_s)
         self.kill()
 
 

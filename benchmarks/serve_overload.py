@@ -1,0 +1,125 @@
+"""Overload: what the service answers when more rank requests arrive than it can serve.
+
+    .venv/bin/python benchmarks/serve_overload.py --data-dir ../shared/data/ml-100k --sustainable 500 --factors 2,5
+
+Starts `recbandits serve` (defaults: admission control with max_ongoing_requests=128, max_queued_requests=128),
+then per factor offers open-loop rank requests of simulated MovieLens users to the replica's fast-path port:
+``--base`` per second for ``--phase`` seconds, ``factor x --sustainable`` per second for ``--phase`` seconds (the
+burst), and ``--base`` again. Prints per phase the offered and accepted rate, the share refused (503), other
+errors, p50/p99 of the accepted requests and of the refusals, and the recovery time: from the end of the burst
+to the last request sent at the base rate that was refused or took over 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from recbandits.serve.http_client import REQUEST_ERRORS, KeepAliveClient
+from recbandits.serve.loadtest import LoadTestSpec, open_loop, simulated_users
+from recbandits.serve.testing import ServiceProcess, free_port_block
+
+SLOW_S = 0.050
+
+
+async def offer_phases(url: str, bodies: list[bytes], phases: list[tuple[str, float, float]]) -> list[tuple]:
+    """Open-loop phases (name, rate, seconds) back to back; (phase, send, latency, status) per request."""
+    client = KeepAliveClient(url, timeout_s=30.0, max_connections=4096)
+    results: list[tuple] = []
+    in_flight = asyncio.Semaphore(4096)
+    running: list[set[asyncio.Task]] = []
+    try:
+        start = time.perf_counter()
+        for name, rate, seconds in phases:
+            async def fire(index: int, name=name) -> None:
+                sent = time.perf_counter()
+                try:
+                    status, _ = await client.request("POST", "/v1/rank", bodies[index % len(bodies)])
+                except REQUEST_ERRORS:
+                    status = -1
+                results.append((name, sent - start, time.perf_counter() - sent, status))
+
+            phase_start = time.perf_counter()
+            _, _, tasks = await open_loop(fire, rate, 10**9, phase_start + seconds, in_flight, phase_start)
+            running.append(tasks)  # still in flight: they finish while the next phase runs
+        await asyncio.gather(*(task for tasks in running for task in list(tasks)))
+    finally:
+        await client.close()
+    return results
+
+
+def summarize(results: list[tuple], phases: list[tuple[str, float, float]]) -> list[dict]:
+    rows = []
+    for name, rate, seconds in phases:
+        mine = [row for row in results if row[0] == name]
+        accepted = np.array([latency for _, _, latency, status in mine if status == 200])
+        refused = np.array([latency for _, _, latency, status in mine if status == 503])
+        other = sum(1 for row in mine if row[3] not in (200, 503))
+        rows.append({
+            "phase": name, "offered_per_s": rate, "sent": len(mine), "accepted_per_s": round(len(accepted) / seconds, 1),
+            "refused_share": round(len(refused) / max(len(mine), 1), 4), "other_errors": other,
+            "accepted_p50_ms": round(float(np.percentile(accepted, 50)) * 1e3, 1) if len(accepted) else None,
+            "accepted_p99_ms": round(float(np.percentile(accepted, 99)) * 1e3, 1) if len(accepted) else None,
+            "refusal_p99_ms": round(float(np.percentile(refused, 99)) * 1e3, 1) if len(refused) else None,
+        })
+    burst_end = sum(seconds for _, _, seconds in phases[:2])
+    after = [row for row in results if row[0] == phases[2][0] and (row[3] != 200 or row[2] > SLOW_S)]
+    rows[2]["recovery_s"] = round(max(row[1] for row in after) - burst_end, 2) if after else 0.0
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=None, help="MovieLens directory of the simulated users")
+    parser.add_argument("--sustainable", type=float, default=500.0, help="rank requests/s the replica sustains")
+    parser.add_argument("--factors", default="2,5", help="burst rates as multiples of --sustainable")
+    parser.add_argument("--base", type=float, default=300.0, help="rate before and after the burst")
+    parser.add_argument("--phase", type=float, default=10.0, help="seconds of each phase")
+    parser.add_argument("--service-args", default="", help="extra `recbandits serve` options")
+    parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON")
+    args = parser.parse_args(argv)
+
+    bodies = simulated_users(LoadTestSpec(data_dir=args.data_dir), context_dim=20, num_arms=20).bodies
+    rows = []
+    with tempfile.TemporaryDirectory() as state:
+        port = free_port_block(12)
+        service_args = ["--state-dir", Path(state) / "state", "--port", port, "--replica-port", port + 1,
+                        "--context-dim", 20, "--num-arms", 20, *args.service_args.split()]
+        service = ServiceProcess(service_args, log_path=Path(state) / "service.log")
+        ready = service.start()
+        try:
+            url = ready["replica_urls"][0]
+            asyncio.run(offer_phases(url, bodies, [("warmup", args.base, 5.0)]))
+            for factor in (float(value) for value in args.factors.split(",")):
+                phases = [(f"{factor:g}x before", args.base, args.phase),
+                          (f"{factor:g}x burst", factor * args.sustainable, args.phase),
+                          (f"{factor:g}x after", args.base, args.phase)]
+                results = asyncio.run(offer_phases(url, bodies, phases))
+                for row in summarize(results, phases):
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+                time.sleep(3.0)
+        finally:
+            service.stop()
+    header = f"{'phase':<12} {'offered/s':>9} {'accepted/s':>10} {'refused':>8} {'other':>6} {'p50 ms':>7} " \
+             f"{'p99 ms':>7} {'503 p99':>8} {'recovery':>9}"
+    print(header, file=sys.stderr)
+    for row in rows:
+        recovery = f"{row['recovery_s']:.2f} s" if "recovery_s" in row else ""
+        print(f"{row['phase']:<12} {row['offered_per_s']:>9.0f} {row['accepted_per_s']:>10.1f} "
+              f"{row['refused_share']:>8.1%} {row['other_errors']:>6} {row['accepted_p50_ms'] or 0:>7.1f} "
+              f"{row['accepted_p99_ms'] or 0:>7.1f} {row['refusal_p99_ms'] or 0:>8.1f} {recovery:>9}", file=sys.stderr)
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
