@@ -29,12 +29,15 @@ from recbandits.serve.testing import ServiceProcess, free_port_block
 SLOW_S = 0.050
 
 
-async def offer_phases(url: str, bodies: list[bytes], phases: list[tuple[str, float, float]]) -> list[tuple]:
-    """Open-loop phases (name, rate, seconds) back to back; (phase, send, latency, status) per request."""
-    client = KeepAliveClient(url, timeout_s=30.0, max_connections=4096)
+async def offer_phases(url: str, bodies: list[bytes], phases: list[tuple[str, float, float]],
+                       connections: int) -> list[tuple]:
+    """Open-loop phases (name, rate, seconds) back to back over at most ``connections`` keep-alive connections
+    (a client's pool: a request waits for a free one); (phase, send, latency, status) per request."""
+    client = KeepAliveClient(url, timeout_s=30.0, max_connections=connections)
     results: list[tuple] = []
     in_flight = asyncio.Semaphore(4096)
     running: list[set[asyncio.Task]] = []
+    lags: dict[str, float] = {}
     try:
         start = time.perf_counter()
         for name, rate, seconds in phases:
@@ -47,15 +50,16 @@ async def offer_phases(url: str, bodies: list[bytes], phases: list[tuple[str, fl
                 results.append((name, sent - start, time.perf_counter() - sent, status))
 
             phase_start = time.perf_counter()
-            _, _, tasks = await open_loop(fire, rate, 10**9, phase_start + seconds, in_flight, phase_start)
+            _, lag, tasks = await open_loop(fire, rate, 10**9, phase_start + seconds, in_flight, phase_start)
+            lags[name] = lag
             running.append(tasks)  # still in flight: they finish while the next phase runs
         await asyncio.gather(*(task for tasks in running for task in list(tasks)))
     finally:
         await client.close()
-    return results
+    return results, lags
 
 
-def summarize(results: list[tuple], phases: list[tuple[str, float, float]]) -> list[dict]:
+def summarize(results: list[tuple], lags: dict[str, float], phases: list[tuple[str, float, float]]) -> list[dict]:
     rows = []
     for name, rate, seconds in phases:
         mine = [row for row in results if row[0] == name]
@@ -68,6 +72,7 @@ def summarize(results: list[tuple], phases: list[tuple[str, float, float]]) -> l
             "accepted_p50_ms": round(float(np.percentile(accepted, 50)) * 1e3, 1) if len(accepted) else None,
             "accepted_p99_ms": round(float(np.percentile(accepted, 99)) * 1e3, 1) if len(accepted) else None,
             "refusal_p99_ms": round(float(np.percentile(refused, 99)) * 1e3, 1) if len(refused) else None,
+            "generator_lag_ms": round(lags[name] * 1e3, 1),  # how far the generator fell behind its schedule
         })
     burst_end = sum(seconds for _, _, seconds in phases[:2])
     after = [row for row in results if row[0] == phases[2][0] and (row[3] != 200 or row[2] > SLOW_S)]
@@ -82,6 +87,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--factors", default="2,5", help="burst rates as multiples of --sustainable")
     parser.add_argument("--base", type=float, default=300.0, help="rate before and after the burst")
     parser.add_argument("--phase", type=float, default=10.0, help="seconds of each phase")
+    parser.add_argument("--connections", type=int, default=256, help="the client's connection pool")
     parser.add_argument("--service-args", default="", help="extra `recbandits serve` options")
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON")
     args = parser.parse_args(argv)
@@ -96,26 +102,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ready = service.start()
         try:
             url = ready["replica_urls"][0]
-            asyncio.run(offer_phases(url, bodies, [("warmup", args.base, 5.0)]))
+            asyncio.run(offer_phases(url, bodies, [("warmup", args.base, 5.0)], args.connections))
             for factor in (float(value) for value in args.factors.split(",")):
                 phases = [(f"{factor:g}x before", args.base, args.phase),
                           (f"{factor:g}x burst", factor * args.sustainable, args.phase),
                           (f"{factor:g}x after", args.base, args.phase)]
-                results = asyncio.run(offer_phases(url, bodies, phases))
-                for row in summarize(results, phases):
+                results, lags = asyncio.run(offer_phases(url, bodies, phases, args.connections))
+                for row in summarize(results, lags, phases):
                     rows.append(row)
                     print(json.dumps(row), flush=True)
                 time.sleep(3.0)
         finally:
             service.stop()
     header = f"{'phase':<12} {'offered/s':>9} {'accepted/s':>10} {'refused':>8} {'other':>6} {'p50 ms':>7} " \
-             f"{'p99 ms':>7} {'503 p99':>8} {'recovery':>9}"
+             f"{'p99 ms':>7} {'503 p99':>8} {'recovery':>9} {'gen lag':>8}"
     print(header, file=sys.stderr)
     for row in rows:
         recovery = f"{row['recovery_s']:.2f} s" if "recovery_s" in row else ""
         print(f"{row['phase']:<12} {row['offered_per_s']:>9.0f} {row['accepted_per_s']:>10.1f} "
               f"{row['refused_share']:>8.1%} {row['other_errors']:>6} {row['accepted_p50_ms'] or 0:>7.1f} "
-              f"{row['accepted_p99_ms'] or 0:>7.1f} {row['refusal_p99_ms'] or 0:>8.1f} {recovery:>9}", file=sys.stderr)
+              f"{row['accepted_p99_ms'] or 0:>7.1f} {row['refusal_p99_ms'] or 0:>8.1f} {recovery:>9} "
+              f"{row['generator_lag_ms']:>6.0f}ms", file=sys.stderr)
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2))
     return rows

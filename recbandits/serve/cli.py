@@ -84,9 +84,11 @@ def serve_command(
         help="Learner mode: a replica sends its decisions and rewards to the learner every this many ms.")] = None,
     max_candidates: Annotated[int | None, typer.Option(help="Largest candidate list accepted.")] = None,
     max_ongoing_requests: Annotated[int | None, typer.Option(
-        help="Requests a replica works on at once (Ray Serve admission control). [default: 128]")] = None,
+        help="Requests a replica works on at once (Ray Serve admission control). [default: 96]")] = None,
     max_queued_requests: Annotated[int | None, typer.Option(
-        help="Requests a replica queues beyond those; more get 503 with Retry-After at once. [default: 128]")] = None,
+        help="Requests a replica queues beyond those; more get 503 with Retry-After at once. [default: 32]")] = None,
+    max_connections: Annotated[int | None, typer.Option(
+        help="Open connections per HTTP server; more get 503 before anything is read. [default: 1024]")] = None,
     retry_after: Annotated[float | None, typer.Option(help="Retry-After seconds of a 503. [default: 1]")] = None,
     max_body_bytes: Annotated[int | None, typer.Option(
         help="Largest request body (413 beyond). [default: sized for --max-candidates, >= 1 MiB]")] = None,
@@ -127,7 +129,7 @@ def serve_command(
         batch_wait_timeout_s=None if batch_wait_ms is None else batch_wait_ms / 1000.0,
         sync_wait_s=None if sync_wait_ms is None else sync_wait_ms / 1000.0,
         max_candidates=max_candidates, max_ongoing_requests=max_ongoing_requests,
-        max_queued_requests=max_queued_requests, retry_after_s=retry_after, max_body_bytes=max_body_bytes,
+        max_queued_requests=max_queued_requests, max_connections=max_connections, retry_after_s=retry_after, max_body_bytes=max_body_bytes,
         header_timeout_s=header_timeout, keep_alive_timeout_s=keep_alive_timeout, admin_token_file=admin_token_file,
         join_window_s=join_window, reward_rule=reward_rule,
         update_interval_s=update_interval, snapshot_interval_s=snapshot_interval, keep_snapshots=keep_snapshots,

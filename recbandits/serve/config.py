@@ -69,9 +69,10 @@ class ServeConfig:
     # Admission control and HTTP limits (docs/serve.md, "Limits"). A replica works on at most
     # max_ongoing_requests at once and queues at most max_queued_requests more; beyond that Ray Serve answers
     # 503 with Retry-After at once, so that under overload the accepted requests keep their latency.
-    max_ongoing_requests: int = 128
-    max_queued_requests: int = 128
+    max_ongoing_requests: int = 96
+    max_queued_requests: int = 32
     retry_after_s: float = 1.0
+    max_connections: int = 1024  # per HTTP server; more get 503 before anything is parsed
     max_body_bytes: int | None = None  # None: sized for max_candidates candidates with arm_dim features
     header_timeout_s: float = 10.0  # a connection must complete its request headers within this
     keep_alive_timeout_s: float = 5.0  # idle keep-alive connections are closed after this
@@ -127,6 +128,7 @@ class ServeConfig:
         check(self.max_candidates >= 1, f"max_candidates={self.max_candidates} must be >= 1")
         check(self.max_ongoing_requests >= 1, f"max_ongoing_requests={self.max_ongoing_requests} must be >= 1")
         check(self.max_queued_requests >= 1, f"max_queued_requests={self.max_queued_requests} must be >= 1")
+        check(self.max_connections >= 1, f"max_connections={self.max_connections} must be >= 1")
         check(math.isfinite(self.retry_after_s) and self.retry_after_s >= 1,
               f"retry_after_s={self.retry_after_s} must be a finite number >= 1 (Retry-After is whole seconds)")
         check(self.max_body_bytes is None or self.max_body_bytes >= 1024,

@@ -6,15 +6,23 @@ that sends no complete request. Both are set here, in every process that runs on
 Ray Serve's hook for server middlewares (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`` names
 ``http_middlewares``, ``runner.serve_environment`` sets it with the limits in the environment):
 
+* ``InFlightLimit``: a request arriving while ``max_ongoing_requests + max_queued_requests`` are in flight in this
+  server gets 503 with Retry-After before Ray Serve sees it. Ray Serve's own admission control (configured on the
+  deployment, the same limits) refuses too, but only after its request handling: on the fast path a refusal
+  there costs about a third of a served request of the replica's one event loop, so at 5x overload refusing
+  crowded out serving (docs/BENCHMARKS.md, "Overload"). This refusal costs the parse and a counter.
 * ``BodyLimit``: a body over ``max_body_bytes`` gets 413 before it is read: at once from its Content-Length, or
   as soon as a chunked body passes the limit (a chunked body is buffered up to the limit, never further).
-* ``install_header_timeout``: a connection whose request headers are not complete ``header_timeout_s`` after it
-  opened (or after its previous response) is closed; idle keep-alive connections close after Ray Serve's
-  ``keep_alive_timeout_s``.
+* ``install_connection_limits``: a connection whose request headers are not complete ``header_timeout_s`` after
+  it opened (or after its previous response) is closed; idle keep-alive connections close after Ray Serve's
+  ``keep_alive_timeout_s``; a connection beyond ``max_connections`` open at once gets 503 with Retry-After and is
+  closed before anything is parsed (every open connection costs the server's one event loop work, and requests
+  on thousands of them would wait seconds for their turn before admission control could even refuse them).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -22,11 +30,43 @@ import orjson
 
 MAX_BODY_ENV = "RECBANDITS_MAX_BODY_BYTES"
 HEADER_TIMEOUT_ENV = "RECBANDITS_HEADER_TIMEOUT_S"
+MAX_CONNECTIONS_ENV = "RECBANDITS_MAX_CONNECTIONS"
+RETRY_AFTER_ENV = "RECBANDITS_RETRY_AFTER_S"
+MAX_IN_FLIGHT_ENV = "RECBANDITS_MAX_IN_FLIGHT"  # a replica's own server
+MAX_IN_FLIGHT_PROXY_ENV = "RECBANDITS_MAX_IN_FLIGHT_PROXY"  # the proxy, in front of every replica
 
 
-def error_response_bytes(message: str, code: str) -> bytes:
+def error_response_bytes(field: str, message: str, code: str) -> bytes:
     """The service's error body (``{message, detail[]}``) for an answer given outside the application."""
-    return orjson.dumps({"message": f"body: {message}", "detail": [{"loc": ["body"], "msg": message, "type": code}]})
+    return orjson.dumps({"message": f"{field}: {message}", "detail": [{"loc": [field], "msg": message, "type": code}]})
+
+
+class InFlightLimit:
+    """Pure ASGI middleware: 503 with Retry-After for a request beyond ``limit`` in flight in this server."""
+
+    def __init__(self, app, limit: int, retry_after_s: int):
+        self.app = app
+        self.limit = int(limit)
+        self.in_flight = 0
+        body = error_response_bytes("service", f"overloaded ({limit} requests in flight); retry after "
+                                    f"{retry_after_s} s", "overloaded")
+        self.start = {"type": "http.response.start", "status": 503, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"retry-after", str(retry_after_s).encode())]}
+        self.body = {"type": "http.response.body", "body": body}
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.in_flight >= self.limit:
+            await send(self.start)
+            await send(self.body)
+            return
+        self.in_flight += 1  # one event loop per server: no lock needed
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
 
 
 class BodyLimit:
@@ -75,20 +115,29 @@ class BodyLimit:
 
     @staticmethod
     async def _refuse(send, message: str) -> None:
-        body = error_response_bytes(message, "too_large")
+        body = error_response_bytes("body", message, "too_large")
         await send({"type": "http.response.start", "status": 413, "headers": [
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
             (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})
 
 
-def install_header_timeout(seconds: float) -> None:
-    """Close uvicorn connections whose request headers are not complete ``seconds`` after the connection opened or
-    the previous response was sent (uvicorn itself only times out idle keep-alive connections)."""
+def install_connection_limits(header_timeout_s: float, max_connections: int | None = None,
+                              retry_after_s: int = 1) -> None:
+    """Patch uvicorn's httptools protocol (the one Ray Serve's servers use): close connections whose request headers
+    are not complete ``header_timeout_s`` after the connection opened or the previous response was sent (uvicorn
+    itself only times out idle keep-alive connections), and refuse connections beyond ``max_connections``."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+    HttpToolsProtocol._recbandits_max_connections = max_connections
+    HttpToolsProtocol._recbandits_refusal = (
+        b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: %d\r\n"
+        b"connection: close\r\ncontent-length: %d\r\n\r\n%s") % (
+        retry_after_s, len(refusal := error_response_bytes("connection", f"the server has {max_connections} "
+                                                           "connections open; retry later", "too_many_connections")),
+        refusal)
     if getattr(HttpToolsProtocol, "_recbandits_header_timeout", None) is not None:
-        HttpToolsProtocol._recbandits_header_timeout = seconds
+        HttpToolsProtocol._recbandits_header_timeout = header_timeout_s
         return
     connection_made, on_message_begin = HttpToolsProtocol.connection_made, HttpToolsProtocol.on_message_begin
     on_headers_complete, connection_lost = HttpToolsProtocol.on_headers_complete, HttpToolsProtocol.connection_lost
@@ -111,6 +160,11 @@ def install_header_timeout(seconds: float) -> None:
 
     def patched_connection_made(self, transport) -> None:
         connection_made(self, transport)
+        limit = HttpToolsProtocol._recbandits_max_connections
+        if limit is not None and len(self.connections) > limit:
+            transport.write(HttpToolsProtocol._recbandits_refusal)
+            transport.close()
+            return
         arm(self)
 
     def patched_on_message_begin(self) -> None:
@@ -130,7 +184,7 @@ def install_header_timeout(seconds: float) -> None:
         disarm(self)
         connection_lost(self, exc)
 
-    HttpToolsProtocol._recbandits_header_timeout = seconds
+    HttpToolsProtocol._recbandits_header_timeout = header_timeout_s
     HttpToolsProtocol.connection_made = patched_connection_made
     HttpToolsProtocol.on_message_begin = patched_on_message_begin
     HttpToolsProtocol.on_headers_complete = patched_on_headers_complete
@@ -138,13 +192,30 @@ def install_header_timeout(seconds: float) -> None:
     HttpToolsProtocol.connection_lost = patched_connection_lost
 
 
+def _in_ray_serve_proxy() -> bool:
+    try:
+        with open("/proc/self/cmdline", "rb") as handle:  # Ray names its actor processes ray::<Class>
+            return handle.read().startswith(b"ray::ProxyActor")
+    except OSError:
+        return False
+
+
 def http_middlewares() -> list:
     """Ray Serve's HTTP proxy callback (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``), run in every process that
     serves HTTP: installs the header timeout and returns the body limit middleware."""
     from starlette.middleware import Middleware
 
+    retry_after = math.ceil(float(os.environ.get(RETRY_AFTER_ENV, "1")))
     header_timeout = os.environ.get(HEADER_TIMEOUT_ENV)
     if header_timeout:
-        install_header_timeout(float(header_timeout))
+        max_connections = os.environ.get(MAX_CONNECTIONS_ENV)
+        install_connection_limits(float(header_timeout), int(max_connections) if max_connections else None,
+                                  retry_after)
+    middlewares = []
     max_body = os.environ.get(MAX_BODY_ENV)
-    return [Middleware(BodyLimit, max_body_bytes=int(max_body))] if max_body else []
+    if max_body:
+        middlewares.append(Middleware(BodyLimit, max_body_bytes=int(max_body)))
+    max_in_flight = os.environ.get(MAX_IN_FLIGHT_PROXY_ENV if _in_ray_serve_proxy() else MAX_IN_FLIGHT_ENV)
+    if max_in_flight:  # applied last: the outermost, the first to see a request
+        middlewares.append(Middleware(InFlightLimit, limit=int(max_in_flight), retry_after_s=retry_after))
+    return middlewares

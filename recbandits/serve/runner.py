@@ -49,6 +49,11 @@ def serve_environment(config: ServeConfig) -> dict[str, str]:
         "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "recbandits.serve.limits.http_middlewares",
         limits.MAX_BODY_ENV: str(config.effective_max_body_bytes),
         limits.HEADER_TIMEOUT_ENV: str(config.header_timeout_s),
+        limits.MAX_CONNECTIONS_ENV: str(config.max_connections),
+        limits.RETRY_AFTER_ENV: str(config.retry_after_s),
+        limits.MAX_IN_FLIGHT_ENV: str(config.max_ongoing_requests + config.max_queued_requests),
+        limits.MAX_IN_FLIGHT_PROXY_ENV: str((config.max_ongoing_requests + config.max_queued_requests)
+                                            * config.num_replicas),
     })
     if config.fast_path:
         first = config.effective_replica_port
