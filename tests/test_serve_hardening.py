@@ -456,9 +456,9 @@ def test_connections_that_send_no_complete_request_are_closed(limited):
 def test_overload_is_refused_at_once_with_retry_after(limited):
     """2 working + 2 queued per replica, 64 connections per server: of 200 requests arriving at once on their own
     connections most are refused with 503 and Retry-After, in the service's error format."""
-    import orjson
-
     from concurrent.futures import ThreadPoolExecutor
+
+    import orjson
 
     body = b'{"context": [0.5, 0.5, 0.0, 1.0]}'
     data = _post_head("/v1/rank", f"Content-Length: {len(body)}\r\nConnection: close\r\n") + body
