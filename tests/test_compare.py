@@ -43,8 +43,38 @@ def test_compare_runs_every_contender_on_every_seed(small_data_dir, tmp_path):
     assert runs["regret@100000"].isna().all() and runs["regret@1000"].isna().all()
     assert list(table["contender"]) == ["linucb", "tfa-linucb", "random"]
     assert (table["regret@1000"] == "not run").all()
-    assert "tikhonov 0.001; batch 8, 2 steps/loop" in table.loc[1, "hyperparameters"]
+    assert table.loc[1, "hyperparameters"] == "alpha 10.0, tikhonov 0.001 (as its example ships); batch 8, 2 steps/loop"
     assert checks and checks[-1].startswith("linucb throughput >= 1000x TF-Agents LinUCB")
     assert "| contender" in (tmp_path / "table.md").read_text()
     assert (tmp_path / "regret.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "config.json").read_text())["seeds"] == 2
+
+
+def test_verdicts_say_what_was_tested():
+    import pandas as pd
+
+    from recbandits.algos.compare import BUDGETS, compare_means, target_checks
+
+    assert compare_means(10.0, 1.0, 20.0, 1.0) == "lower mean, intervals disjoint"
+    assert compare_means(10.0, 6.0, 20.0, 5.0) == "lower mean, intervals overlap"
+    assert compare_means(21.0, 1.0, 20.0, 1.0) == "higher mean, intervals overlap"
+    assert compare_means(30.0, 1.0, 20.0, 1.0) == "higher mean, intervals disjoint"
+
+    def runs(ours: list[float], theirs: list[float], budget: int = 1000) -> pd.DataFrame:
+        rows = []
+        for name, values in (("linucb", ours), ("tfa-linucb", theirs)):
+            for seed, value in enumerate(values):
+                row = {"contender": name, "seed": seed, "samples_per_s": 1.0}
+                row.update({f"regret@{b}": (value if b == budget else float("nan")) for b in BUDGETS})
+                rows.append(row)
+        return pd.DataFrame(rows)
+
+    first = target_checks(runs([10, 11, 12], [20, 21, 22]))[0]
+    assert first == ("LinUCB not worse than TF-Agents LinUCB at any budget: met [1,000: 11.0 vs 21.0 (lower mean, "
+                     "intervals disjoint)]")
+    overlapping = target_checks(runs([20, 22, 24], [19, 21, 23]))[0]
+    assert overlapping.startswith("LinUCB not worse than TF-Agents LinUCB at any budget: not shown (a higher mean "
+                                  "within the intervals) [1,000: 22.0 vs 21.0 (higher mean, intervals overlap)]")
+    assert target_checks(runs([30, 31, 32], [20, 21, 22]))[0].split(" [")[0].endswith(": MISSED")
+    unreached = target_checks(runs([1, 2], [3, 4], budget=123))[0]  # no budget of the table was reached
+    assert unreached == "LinUCB not worse than TF-Agents LinUCB at any budget: not measured (no budget reached) []"

@@ -73,14 +73,66 @@ def test_unknown_algo_names_the_valid_ones(tmp_path):
         run_tf_agents_baseline(config, 16)
 
 
-def test_tikhonov_defaults_follow_the_anchor_settings(tmp_path):
-    def tikhonov(algo):
-        return TFAgentsBaselineConfig(algo=algo, ratings_file=tmp_path / "u.data").tikhonov_weight
+def _example_settings(example: str) -> tuple[dict, dict]:
+    """(module-level constants, keyword arguments of each agent constructor call) of an installed TF-Agents example."""
+    import ast
+    import importlib.util
 
-    assert tikhonov("tfa-linucb") == 0.001
-    assert tikhonov("tfa-lints") == 1.0
+    spec = importlib.util.find_spec(f"tf_agents.bandits.agents.examples.v2.{example}")
+    tree = ast.parse(open(spec.origin).read())
+    constants = {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
+                 if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+                 and isinstance(node.value, ast.Constant | ast.Tuple)}
+    calls: dict[str, dict] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr.endswith("Agent"):
+            keywords = {}
+            for keyword in node.keywords:
+                value = keyword.value
+                if isinstance(value, ast.Constant):
+                    keywords[keyword.arg] = value.value
+                elif isinstance(value, ast.Name) and value.id in constants:
+                    keywords[keyword.arg] = constants[value.id]
+                elif isinstance(value, ast.Call) and keyword.arg == "optimizer":  # AdamOptimizer(learning_rate=LR)
+                    rate = value.keywords[0].value
+                    keywords["learning_rate"] = constants[rate.id] if isinstance(rate, ast.Name) else rate.value
+            calls.setdefault(node.func.attr, keywords)
+    return constants, calls
+
+
+def test_every_baseline_runs_with_the_hyperparameters_its_tf_agents_example_ships(tmp_path):
+    """Read back from the installed examples and agents, so a wrong baseline setting cannot hide."""
+    import inspect
+
+    from tf_agents.bandits.agents import linear_thompson_sampling_agent
+
+    from recbandits.algos.tf_agents_baseline import AS_SHIPPED
+
+    def config(algo):
+        return TFAgentsBaselineConfig(algo=algo, ratings_file=tmp_path / "u.data")
+
+    constants, calls = _example_settings("train_eval_movielens")
+    linucb = calls["LinearUCBAgent"]
+    assert (config("tfa-linucb").alpha, config("tfa-linucb").tikhonov_weight) == (linucb["alpha"],
+                                                                                   linucb["tikhonov_weight"]) == (10.0, 0.001)
+    # The example builds LinTS without alpha or tikhonov_weight: the agent's own defaults.
+    assert not {"alpha", "tikhonov_weight"} & set(calls["LinearThompsonSamplingAgent"])
+    defaults = inspect.signature(linear_thompson_sampling_agent.LinearThompsonSamplingAgent).parameters
+    lints = config("tfa-lints")
+    assert (lints.alpha, lints.tikhonov_weight) == (defaults["alpha"].default, defaults["tikhonov_weight"].default)
+    eps_greedy = config("tfa-neural-eps-greedy")
+    assert (eps_greedy.epsilon, eps_greedy.layers, eps_greedy.learning_rate) == (
+        constants["EPSILON"], constants["LAYERS"], calls["NeuralEpsilonGreedyAgent"]["learning_rate"])
+    sparse_constants, sparse_calls = _example_settings("train_eval_sparse_features")
+    neural = sparse_calls["NeuralLinUCBAgent"]
+    neural_linucb = config("tfa-neural-linucb")
+    assert (neural_linucb.alpha, neural_linucb.epsilon, neural_linucb.learning_rate, neural_linucb.encoding_dim,
+            neural_linucb.encoding_network_num_train_steps) == (
+        neural["alpha"], neural["epsilon_greedy"], neural["learning_rate"], neural["encoding_dim"],
+        neural["encoding_network_num_train_steps"])
+    assert set(AS_SHIPPED) == set(TF_AGENTS_ALGOS)
     explicit = TFAgentsBaselineConfig(algo="tfa-lints", ratings_file=tmp_path / "u.data", tikhonov_weight=0.5)
-    assert explicit.tikhonov_weight == 0.5
+    assert explicit.tikhonov_weight == 0.5 and explicit.alpha == 1.0
 
 
 def test_linucb_learns(ml100k_dir):

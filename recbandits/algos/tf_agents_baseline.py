@@ -42,14 +42,34 @@ def _check_algo(algo: str) -> None:
         raise ValueError(f"algo={algo!r} must be one of {', '.join(TF_AGENTS_ALGOS)}")
 
 
+# Every baseline's hyperparameters as TF-Agents' own examples ship them (tf_agents/bandits/agents/examples/v2/;
+# tests/test_tf_agents_baseline.py reads them back from the installed examples and agents):
+# - train_eval_movielens.py: LinearUCBAgent(tikhonov_weight=0.001, alpha=AGENT_ALPHA) with AGENT_ALPHA = 10.0;
+#   LinearThompsonSamplingAgent(...) with neither, so the agent's defaults alpha=1.0, tikhonov_weight=1.0;
+#   NeuralEpsilonGreedyAgent with EPSILON = 0.05, LAYERS = (50, 50, 50), LR = 0.005.
+# - NeuralLinUCB has no MovieLens example; train_eval_sparse_features.py (and train_eval_per_arm_stationary_linear.py)
+#   pass alpha=1.0, epsilon_greedy=EPSILON = 0.01, LR = 0.05, ENCODING_DIM = 9, EPS_PHASE_STEPS = 1000; the network
+#   keeps the MovieLens example's LAYERS.
+AS_SHIPPED: dict[str, dict[str, Any]] = {
+    "tfa-linucb": {"alpha": 10.0, "tikhonov_weight": 0.001},
+    "tfa-lints": {"alpha": 1.0, "tikhonov_weight": 1.0},
+    "tfa-neural-eps-greedy": {"epsilon": 0.05, "layers": (50, 50, 50), "learning_rate": 0.005},
+    "tfa-neural-linucb": {"alpha": 1.0, "epsilon": 0.01, "layers": (50, 50, 50), "learning_rate": 0.05,
+                          "encoding_dim": 9, "encoding_network_num_train_steps": 1000},
+}
+_SETTINGS = ("alpha", "tikhonov_weight", "epsilon", "layers", "learning_rate", "encoding_dim",
+             "encoding_network_num_train_steps")
+_FALLBACK = {"alpha": 1.0, "tikhonov_weight": 1.0, "epsilon": 0.05, "layers": (50, 50, 50), "learning_rate": 0.005,
+             "encoding_dim": 9, "encoding_network_num_train_steps": 1000}  # settings an agent does not use
+
+
 @dataclass
 class TFAgentsBaselineConfig:
-    """Settings of one TF-Agents baseline run; defaults are those of TF-Agents' MovieLens example.
+    """Settings of one TF-Agents baseline run; each left at None is the value TF-Agents' example for that agent
+    ships (``AS_SHIPPED``).
 
     ``alpha`` is the exploration scale of LinUCB, LinTS and NeuralLinUCB; ``tikhonov_weight`` the ridge
-    regularisation of LinUCB and LinTS (NeuralLinUCB has none: it always adds the identity). Left at None it
-    becomes what the anchor figures were measured with: 0.001 for LinUCB (the MovieLens example), TF-Agents'
-    default 1.0 for LinTS (neither the example nor the anchor script sets it).
+    regularisation of LinUCB and LinTS (NeuralLinUCB has none: it always adds the identity).
     ``epsilon``, ``layers`` and ``learning_rate`` (Adam) drive the neural agents; NeuralLinUCB trains its
     encoding network with an epsilon-greedy reward layer for ``encoding_network_num_train_steps`` calls of
     ``agent.train`` (one per loop) and then switches to LinUCB on the ``encoding_dim``-dimensional encoding.
@@ -61,22 +81,20 @@ class TFAgentsBaselineConfig:
     num_movies: int = 20
     batch_size: int = 8
     steps_per_loop: int = 2
-    alpha: float = 10.0
+    alpha: float | None = None
     tikhonov_weight: float | None = None
-    # train_eval_movielens.py: EPSILON = 0.05, LAYERS = (50, 50, 50), LR = 0.005.
-    epsilon: float = 0.05
-    layers: tuple[int, ...] = (50, 50, 50)
-    learning_rate: float = 0.005
-    # NeuralLinUCB is not in the MovieLens example; TF-Agents' NeuralLinUCB examples (per-arm stationary
-    # linear, sparse features) use EPS_PHASE_STEPS = 1000 training steps before switching to LinUCB.
-    encoding_dim: int = 20
-    encoding_network_num_train_steps: int = 1000
+    epsilon: float | None = None
+    layers: tuple[int, ...] | None = None
+    learning_rate: float | None = None
+    encoding_dim: int | None = None
+    encoding_network_num_train_steps: int | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
         _check_algo(self.algo)
-        if self.tikhonov_weight is None:
-            self.tikhonov_weight = 1.0 if self.algo == "tfa-lints" else 0.001
+        for name in _SETTINGS:
+            if getattr(self, name) is None:
+                setattr(self, name, AS_SHIPPED[self.algo].get(name, _FALLBACK[name]))
         self.layers = tuple(int(n) for n in self.layers)
         for name in ("rank", "num_movies", "batch_size", "steps_per_loop", "encoding_dim"):
             if int(getattr(self, name)) < 1:
