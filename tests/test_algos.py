@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,7 @@ from ray.rllib.core.rl_module.rl_module import RLModule
 from typer.testing import CliRunner
 
 from recbandits.algos import LinTSConfig, LinUCBConfig
+from recbandits.algos.linear import LinTS
 from recbandits.algos.simulate import SimulationSpec, build_config, summary_rows, train_policy
 from recbandits.cli import app
 
@@ -94,7 +96,7 @@ def test_train_results_carry_the_bandit_metrics(small_data_dir):
         algo.stop()
 
 
-def test_checkpoint_round_trip_gives_identical_actions(small_data_dir, tmp_path):
+def test_checkpoint_round_trip_gives_identical_actions(small_data_dir, tmp_path, monkeypatch):
     algo = _config(LinTSConfig, small_data_dir, runners=0).build_algo()
     observations = np.random.default_rng(0).normal(size=(50, 6))
     try:
@@ -108,6 +110,18 @@ def test_checkpoint_round_trip_gives_identical_actions(small_data_dir, tmp_path)
     restored = Algorithm.from_checkpoint(path)
     try:
         torch.testing.assert_close(restored.module.theta, theta, rtol=0, atol=0)
+        # Paths relative to the working directory, as the README writes them: save, restore, serve.
+        monkeypatch.chdir(tmp_path)
+        relative = restored.save("relative/linucb").checkpoint.path
+        assert Path(relative) == tmp_path / "relative" / "linucb"
+        again = LinTS.from_checkpoint("relative/linucb")
+        torch.testing.assert_close(again.module.theta, theta, rtol=0, atol=0)
+        again.stop()
+        from recbandits.serve.config import ServeConfig
+        from recbandits.serve.policy import initial_policy
+
+        fields, state, _ = initial_policy(ServeConfig(checkpoint="relative/linucb", state_dir="state"))
+        np.testing.assert_array_equal(state["counts"], restored.module.counts.numpy())
         assert torch.equal(restored.module.forward_inference({"obs": torch.from_numpy(observations)})["actions"],
                            expected)
         # Exploration is seeded too: the same draws after a restore give the same Thompson samples.

@@ -129,12 +129,33 @@ class LinearBanditConfig(AlgorithmConfig):
         return max(self.num_env_runners, 1) * self.num_envs_per_env_runner * self.get_rollout_fragment_length()
 
 
+def local_path(path):
+    """A path without a URI scheme, made absolute against the working directory (pyarrow refuses relative ones);
+    ``s3://...``-style URIs and None are returned as they are."""
+    import os
+
+    if path is None or "://" in str(path):
+        return path
+    return os.path.abspath(os.path.expanduser(str(path)))
+
+
 class LinearBandit(Algorithm):
     """Sample statistics on every runner, add them up in the Learner, sync the posterior back."""
 
     @classmethod
     def get_default_config(cls) -> LinearBanditConfig:
         return LinearBanditConfig()
+
+    # Checkpoint paths relative to the working directory (RLlib hands them to pyarrow, which needs absolute ones).
+    def save_to_path(self, path=None, **kwargs):
+        return super().save_to_path(local_path(path), **kwargs)
+
+    def restore_from_path(self, path, **kwargs):
+        return super().restore_from_path(local_path(path), **kwargs)
+
+    @classmethod
+    def from_checkpoint(cls, path, filesystem=None, **kwargs):
+        return super().from_checkpoint(local_path(path), filesystem, **kwargs)
 
     def training_step(self) -> None:
         started = time.perf_counter()

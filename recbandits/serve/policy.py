@@ -39,7 +39,7 @@ STATE_KEYS = ("data_precision", "data_response", "response_square", "counts", "n
 
 def find_module_checkpoint(path: str | Path) -> Path:
     """The RLModule checkpoint directory inside what ``recbandits simulate`` wrote (or the path itself)."""
-    root = Path(path).expanduser()
+    root = Path(path).expanduser().resolve()  # relative to the working directory (RLlib needs it absolute)
     if not root.exists():
         raise ValueError(f"checkpoint {root} does not exist")
     suffixes = ("", "learner_group/learner/rl_module/default_policy", "rl_module/default_policy", "default_policy")
