@@ -113,7 +113,8 @@ def test_checkpoint_round_trip_gives_identical_actions(small_data_dir, tmp_path,
         # Paths relative to the working directory, as the README writes them: save, restore, serve.
         monkeypatch.chdir(tmp_path)
         relative = restored.save("relative/linucb").checkpoint.path
-        assert Path(relative) == tmp_path / "relative" / "linucb"
+        assert Path(relative).resolve() == tmp_path / "relative" / "linucb"
+        assert (tmp_path / "relative" / "linucb" / "algorithm_state.pkl").is_file()
         again = LinTS.from_checkpoint("relative/linucb")
         torch.testing.assert_close(again.module.theta, theta, rtol=0, atol=0)
         again.stop()
