@@ -8,7 +8,7 @@ example hyperparameters (alpha 10, tikhonov/lambda 0.001). TF-Agents runs the wa
 replay buffer, ``common.function``; batch 8, 2 steps per loop); recbandits runs ``train()`` with each number
 of env runners. All algorithms are built first, then take turns in blocks of ``--block-iterations``
 ``train()`` calls; the median rate over blocks is reported, and the runner-count speed-up is the median of
-the ratios of adjacent blocks (this VM's CPU speed drifts by tens of percent within minutes, so only rates
+the ratios of adjacent blocks (a shared machine's CPU speed can drift by tens of percent within minutes, so only rates
 measured moments apart compare). The machine's own scaling is measured in the same turns: the runner's
 sampling loop in one and in two plain processes without Ray (skip with ``--no-plain``), so the Ray speed-up
 reads against what two processes doing the same work get on this machine. Wall time of ``train()`` only:

@@ -265,3 +265,35 @@ def test_metrics_interval_reaches_ray_and_is_checked():
     assert serve_environment(ServeConfig(metrics_interval_s=2.5))["RAY_metrics_report_interval_ms"] == "2500"
     with pytest.raises(ValueError, match="metrics_interval_s=0.5 must be a finite number >= 1"):
         ServeConfig(metrics_interval_s=0.5)
+
+
+def test_a_restart_quarantines_a_record_whose_mark_a_crash_lost(tmp_path):
+    config = _config(tmp_path)
+
+    async def crash_before_learning():
+        core = BanditCore(config)
+        await core.log_decisions([_row(core, "huge", [1e8, 1e8], "a"), _row(core, "fine", [1.0, 0.5], "b")])
+        await core.record_reward("huge", 1.0)
+        await core.record_reward("fine", 2.0)
+        await core.log.drain()
+        core.log.close()  # a crash: the records were durable, never learned, never marked
+        core._lock.release()
+
+    asyncio.run(crash_before_learning())
+    core = BanditCore(config)
+    frame = read_event_log(config.state_path)
+    marks = frame[frame["kind"] == "quarantine"]
+    assert marks["event_id"].tolist() == ["huge"] and len(core.quarantined) == 1
+    assert core.counters["quarantined"] == 1 and core.counters["learning_records"] == 1
+    assert core.counters["rewards"] == 2 and core.version["learned"] == 1
+    np.testing.assert_array_equal(core.policy.counts, [0.0, 1.0, 0.0])
+
+    async def close():
+        await core.close()
+
+    asyncio.run(close())
+    restarted = BanditCore(config)  # marked now: counted once, not marked again
+    assert restarted.counters["quarantined"] == 1 and restarted.counters["learning_records"] == 1
+    frame = read_event_log(config.state_path)
+    assert (frame["kind"] == "quarantine").sum() == 1
+    asyncio.run(restarted.close())

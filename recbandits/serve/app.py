@@ -38,6 +38,7 @@ from starlette.routing import Route
 from recbandits.serve.config import ServeConfig
 from recbandits.serve.core import BanditCore, Rejection
 from recbandits.serve.eventlog import LogWriteError, dumps
+from recbandits.serve.limits import error_response_bytes
 from recbandits.serve.policy import Decision, ServingPolicy
 from recbandits.serve.schemas import (
     ErrorResponse,
@@ -133,10 +134,11 @@ async def _parse(request: Request, model):
         raise RequestValidationError(errors) from None
 
 
-def _error(status: int, location: str, message: str, code: str, headers: dict[str, str] | None = None) -> Response:
-    """The one error format: ``{"message": "field: what", "detail": [{"loc", "msg", "type"}]}``."""
-    body = {"message": message, "detail": [{"loc": location.split("."), "msg": message, "type": code}]}
-    return Response(dumps(body), status_code=status, media_type=JSON_TYPE, headers=headers)
+def _error(status: int, field: str, message: str, code: str, headers: dict[str, str] | None = None) -> Response:
+    """The one error format, ``{"message": "field: what", "detail": [{"loc", "msg", "type"}]}``, for errors that
+    name no request field (the format of ``limits``' answers given in front of the app)."""
+    return Response(error_response_bytes(field, message, code), status_code=status, media_type=JSON_TYPE,
+                    headers=headers)
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -158,24 +160,24 @@ async def _rejection(request: Request, rejection: Rejection) -> JSONResponse:
 async def _http_error(request: Request, error: StarletteHTTPException) -> Response:
     """Unknown paths (404) and methods (405, with Allow) in the service's error format."""
     if error.status_code == 404:
-        message = f"path: no endpoint {request.url.path} (see /docs)"
+        field, message = "path", f"no endpoint {request.url.path} (see /docs)"
     elif error.status_code == 405:
-        message = f"method: {request.method} is not allowed on {request.url.path} (allowed: " \
-                  f"{(error.headers or {}).get('Allow', '?')})"
+        field, message = "method", (f"{request.method} is not allowed on {request.url.path} (allowed: "
+                                    f"{(error.headers or {}).get('Allow', '?')})")
     else:
-        message = f"request: {error.detail}"
-    return _error(error.status_code, message.split(":")[0], message, "http_error", headers=error.headers)
+        field, message = "request", str(error.detail)
+    return _error(error.status_code, field, message, "http_error", headers=error.headers)
 
 
 @api.exception_handler(LogWriteError)
 async def _log_failed(request: Request, error: LogWriteError) -> Response:
-    return _error(503, "service", f"service: unavailable: {error}", "log_failed")
+    return _error(503, "service", f"unavailable: {error}", "log_failed")
 
 
 @api.exception_handler(RayError)
 async def _learner_unavailable(request: Request, error: RayError) -> Response:
     logger.warning("a call to another deployment failed", exc_info=error)
-    return _error(503, "service", f"service: unavailable (retry): {type(error).__name__}", "learner_unavailable",
+    return _error(503, "service", f"unavailable (retry): {type(error).__name__}", "learner_unavailable",
                   headers={"Retry-After": "1"})
 
 
@@ -207,7 +209,6 @@ def _raise_if_rejected(result: Any) -> Any:
 
 
 LOGGING = {"enable_access_log": False, "log_level": "WARNING"}
-MAX_ONGOING_REQUESTS = 2048
 
 
 async def _rank_route(request: Request) -> Response:
@@ -222,7 +223,8 @@ async def _rank_route(request: Request) -> Response:
 api.router.routes.insert(0, Route("/v1/rank", _rank_route, methods=["POST"], include_in_schema=False))
 
 
-@serve.deployment(name="Recommender", max_ongoing_requests=MAX_ONGOING_REQUESTS, health_check_period_s=5.0,
+# Admission limits (max_ongoing_requests, max_queued_requests) come from the config, in build_app.
+@serve.deployment(name="Recommender", health_check_period_s=5.0,
                   graceful_shutdown_timeout_s=10.0)
 @serve.ingress(api)
 class Recommender:

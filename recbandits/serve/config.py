@@ -67,8 +67,8 @@ class ServeConfig:
     replica_num_cpus: float = 0.0
 
     # Admission control and HTTP limits (docs/serve.md, "Limits"). A replica works on at most
-    # max_ongoing_requests at once and queues at most max_queued_requests more; beyond that Ray Serve answers
-    # 503 with Retry-After at once, so that under overload the accepted requests keep their latency.
+    # max_ongoing_requests at once and queues at most max_queued_requests more; a request beyond that gets 503
+    # with Retry-After at once (serve/limits.py, then Ray Serve), so that the accepted ones keep their latency.
     max_ongoing_requests: int = 96
     max_queued_requests: int = 32
     retry_after_s: float = 1.0

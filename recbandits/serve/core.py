@@ -239,9 +239,12 @@ class BanditCore:
         marked = {int(row["record_seq"]) for row in tail.quarantine_rows}
         self.counters.update(tail.counters)
         self.quarantined = tail.quarantine_rows[-RECENT_QUARANTINED:]
-        # A record quarantined live whose mark a crash lost is marked now (the same test quarantines it again).
-        self._quarantine([item for item in self.policy.absorb(tail.records) if item[0].seq not in marked],
-                         write=True)
+        quarantined = self.policy.absorb(tail.records)
+        # A record quarantined live whose mark a crash lost is marked now (the same test quarantines it again);
+        # the scan counted it as a learning record.
+        unmarked = [item for item in quarantined if item[0].seq not in marked]
+        self._quarantine(unmarked, write=True)
+        self.counters["learning_records"] -= len(unmarked)
         self.open = tail.open
         self._deadlines = [(event.deadline, event_id) for event_id, event in self.open.items()]
         heapq.heapify(self._deadlines)
@@ -250,7 +253,7 @@ class BanditCore:
         self.closed.trim()
         new_watermark = tail.records[-1].seq if tail.records else watermark
         self._install_version({"kind": "restore", "parent": max(logged), "watermark": new_watermark,
-                               "learned": len(tail.records), "base": base}, write=True)
+                               "learned": len(tail.records) - len(quarantined), "base": base}, write=True)
         self.snapshots.save(self.version_id, self.policy.get_state(), self.version)
         self.restore_info = {
             "restored": True, "snapshot_version": base, "snapshot_watermark": watermark,
@@ -375,7 +378,7 @@ class BanditCore:
             self._learning_failure = message
             return False
         self._learning_failure = None
-        self._queued_since = now if self.queue else None
+        self._queued_since = None  # the queue is empty: records only arrive in durable callbacks, not during this
         self._quarantine(quarantined)
         self.counters["learning_records"] += len(records) - len(quarantined)
         self._install_version({"kind": "update", "parent": self.version_id, "watermark": records[-1].seq,

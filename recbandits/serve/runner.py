@@ -44,7 +44,8 @@ def serve_environment(config: ServeConfig) -> dict[str, str]:
     # export put ~150-250 rank requests over 50 ms on 2 cores: every 10 s with Ray's default, once a minute
     # with ours. Ray Serve's metrics stay, exported every metrics_interval_s.
     env["RAY_metrics_report_interval_ms"] = str(int(config.metrics_interval_s * 1000))
-    # Body size limit and header timeout in every process that serves HTTP (serve/limits.py).
+    # The HTTP limits (in-flight, connections, body size, header timeout: serve/limits.py) in every process that
+    # serves HTTP; the proxy's in-flight limit covers every replica behind it.
     env.update({
         "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "recbandits.serve.limits.http_middlewares",
         limits.MAX_BODY_ENV: str(config.effective_max_body_bytes),
