@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 TF_AGENTS_PKGS := tf-agents==0.19.0 gym==0.23.1
 TF_AGENTS_DEPS := gin-config==0.5.0 pillow
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-quick lint bench clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest tests
+
+# The suite without the end-to-end runs marked slow: a few minutes.
+test-quick: install
+	$(BIN)/python -m pytest -m "not slow" tests
 
 lint: install
 	$(BIN)/ruff check .

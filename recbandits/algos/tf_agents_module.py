@@ -214,6 +214,12 @@ def _concatenate(parts: list[dict[str, Any]]) -> dict[str, Any] | None:
     return merged
 
 
+def _rows(payload: dict[str, Any], rows: slice) -> dict[str, Any]:
+    """The ``rows`` of a transition payload."""
+    return {key: [array[rows] for array in value] if isinstance(value, list) else value[rows]
+            for key, value in payload.items()}
+
+
 class TFAgentsBanditModule(TorchRLModule):
     """A TF-Agents bandit agent as an RLlib module (see the module docstring)."""
 
@@ -509,6 +515,26 @@ class TFAgentsBanditModule(TorchRLModule):
         """One ``agent.train`` call on a payload's transitions; returns TF-Agents' loss."""
         loss_info = self._train_fn(self.experience(payload))
         return float(loss_info.loss.numpy())
+
+    @property
+    def trains_by_gradient(self) -> bool:
+        """Neural agents take optimizer steps; linear agents add closed-form statistics (whatever the batch)."""
+        return self.agent_name.startswith("neural")
+
+    def train_on_step(self, payload: dict[str, Any], minibatch_size: int | None = None) -> list[float]:
+        """Train on one vector step's transitions; returns the loss of every ``agent.train`` call.
+
+        Linear agents absorb the step in one call (splitting it would only apply the forgetting factor more
+        often). Neural agents take one optimizer step per ``minibatch_size`` rows, in order, so the number of
+        gradient steps per decision does not depend on how many sub-envs a runner steps at once.
+        """
+        rows = len(payload["reward"])
+        if not rows:
+            return []
+        if not self.trains_by_gradient or not minibatch_size or rows <= minibatch_size:
+            return [self.train_on(payload)]
+        return [self.train_on(_rows(payload, slice(start, start + int(minibatch_size))))
+                for start in range(0, rows, int(minibatch_size))]
 
     @property
     def train_step(self) -> int:

@@ -22,13 +22,23 @@
 One ``training_step`` (``LinearBandit``'s):
 
 1. every ``TFAgentsEnvRunner`` steps its ``num_envs_per_env_runner`` sub-envs ``rollout_fragment_length`` times,
-   each step choosing the whole batch's actions with one call of its module's ``agent.collect_policy``, and
-   returns the transitions (observation, action, reward, policy info) as numpy: it does not train;
+   each step choosing the whole batch's actions with one call of its module's ``agent.collect_policy``; with
+   ``local_updates`` (the default) it trains its own copy of the agent on every vector step, so the next
+   step's decisions already use it (as ``BanditEnvRunner`` absorbs statistics); it returns every vector
+   step's transitions (observation, action, reward, policy info) as numpy;
 2. the ``TFAgentsBanditLearner`` turns them into single-step TF-Agents ``Trajectory`` batches and calls
-   ``agent.train`` (wrapped in ``common.function``) on the authoritative agent: once per runner's batch (the
-   TF-Agents loop of ``batch_size * steps_per_loop`` samples, by default), or once on all of them
-   (``combine_runner_batches=True``);
+   ``agent.train`` (wrapped in ``common.function``) on the authoritative agent the way the runner did: per
+   vector step (per fragment without ``local_updates``), neural agents once per ``minibatch_size`` rows;
+   runner by runner, or on all runners' step k at once (``combine_runner_batches=True``). With one runner
+   the Learner's agent ends where the runner's copy did;
 3. the agent's variables are synced to every env runner (``sync_weights``).
+
+Why runners learn within a fragment: TF-Agents' LinUCB is deterministic and breaks ties by the first index,
+so with a policy fixed for a fragment every cold-start decision of the fragment takes arm 0, the next
+fragment's all take arm 1, and so on: at ``simulate``'s layout (256 sub-envs x 8 steps = 2,048 decisions per
+fragment) exploring 20 arms once took 40,960 decisions and LinUCB did worse than random. Updating per vector
+step bounds that to one vector step per arm. ``local_updates=False`` is TF-Agents' own driver loop (the
+policy is fixed for ``batch_size * steps_per_loop`` decisions), right for its example's 8 x 2 layout.
 
 Defaults follow TF-Agents' MovieLens example (``train_eval_movielens.py``) and ``tf_agents_baseline``: one
 env runner with 8 sub-envs ("batch 8") and 2 steps per iteration ("2 steps per loop"); LinUCB alpha 10,
@@ -82,7 +92,9 @@ class TFAgentsBanditConfig(LinearBanditConfig):
     | ``encoding_dim`` | width of the encoding LinUCB works on | NeuralLinUCB |
     | ``encoding_network_num_train_steps`` | ``agent.train`` calls that train the encoding network before LinUCB | NeuralLinUCB |
     | ``gradient_clipping`` | gradient norm clip (None: off) | neural |
-    | ``combine_runner_batches`` | one ``agent.train`` per iteration on all runners' data (default: one per runner batch) | all |
+    | ``local_updates`` | runners train their copy on every vector step (default True; False: TF-Agents' loop, the policy fixed per fragment) | all |
+    | ``minibatch_size`` | rows per ``agent.train`` call (default 16; RLlib's own option) | neural |
+    | ``combine_runner_batches`` | train on all runners' step k at once (default: runner by runner) | all |
     | ``tf_num_threads`` | TensorFlow intra/inter-op threads in env runner processes (None: TF's default) | all |
     """
 
@@ -99,14 +111,18 @@ class TFAgentsBanditConfig(LinearBanditConfig):
         for name in MODEL_OPTIONS[1:]:
             setattr(self, name, DEFAULT_MODEL_CONFIG[name])
         self.combine_runner_batches = False
+        self.local_updates = True
+        # Rows per agent.train call of the neural agents: TF-Agents' MovieLens example trains on 16 samples
+        # (batch 8 x 2 steps per loop) per call.
+        self.minibatch_size = 16
         self.tf_num_threads = 1
 
     def training(self, *, agent=NotProvided, alpha=NotProvided, tikhonov_weight=NotProvided, lambda_=NotProvided,
                  gamma=NotProvided, epsilon=NotProvided, layers=NotProvided, global_layers=NotProvided,
                  arm_layers=NotProvided, common_layers=NotProvided, learning_rate=NotProvided,
                  encoding_dim=NotProvided, encoding_network_num_train_steps=NotProvided,
-                 gradient_clipping=NotProvided, combine_runner_batches=NotProvided, tf_num_threads=NotProvided,
-                 **kwargs):
+                 gradient_clipping=NotProvided, combine_runner_batches=NotProvided, local_updates=NotProvided,
+                 tf_num_threads=NotProvided, **kwargs):
         if agent is not NotProvided:
             agent = canonical_agent_name(agent)
         if lambda_ is not NotProvided and tikhonov_weight is NotProvided:
@@ -117,7 +133,7 @@ class TFAgentsBanditConfig(LinearBanditConfig):
                    "common_layers": common_layers, "learning_rate": learning_rate, "encoding_dim": encoding_dim,
                    "encoding_network_num_train_steps": encoding_network_num_train_steps,
                    "gradient_clipping": gradient_clipping, "combine_runner_batches": combine_runner_batches,
-                   "tf_num_threads": tf_num_threads}
+                   "local_updates": local_updates, "tf_num_threads": tf_num_threads}
         for name, value in options.items():
             if value is not NotProvided:
                 setattr(self, name, tuple(value) if name.endswith("layers") and value is not None else value)
@@ -143,6 +159,8 @@ class TFAgentsBanditConfig(LinearBanditConfig):
         AlgorithmConfig.validate(self)
         if self.num_envs_per_env_runner < 1 or self.get_rollout_fragment_length() < 1:
             raise ValueError("num_envs_per_env_runner and rollout_fragment_length must be at least 1")
+        if self.minibatch_size is not None and int(self.minibatch_size) < 1:
+            raise ValueError(f"minibatch_size={self.minibatch_size} must be >= 1 (or None: a whole vector step)")
         if self.tf_num_threads is not None and int(self.tf_num_threads) < 1:
             raise ValueError(f"tf_num_threads={self.tf_num_threads} must be >= 1 (or None)")
         resolve_model_config(self.bandit_model_config())  # fails early, in the driver, on bad hyperparameters
@@ -180,18 +198,28 @@ class TFAgentsBanditLearner(TorchLearner):
     def bandit_module(self) -> TFAgentsBanditModule:
         return self.module[DEFAULT_MODULE_ID]
 
-    def learn_from_runners(self, payloads: list[dict[str, Any]], num_batches: int) -> dict[str, Any]:
-        """``agent.train`` on each runner's transitions (or once on all of them); returns the mean loss."""
+    def learn_from_runners(self, payloads: list[list[dict[str, Any]] | None], num_batches: int) -> dict[str, Any]:
+        """Train on every runner's steps as the runner did (see the module docstring); returns the mean loss.
+
+        A payload is one runner's list of training batches (its vector steps, or its whole fragment).
+        """
         module = self.bandit_module
-        batches = [payload for payload in payloads if payload is not None and len(payload["reward"])]
-        if self.config.combine_runner_batches and len(batches) > 1:
-            batches = [module.concatenate(batches)]
-        losses = [module.train_on(batch) for batch in batches]
+        runs = [payload for payload in payloads if payload]
+        if self.config.combine_runner_batches and len(runs) > 1:
+            longest = max(len(run) for run in runs)
+            runs = [[module.concatenate([run[k] for run in runs if k < len(run)]) for k in range(longest)]]
+        losses: list[float] = []
+        transitions = 0
+        for run in runs:
+            for batch in run:
+                if batch is not None:
+                    losses += module.train_on_step(batch, self.config.minibatch_size)
+                    transitions += len(batch["reward"])
         self._weights_seq_no += 1
         return {
             "loss": float(np.mean(losses)) if losses else float("nan"),
             "num_train_calls": len(losses),
-            "num_transitions": int(sum(len(batch["reward"]) for batch in batches)),
+            "num_transitions": transitions,
             "train_step": module.train_step,
         }
 
@@ -226,13 +254,19 @@ class TFAgentsEnvRunner(BanditEnvRunner):
     def _learn(self, observations, info, actions, rewards, infos, acted) -> None:
         rows = np.flatnonzero(acted)
         if len(rows):
-            self._transitions.append(self.module.transitions(observations, actions.numpy(), rewards, info, rows))
+            step = self.module.transitions(observations, actions.numpy(), rewards, info, rows)
+            if self.config.local_updates:
+                self.module.train_on_step(step, self.config.minibatch_size)
+            self._transitions.append(step)
         self._delta_batches += 1
 
     def _take_learning_payload(self):
-        payload = self.module.concatenate(self._transitions)
+        """The fragment's training batches: one per vector step with ``local_updates``, else one in all."""
+        steps = self._transitions
         self._reset_delta()
-        return payload
+        if not steps:
+            return None
+        return steps if self.config.local_updates else [self.module.concatenate(steps)]
 
     def recorded_transitions(self) -> dict[str, np.ndarray]:
         raise NotImplementedError("TF-Agents runners return their transitions to the Learner every iteration")
