@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +13,17 @@ from recbandits.data.cli import data_app
 from recbandits.serve.cli import loadtest_command, serve_command
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Contextual-bandit recommendation on Ray.")
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Also show the libraries' logs (Ray, RLlib, Tune, TensorFlow).")] = False) -> None:
+    if verbose:
+        from recbandits.verbosity import VERBOSE_ENV
+
+        os.environ[VERBOSE_ENV] = "1"
+
+
 app.add_typer(data_app, name="data")
 app.command("tune")(tune_command)
 app.command("serve")(serve_command)
@@ -71,21 +83,26 @@ def simulate(
     lambda_: Annotated[float | None, typer.Option("--lambda", help="Ridge regularization.")] = None,
     gamma: Annotated[float | None, typer.Option(help="Forgetting factor per batch (1: none).")] = None,
     epsilon: Annotated[float | None, typer.Option(help="Exploration rate of eps-greedy.")] = None,
+    interaction: Annotated[bool | None, typer.Option(
+        "--interaction/--no-interaction",
+        help="Per-arm envs: learn on the outer product of user and movie features too (default: on there).")] = None,
     drift_rate: Annotated[float | None, typer.Option(help="Env preference drift, radians per step.")] = None,
     references: Annotated[bool, typer.Option(help="Also run the random and oracle references.")] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace a run already in --out (else refused).")] = False,
 ) -> None:
     """Train a bandit on a simulated MovieLens env; write metrics.csv, TensorBoard events, regret.png, a checkpoint."""
+    from recbandits.algos.options import training_options
     from recbandits.algos.simulate import SimulationSpec
     from recbandits.algos.simulate import simulate as run_simulation
 
-    training = {key: value for key, value in
-                dict(alpha=alpha, lambda_=lambda_, gamma=gamma, epsilon=epsilon).items() if value is not None}
     env_config = {} if drift_rate is None else {"drift_rate": drift_rate}
     try:
+        training = training_options(algo, {"alpha": alpha, "lambda": lambda_, "gamma": gamma, "epsilon": epsilon,
+                                           "interaction": interaction})
         spec = SimulationSpec(env=env, algo=algo, steps=steps, num_env_runners=num_env_runners,
                               num_envs_per_env_runner=num_envs, rollout_fragment_length=rollout_fragment_length,
                               data_dir=data_dir, seed=seed, env_config=env_config, training=training)
-        summary = run_simulation(spec, out, address=address, references=references)
+        summary = run_simulation(spec, out, address=address, references=references, overwrite=overwrite)
     except (ValueError, ConnectionError) as error:
         raise _fail(str(error)) from None
     _print_summary(summary)
@@ -128,7 +145,7 @@ def compare(
 def demo(
     data_dir: DataDir = None,
     steps: Annotated[int, typer.Option(help="Env steps per policy.")] = 50_000,
-    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/demo"),
+    out: Annotated[Path, typer.Option(help="Output directory (replaced at every demo).")] = Path("runs/demo"),
 ) -> None:
     """The main job on the default data: the data set, then LinUCB against random and oracle on the MovieLens env."""
     from rich.console import Console
@@ -140,4 +157,4 @@ def demo(
 
     Console().print(format_summary(summarize(load_movielens(resolve_data_dir(data_dir)))))
     spec = SimulationSpec(env="movielens", algo="linucb", steps=steps, data_dir=data_dir)
-    _print_summary(run_simulation(spec, out))
+    _print_summary(run_simulation(spec, out, overwrite=True))

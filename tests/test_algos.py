@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -197,8 +198,48 @@ def test_simulate_command_writes_every_artifact(small_data_dir, tmp_path):
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert out.joinpath("checkpoint", *MODULE_PATH).is_dir()
     assert json.loads((out / "config.json").read_text())["seed"] == 5
+    again = CliRunner().invoke(app, ["simulate", "--steps", "2048", "--data-dir", str(small_data_dir), "--out", str(out)])
+    assert again.exit_code == 2
+    assert f"--out {out} already holds a run (config.json, metrics.csv" in again.output
+    assert "pass --overwrite to replace it" in again.output
+    assert metrics.equals(pd.read_csv(out / "metrics.csv"))  # nothing was touched
     bad = CliRunner().invoke(app, ["simulate", "--algo", "ucb", "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "--algo 'ucb' is not one of" in bad.output
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--algo", "random", "--alpha", "3"], "--alpha does not apply to random (it takes no hyperparameters)"),
+    (["--algo", "lints", "--alpha", "3", "--epsilon", "0.1"],
+     "--alpha, --epsilon does not apply to lints (it takes --lambda, --gamma, --interaction)"),
+    (["--algo", "tfa-linucb", "--interaction"],
+     "--interaction does not apply to tfa-linucb (it takes --alpha, --lambda, --gamma)"),
+    (["--alpha", "-3"], "--alpha -3 must be >= 0"),
+    (["--gamma", "1.5"], "--gamma 1.5 must be in (0, 1]"),
+    (["--interaction"], "interaction applies to per-arm (shared) observations only"),
+    (["--data-dir", "missing"], "data directory missing does not exist"),
+])
+def test_simulate_rejects_bad_options_in_one_line_before_ray_starts(tmp_path, monkeypatch, options, message):
+    import ray
+
+    monkeypatch.chdir(tmp_path)
+    was_running = ray.is_initialized()
+    result = CliRunner().invoke(app, ["simulate", "--steps", "2048", "--out", "run", *options])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().replace("\n", " ").startswith(message), result.output
+    assert ray.is_initialized() == was_running  # no Ray was started for it
+    assert not (tmp_path / "run").exists()
+
+
+def test_simulate_refuses_malformed_data_naming_file_and_line(small_data_dir, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(small_data_dir, bad)
+    lines = (bad / "u.data").read_text().splitlines()
+    fields = lines[10].split("\t")
+    lines[10] = "\t".join([fields[0], fields[1], "three", fields[3]])
+    (bad / "u.data").write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(app, ["simulate", "--data-dir", str(bad), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert result.output.strip() == "u.data line 11: rating 'three' is not a number"
 
 
 def test_statistics_equal_per_row_sums_with_idle_arms_and_empty_batches():

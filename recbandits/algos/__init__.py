@@ -13,28 +13,29 @@ import logging
 import os
 
 from recbandits.cluster import WORKER_ENV_VARS
+from recbandits.verbosity import quiet_libraries
 
 for _name, _value in WORKER_ENV_VARS.items():  # before RLlib is imported (see recbandits.cluster)
     os.environ.setdefault(_name, _value)
 # RLlib warns at every import that it skips TensorFlow: intended here (see recbandits.cluster).
 logging.getLogger("ray.rllib.utils.framework").setLevel(logging.ERROR)
+quiet_libraries()
 
-from recbandits.algos.linear import (  # noqa: E402
-    ALGORITHM_CONFIGS,
-    LinearBandit,
-    LinearBanditConfig,
-    LinEpsGreedy,
-    LinEpsGreedyConfig,
-    LinTS,
-    LinTSConfig,
-    LinUCB,
-    LinUCBConfig,
-    OraclePolicy,
-    OraclePolicyConfig,
-    RandomPolicy,
-    RandomPolicyConfig,
-)
-from recbandits.algos.module import LinearBanditModule  # noqa: E402
+# The algorithms import RLlib (seconds): loaded on first use, so option and data checks fail fast.
+_EXPORTS = {name: "recbandits.algos.linear" for name in (
+    "ALGORITHM_CONFIGS", "LinEpsGreedy", "LinEpsGreedyConfig", "LinTS", "LinTSConfig", "LinUCB", "LinUCBConfig",
+    "LinearBandit", "LinearBanditConfig", "OraclePolicy", "OraclePolicyConfig", "RandomPolicy", "RandomPolicyConfig",
+)}
+_EXPORTS["LinearBanditModule"] = "recbandits.algos.module"
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'recbandits.algos' has no attribute {name!r}")
+
 
 __all__ = [
     "ALGORITHM_CONFIGS",

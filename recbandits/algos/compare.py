@@ -136,10 +136,9 @@ def run_one(contender: Contender, spec: ComparisonSpec, seed: int, data_dir: str
     # One CPU per run: intra-op threads of torch or TensorFlow would only fight over the machine's cores.
     torch.set_num_threads(1)
     if contender.library == "TF-Agents":
-        import tensorflow as tf
+        from recbandits.algos.tf_agents_module import configure_tensorflow
 
-        tf.config.threading.set_intra_op_parallelism_threads(1)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+        configure_tensorflow(num_threads=1)
     runner = _run_tf_agents if contender.library == "TF-Agents" else _run_recbandits
     trace = runner(contender, spec, seed, data_dir)
     samples, regret, suboptimal = trace["samples"], trace["cumulative_regret"], trace["suboptimal"]

@@ -51,7 +51,7 @@ class LinearBanditConfig(AlgorithmConfig):
     | ``epsilon`` | exploration rate (linear epsilon-greedy) |
     | ``posterior_scale`` | v of LinTS's N(theta, v^2 A^-1); None estimates it from the residuals |
     | ``noise_prior`` | a0 = b0 of that estimate's inverse-gamma prior |
-    | ``interaction`` | shared model: add the outer product of global and arm features |
+    | ``interaction`` | shared model: add the outer product of global and arm features (None: on for per-arm envs) |
     | ``record_transitions`` | runners keep every transition they learned from (for exactness checks) |
     | ``record_regret_trace`` | keep regret per vector step in ``algo.regret_trace`` (for regret at exact budgets) |
     """
@@ -73,7 +73,7 @@ class LinearBanditConfig(AlgorithmConfig):
         self.epsilon = 0.05
         self.posterior_scale = None
         self.noise_prior = 1.0
-        self.interaction = False
+        self.interaction = None
         self.record_transitions = False
         self.record_regret_trace = False
 

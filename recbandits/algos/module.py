@@ -12,7 +12,7 @@ closed-form ridge solution to 1e-6.
 | Shape | Observation | Models | Features of arm k |
 |---|---|---|---|
 | ``disjoint`` | ``Box((d,))`` context, ``Discrete(K)`` actions | one per arm (K) | the context |
-| ``shared`` | ``Dict(global=(g,), per_arm=(K, p))`` | one | ``[global, per_arm[k]]`` (+ their outer product with ``interaction``) |
+| ``shared`` | ``Dict(global=(g,), per_arm=(K, p))`` | one | ``[global, per_arm[k]]`` and, with ``interaction`` (the default), their outer product |
 
 | Exploration | Action of a row |
 |---|---|
@@ -45,7 +45,9 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     "epsilon": 0.05,
     "posterior_scale": None,  # v of LinTS; None: estimated from the residuals (normal-inverse-gamma prior)
     "noise_prior": 1.0,  # a0 = b0 of that prior: v^2 = (b0 + RSS/2) / (a0 + n/2)
-    "interaction": False,  # shared model: also the outer product of global and arm features
+    # Shared model: also the outer product of global and arm features. None: on for the shared shape, whose
+    # MovieLens reward u . v no linear function of [u, v] can express.
+    "interaction": None,
     "seed": 0,
 }
 
@@ -119,13 +121,17 @@ class LinearBanditModule(TorchRLModule):
         self.epsilon = float(config["epsilon"])
         self.posterior_scale = config["posterior_scale"]
         self.noise_prior = float(config["noise_prior"])
-        self.interaction = bool(config["interaction"])
         # A MultiDiscrete action (recbandits' SlateSpace) is a ranking of that many slots.
         ranking = isinstance(self.action_space, gym.spaces.MultiDiscrete)
         self.slate_size = len(self.action_space.nvec) if ranking else 0
         self.shape, self.num_arms, self.global_dim, self.arm_dim = _observation_layout(
             self.observation_space, gym.spaces.Discrete(int(self.action_space.nvec[0])) if ranking else self.action_space
         )
+        interaction = config["interaction"]
+        self.interaction = self.shape == "shared" if interaction is None else bool(interaction)
+        if self.interaction and self.shape != "shared":
+            raise ValueError("interaction applies to per-arm (shared) observations only; the disjoint shape "
+                             "already has one model per arm")
         if self.shape == "disjoint":
             self.num_models, self.feature_dim = self.num_arms, self.global_dim
         else:

@@ -103,9 +103,12 @@ def configure_tensorflow(num_threads: int | None = None):
     ``num_threads`` (e.g. 1 in env runners) sets TensorFlow's intra- and inter-op thread pools; it only
     takes effect before TensorFlow's runtime has started in this process (a warning says when it is late).
     """
+    from recbandits.verbosity import native_stderr_silenced
+
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf
+    with native_stderr_silenced():
+        import tensorflow as tf
 
     problems = []
     if str(getattr(tf.keras, "__version__", "2")).startswith("3"):

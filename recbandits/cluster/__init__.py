@@ -10,6 +10,8 @@ import os
 
 import ray
 
+from recbandits.verbosity import ray_init_options
+
 # RLlib's new API stack is torch-only, yet it imports TensorFlow when installed (seconds per worker process);
 # recbandits' TF-Agents bridge imports TensorFlow itself where it needs it.
 WORKER_ENV_VARS = {"RLLIB_TEST_NO_TF_IMPORT": "1", "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -36,7 +38,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: b
         os.environ.setdefault(name, value)
     if ray.is_initialized():
         return {"address": ray.get_runtime_context().gcs_address}
-    kwargs: dict = {"runtime_env": {"env_vars": dict(WORKER_ENV_VARS)}, "log_to_driver": not quiet}
+    kwargs: dict = {"runtime_env": {"env_vars": dict(WORKER_ENV_VARS)}, "log_to_driver": not quiet,
+                    **ray_init_options()}
     if address:
         kwargs["address"] = address
     else:

@@ -52,18 +52,6 @@ RLLIB_ALGOS = ("linucb", "lints", "eps-greedy", "random", "oracle")
 PARAMETERS = ("alpha", "lambda", "gamma", "epsilon", "layers")
 LOG_SCALE = {"alpha", "lambda", "epsilon"}
 
-# Which hyperparameters each algorithm reads (lambda is TF-Agents' tikhonov_weight for tfa-linucb/lints).
-USES: dict[str, tuple[str, ...]] = {
-    "linucb": ("alpha", "lambda", "gamma"),
-    "lints": ("lambda", "gamma"),
-    "eps-greedy": ("epsilon", "lambda", "gamma"),
-    "random": (),
-    "oracle": (),
-    "tfa-linucb": ("alpha", "lambda", "gamma"),
-    "tfa-lints": ("alpha", "lambda", "gamma"),
-    "tfa-neural-eps-greedy": ("epsilon", "layers"),
-    "tfa-neural-linucb": ("alpha", "epsilon", "layers", "gamma"),
-}
 
 # What a sweep samples when no hyperparameter option is given.
 DEFAULT_SPACE: dict[str, dict[str, str]] = {
@@ -105,20 +93,10 @@ class Range:
         return float(f"{value:.4g}")  # readable tables; 4 significant digits are plenty for a sweep
 
 
-def _check_value(name: str, value: float) -> None:
-    bounds = {
-        "alpha": (value >= 0, ">= 0"),
-        "lambda": (value > 0, "> 0"),
-        "gamma": (0 < value <= 1, "in (0, 1]"),
-        "epsilon": (0 <= value <= 1, "in [0, 1]"),
-    }
-    ok, text = bounds[name]
-    if not (math.isfinite(value) and ok):
-        raise ValueError(f"--{name} {value:g} must be {text}")
-
-
 def parse_values(name: str, text: str) -> list | Range:
     """``"1,5,10"`` -> [1.0, 5.0, 10.0]; ``"0.1:20"`` -> Range; layers ``"50x50,8"`` -> [(50, 50), (8,)]."""
+    from recbandits.algos.options import check_value
+
     text = str(text).strip()
     if not text:
         raise ValueError(f"--{name} is empty")
@@ -138,7 +116,7 @@ def parse_values(name: str, text: str) -> list | Range:
         except ValueError:
             raise ValueError(f"--{name} {text!r}: expected a range low:high, e.g. 0.1:20") from None
         for value in (low, high):
-            _check_value(name, value)
+            check_value(name, value)
         if not low < high:
             raise ValueError(f"--{name} {text!r}: the range needs low < high")
         log = name in LOG_SCALE
@@ -152,7 +130,7 @@ def parse_values(name: str, text: str) -> list | Range:
             f"--{name} {text!r}: expected comma-separated numbers, e.g. 1,5,10, or a range low:high"
         ) from None
     for value in values:
-        _check_value(name, value)
+        check_value(name, value)
     return list(dict.fromkeys(values))
 
 
@@ -187,6 +165,7 @@ class SweepSpec:
     data_dir: str | None = None
 
     def __post_init__(self) -> None:
+        from recbandits.algos.options import USES, check_applicable
         from recbandits.envs import ENV_IDS
 
         if self.algo not in USES:
@@ -216,12 +195,7 @@ class SweepSpec:
         unknown = sorted(set(self.space) - set(PARAMETERS))
         if unknown:
             raise ValueError(f"unknown hyperparameters {unknown}; sweepable: {', '.join(PARAMETERS)}")
-        unused = [name for name in self.space if name not in USES[self.algo]]
-        if unused:
-            uses = ", ".join(f"--{name}" for name in USES[self.algo]) or "no hyperparameters"
-            raise ValueError(
-                f"{', '.join(f'--{name}' for name in unused)} does not apply to {self.algo} (it takes {uses})"
-            )
+        check_applicable(self.algo, self.space)
         self.parameter_space()  # parse errors now, in the driver
 
     @property

@@ -1,0 +1,63 @@
+"""What the libraries under recbandits may print: their errors only, unless ``-v`` / ``RECBANDITS_VERBOSE=1``.
+
+Ray, RLlib and Tune log warnings meant for their own developers at every run ("You are running LinUCB on the
+new API stack", RLlib's own ``RLModuleConfig`` deprecation, "Install gputil", trial set-up times). Every
+recbandits process (the CLI, and each Ray worker through ``import recbandits.algos``) calls ``quiet_libraries``;
+the environment variable reaches the workers a local Ray starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import types
+
+VERBOSE_ENV = "RECBANDITS_VERBOSE"
+# ray._common.deprecation: RLlib's own RLModule builds log a deprecation of RLModuleConfig.
+LIBRARY_LOGGERS = ("ray.rllib", "ray.tune", "ray.train", "ray.data", "ray._common", "absl", "tensorflow", "h5py")
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def quiet_libraries() -> None:
+    """Raise the libraries' loggers to ERROR (a no-op in verbose mode)."""
+    if verbose():
+        return
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def ray_init_options() -> dict:
+    """``ray.init`` arguments: Ray's own start-up lines ("Started a local Ray instance", the token notice)
+    only in verbose mode."""
+    return {} if verbose() else {"logging_level": logging.ERROR}
+
+
+def tensorboard_without_tensorflow() -> None:
+    """Let TensorBoard's event writer use its TensorFlow stub (TensorBoard's own ``compat.notf`` switch):
+    writing events needs no TensorFlow, and importing it costs seconds and prints native start-up lines."""
+    sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """Discard what native code writes to file descriptor 2 inside the block (TensorFlow's absl and CUDA
+    stub lines at import ignore ``TF_CPP_MIN_LOG_LEVEL``); a no-op in verbose mode. Python exceptions raised
+    inside still propagate and print after the block."""
+    if verbose():
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
