@@ -131,13 +131,11 @@ def compare(
     try:
         spec = ComparisonSpec(algos=[name for name in algos.split(",") if name.strip()], steps=steps, seeds=seeds,
                               data_dir=data_dir, env=env, hyperparameters={"alpha": alpha, "lambda_": lambda_})
-        table, checks = run_comparison(spec, out, address=address)
+        table, _ = run_comparison(spec, out, address=address)
     except (ValueError, ConnectionError) as error:
         raise _fail(str(error)) from None
     console = Console()
     console.print(table.to_markdown(index=False), soft_wrap=True, highlight=False)
-    for line in checks:
-        console.print(f"- {line}", soft_wrap=True, highlight=False)
     console.print(f"outputs in {out}: table.md, table.csv, runs.csv, regret.png, config.json", soft_wrap=True)
 
 

@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import click
 import pytest
 import typer
 
@@ -30,7 +29,8 @@ def _blocks(language: str) -> list[str]:
 
 def _commands(block: str) -> list[list[str]]:
     joined = block.replace("\\\n", " ")
-    return [shlex.split(line)[1:] for line in joined.splitlines() if line.strip().startswith("recbandits ")]
+    return [shlex.split(line, comments=True)[1:] for line in joined.splitlines()
+            if line.strip().startswith("recbandits ")]
 
 
 def test_the_readme_has_the_blocks_this_test_runs():
@@ -42,12 +42,15 @@ def test_the_readme_has_the_blocks_this_test_runs():
                          ids=lambda argv: " ".join(argv[:3]))
 def test_every_readme_command_line_parses_as_printed(argv):
     command = typer.main.get_command(app)
-    context = command.make_context("recbandits", list(argv), resilient_parsing=False)
-    name, subcommand, rest = command.resolve_command(context, context.args)
-    assert name == argv[0]
-    with subcommand.make_context(name, rest, parent=context) as sub:
-        assert not sub.args, f"unexpected arguments {sub.args}"
-    assert isinstance(subcommand, click.Command)
+    context = command.make_context("recbandits", list(argv))
+    names = []
+    while hasattr(command, "resolve_command"):  # a group (recbandits data fetch ...): down to the command
+        args = [*getattr(context, "_protected_args", getattr(context, "protected_args", [])), *context.args]
+        name, command, rest = command.resolve_command(context, args)
+        names.append(name)
+        context = command.make_context(name, rest, parent=context)  # parses and converts every option
+    assert names == argv[:len(names)]
+    assert not context.args, f"unexpected arguments {context.args}"
 
 
 @pytest.mark.slow

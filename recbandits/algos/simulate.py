@@ -180,20 +180,32 @@ def train_policy(spec: SimulationSpec, algo: str, *, checkpoint_dir: Path | None
 
 
 def plot_regret(frame: pd.DataFrame, path: Path, title: str) -> None:
+    """Cumulative regret from (0, 0), and per-step regret per iteration on a log scale (where a learned
+    policy can be told from the oracle's zero: the oracle is drawn at the bottom of that panel)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 4.2))
+    figure, (cumulative, per_step) = plt.subplots(1, 2, figsize=(11, 4.2))
     styles = {"random": dict(color="grey", linestyle="--"), "oracle": dict(color="black", linestyle=":")}
+    floor = 1e-4  # per-step regret below this is drawn at it (the log axis has no zero)
     for policy, rows in frame.groupby("policy", sort=False):
-        axis.plot(rows["env_steps"], rows["cumulative_regret"], label=policy, **styles.get(policy, {}))
-    axis.set_xlabel("env steps")
-    axis.set_ylabel("cumulative regret")
-    axis.set_title(title)
-    axis.legend()
-    axis.grid(alpha=0.3)
+        steps = [0, *rows["env_steps"]]
+        cumulative.plot(steps, [0.0, *rows["cumulative_regret"]], label=policy, **styles.get(policy, {}))
+        per_step.plot(rows["env_steps"], rows["per_step_regret"].clip(lower=floor), label=policy,
+                      **styles.get(policy, {}))
+    cumulative.set_xlabel("env steps")
+    cumulative.set_ylabel("cumulative regret")
+    per_step.set_xlabel("env steps")
+    per_step.set_ylabel(f"per-step regret (log; 0 drawn at {floor:g})")
+    per_step.set_yscale("log")
+    for axis in (cumulative, per_step):
+        axis.set_xlim(left=0)
+        axis.grid(alpha=0.3)
+    cumulative.set_ylim(bottom=0)
+    cumulative.legend()
+    figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -279,7 +291,8 @@ def simulate(spec: SimulationSpec, out: str | Path, *, address: str | None = Non
     writer.close()
     frame = pd.DataFrame([row for run in runs for row in run.rows], columns=list(METRIC_COLUMNS))
     frame.to_csv(out / "metrics.csv", index=False)
-    plot_regret(frame, out / "regret.png", f"{spec.algo} on {spec.env} ({spec.steps:,} steps, seed {spec.seed})")
+    ran = int(frame["env_steps"].max())
+    plot_regret(frame, out / "regret.png", f"{spec.algo} on {spec.env}: {ran:,} env steps, seed {spec.seed}")
     summary = {"runs": summary_rows(runs), "checkpoint": runs[0].checkpoint, "out": str(out)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary
