@@ -12,11 +12,12 @@ import contextlib
 import logging
 import os
 import sys
-import types
 
 VERBOSE_ENV = "RECBANDITS_VERBOSE"
 # ray._common.deprecation: RLlib's own RLModule builds log a deprecation of RLModuleConfig.
-LIBRARY_LOGGERS = ("ray.rllib", "ray.tune", "ray.train", "ray.data", "ray._common", "absl", "tensorflow", "h5py")
+# ray._private.authentication: the notice that Ray's token authentication is on (docs/serve.md says so).
+LIBRARY_LOGGERS = ("ray.rllib", "ray.tune", "ray.train", "ray.data", "ray._common", "ray.serve",
+                   "ray._private.authentication", "absl", "tensorflow", "h5py")
 
 
 def verbose() -> bool:
@@ -33,14 +34,13 @@ def quiet_libraries() -> None:
 
 def ray_init_options() -> dict:
     """``ray.init`` arguments: Ray's own start-up lines ("Started a local Ray instance", the token notice)
-    only in verbose mode."""
-    return {} if verbose() else {"logging_level": logging.ERROR}
+    only in verbose mode, and warnings and errors only from the Python loggers of Ray's workers (Serve's
+    controller announces its settings at INFO before Serve's own logging config applies)."""
+    if verbose():
+        return {}
+    import ray
 
-
-def tensorboard_without_tensorflow() -> None:
-    """Let TensorBoard's event writer use its TensorFlow stub (TensorBoard's own ``compat.notf`` switch):
-    writing events needs no TensorFlow, and importing it costs seconds and prints native start-up lines."""
-    sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+    return {"logging_level": logging.ERROR, "logging_config": ray.LoggingConfig(log_level="WARNING")}
 
 
 @contextlib.contextmanager

@@ -208,7 +208,7 @@ def test_sweep_on_the_default_data_is_interrupted_resumed_and_writes_its_outputs
     done_before = before[before["status"].isin(["completed", "stopped early"])]
     assert len(done_before) >= 1
 
-    result = CliRunner().invoke(_app(), ["tune", "--resume", "--out", str(out), "--verbose", "0"])
+    result = CliRunner().invoke(_app(), ["tune", "--resume", "--out", str(out), "--tune-output", "0"])
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "results.csv")
     assert len(table) == 4 and set(table["status"]) <= {"completed", "stopped early"}, table
@@ -335,7 +335,7 @@ def test_sweep_over_network_sizes_of_a_tf_agents_backed_policy(cluster, tmp_path
     out = tmp_path / "tfa"
     result = CliRunner().invoke(_app(), [
         "tune", "--algo", "tfa-neural-eps-greedy", "--layers", "8,16x16", "--epsilon", "0.1", "--steps", "48",
-        "--num-envs", "8", "--rollout-fragment-length", "2", "--out", str(out), "--verbose", "0",
+        "--num-envs", "8", "--rollout-fragment-length", "2", "--out", str(out), "--tune-output", "0",
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "results.csv")

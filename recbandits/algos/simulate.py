@@ -265,10 +265,10 @@ def simulate(spec: SimulationSpec, out: str | Path, *, address: str | None = Non
               f"{spec.rollout_fragment_length} steps")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from recbandits.verbosity import tensorboard_without_tensorflow
+    from recbandits.verbosity import native_stderr_silenced
 
-    tensorboard_without_tensorflow()
-    from torch.utils.tensorboard import SummaryWriter
+    with native_stderr_silenced():  # TensorBoard imports TensorFlow when installed (native start-up lines)
+        from torch.utils.tensorboard import SummaryWriter
 
     from recbandits.cluster import connect
 

@@ -376,14 +376,51 @@ def _tuner(spec: SweepSpec, configurations: list[dict[str, Any]], out: Path, *, 
     )
 
 
+def trial_progress(total: int):
+    """A Tune callback that draws recbandits' progress bar of a sweep's ``total`` trials (``close()`` ends it)."""
+    from ray.tune import Callback
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    class TrialProgress(Callback):
+        """recbandits' one-line progress of a sweep: trials finished (errors counted) out of all."""
+
+        def __init__(self, total: int):
+            self.total, self.errors, self.progress, self.task = total, 0, None, None
+
+        def __getstate__(self):  # Tune pickles its run config; the live bar stays in the driver
+            return {**self.__dict__, "progress": None, "task": None}
+
+        def setup(self, **info):
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn())
+            self.task = self.progress.add_task("trials", total=self.total)
+            self.progress.start()
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            if self.progress is not None:
+                self.progress.advance(self.task)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.errors += 1
+            if self.progress is not None:
+                self.progress.update(self.task, advance=1, description=f"trials ({self.errors} failed)")
+
+        def close(self) -> None:
+            if self.progress is not None:
+                self.progress.stop()
+
+    return TrialProgress(total)
+
+
 def run_sweep(
     spec: SweepSpec | None,
     out: str | Path,
     *,
     address: str | None = None,
     resume: bool = False,
-    verbose: int = 1,
+    verbose: int = 0,
     callbacks: list | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Run (or, with ``resume``, continue) a sweep and write its outputs into ``out``; return the summary.
 
@@ -412,7 +449,15 @@ def run_sweep(
         out.mkdir(parents=True, exist_ok=True)
         saved.write_text(json.dumps({"spec": spec.to_json(), "configurations": configurations}, indent=2))
 
+    if verbose == 0:
+        # Tune's new output engine prints an experiment header and paths even at verbose 0; the classic one not.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     connect(address)
+    callbacks = list(callbacks or [])
+    bar = None
+    if progress:
+        bar = trial_progress(len(configurations) * len(spec.seeds))
+        callbacks.append(bar)
     if resume:
         # Tune keeps no copy of the param space (classes in it are placeholders): rebuild the same one.
         tuner = tune.Tuner.restore(
@@ -421,7 +466,11 @@ def run_sweep(
         )  # fmt: skip
     else:
         tuner = _tuner(spec, configurations, out, verbose=verbose, callbacks=callbacks)
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    finally:
+        if bar is not None:
+            bar.close()
     table = results_table(grid, spec, configurations, experiment)
     return write_outputs(table, spec, configurations, out)
 
@@ -819,9 +868,10 @@ def tune_command(
             help="Continue the interrupted sweep in --out (its other settings come from sweep.json).",
         ),
     ] = False,
-    verbose: Annotated[
-        int, typer.Option(help="Tune's progress output: 0 silent, 1 status, 2 every result.")
-    ] = 1,
+    tune_output: Annotated[
+        int, typer.Option(help="Ray Tune's own progress output: 0 none (recbandits' progress bar), 1 status "
+                               "tables, 2 every result.")
+    ] = 0,
 ) -> None:
     """Ray Tune sweep of a bandit's hyperparameters and seeds: results.csv/.md, best_config.json, plots."""
     space = {
@@ -851,7 +901,8 @@ def tune_command(
                 rollout_fragment_length=rollout_fragment_length,
                 data_dir=data_dir,
             )
-        summary = run_sweep(spec, out, address=address, resume=resume, verbose=verbose)
+        summary = run_sweep(spec, out, address=address, resume=resume, verbose=tune_output,
+                            progress=tune_output == 0)
     except (ValueError, ConnectionError) as error:
         raise _fail(str(error)) from None
     _print_summary(summary)
