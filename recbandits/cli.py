@@ -79,24 +79,43 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Seed of the simulators and the policies.")] = 0,
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/simulate"),
     address: Address = None,
-    alpha: Annotated[float | None, typer.Option(help="LinUCB width multiplier.")] = None,
-    lambda_: Annotated[float | None, typer.Option("--lambda", help="Ridge regularization.")] = None,
-    gamma: Annotated[float | None, typer.Option(help="Forgetting factor per batch (1: none).")] = None,
-    epsilon: Annotated[float | None, typer.Option(help="Exploration rate of eps-greedy.")] = None,
+    alpha: Annotated[float | None, typer.Option(
+        help="UCB width (tfa-lints: sample scale) \\[default: linucb 1.0, tfa-* 10.0]")] = None,
+    lambda_: Annotated[float | None, typer.Option(
+        "--lambda", help="Ridge regularization \\[default: 1.0; tfa-linucb 0.001, tfa-lints 1.0]")] = None,
+    gamma: Annotated[float | None, typer.Option(help="Forgetting factor per batch \\[default: 1.0, none]")] = None,
+    epsilon: Annotated[float | None, typer.Option(
+        help="Exploration rate (eps-greedy, neural tfa-*) \\[default: 0.05]")] = None,
     interaction: Annotated[bool | None, typer.Option(
         "--interaction/--no-interaction",
-        help="Per-arm envs: learn on the outer product of user and movie features too (default: on there).")] = None,
-    drift_rate: Annotated[float | None, typer.Option(help="Env preference drift, radians per step.")] = None,
+        help="Per-arm envs: learn on the outer product of user and movie features too \\[default: on there]")] = None,
+    rank: Annotated[int | None, typer.Option(help="Rank of the rating factorization \\[default: 20]")] = None,
+    num_movies: Annotated[int | None, typer.Option(help="movielens: movies to recommend \\[default: 20]")] = None,
+    num_actions: Annotated[int | None, typer.Option(help="movielens-per-arm: candidates per step \\[default: 20]")] = None,
+    num_candidates: Annotated[int | None, typer.Option(
+        help="movielens-ranking: candidates per step \\[default: 20]")] = None,
+    slate_size: Annotated[int | None, typer.Option(help="movielens-ranking: slots per slate \\[default: 5]")] = None,
+    reward_type: Annotated[str | None, typer.Option(
+        help="rating | click (movielens, movielens-per-arm) \\[default: rating]")] = None,
+    choice_model: Annotated[str | None, typer.Option(
+        help="cascade | position_based (movielens-ranking) \\[default: cascade]")] = None,
+    feedback: Annotated[str | None, typer.Option(
+        help="cascading | score_vector (movielens-ranking) \\[default: cascading]")] = None,
+    drift_rate: Annotated[float | None, typer.Option(
+        help="Env preference drift, radians per step \\[default: 0.0]")] = None,
     references: Annotated[bool, typer.Option(help="Also run the random and oracle references.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace a run already in --out (else refused).")] = False,
 ) -> None:
     """Train a bandit on a simulated MovieLens env; write metrics.csv, TensorBoard events, regret.png, a checkpoint."""
     from recbandits.algos.options import training_options
-    from recbandits.algos.simulate import SimulationSpec
+    from recbandits.algos.simulate import SimulationSpec, env_options
     from recbandits.algos.simulate import simulate as run_simulation
 
-    env_config = {} if drift_rate is None else {"drift_rate": drift_rate}
     try:
+        env_config = env_options(env, {
+            "rank": rank, "num_movies": num_movies, "num_actions": num_actions, "num_candidates": num_candidates,
+            "slate_size": slate_size, "reward_type": reward_type, "choice_model": choice_model, "feedback": feedback,
+            "drift_rate": drift_rate})
         training = training_options(algo, {"alpha": alpha, "lambda": lambda_, "gamma": gamma, "epsilon": epsilon,
                                            "interaction": interaction})
         spec = SimulationSpec(env=env, algo=algo, steps=steps, num_env_runners=num_env_runners,

@@ -197,7 +197,12 @@ def test_simulate_command_writes_every_artifact(small_data_dir, tmp_path):
     assert (out / "regret.png").stat().st_size > 10_000
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert out.joinpath("checkpoint", *MODULE_PATH).is_dir()
-    assert json.loads((out / "config.json").read_text())["seed"] == 5
+    recorded = json.loads((out / "config.json").read_text())
+    assert recorded["seed"] == 5 and recorded["env_steps"] == 2048
+    assert recorded["hyperparameters"] == {"exploration": "ucb", "alpha": 1.0, "lambda_": 1.0, "gamma": 1.0,
+                                           "epsilon": 0.05, "posterior_scale": None, "noise_prior": 1.0,
+                                           "interaction": None, "seed": 5}
+    assert recorded["env_settings"] == {"rank": 20, "num_movies": 20, "data_dir": str(small_data_dir)}
     again = CliRunner().invoke(app, ["simulate", "--steps", "2048", "--data-dir", str(small_data_dir), "--out", str(out)])
     assert again.exit_code == 2
     assert f"--out {out} already holds a run (config.json, metrics.csv" in again.output
@@ -217,6 +222,9 @@ def test_simulate_command_writes_every_artifact(small_data_dir, tmp_path):
     (["--gamma", "1.5"], "--gamma 1.5 must be in (0, 1]"),
     (["--interaction"], "interaction applies to per-arm (shared) observations only"),
     (["--data-dir", "missing"], "data directory missing does not exist"),
+    (["--slate-size", "3"], "--slate-size does not apply to --env movielens (it takes --rank, --num-movies, "
+                            "--reward-type, --drift-rate)"),
+    (["--env", "movielens-ranking", "--num-movies", "5"], "--num-movies does not apply to --env movielens-ranking"),
 ])
 def test_simulate_rejects_bad_options_in_one_line_before_ray_starts(tmp_path, monkeypatch, options, message):
     import ray
@@ -265,3 +273,18 @@ def test_statistics_equal_per_row_sums_with_idle_arms_and_empty_batches():
                               torch.zeros(0, dtype=torch.float64))
     assert [tuple(part.shape) for part in empty] == [(4, 3, 3), (4, 3), (4,), (4,)]
     assert all(float(part.abs().sum()) == 0.0 for part in empty)
+
+
+def test_simulate_help_states_every_default_and_fits_80_columns():
+    import re
+
+    result = CliRunner(env={"COLUMNS": "80"}).invoke(app, ["simulate", "--help"])
+    assert result.exit_code == 0
+    text = re.sub(r"\s+", " ", re.sub(r"[│╭╮╰╯─]", " ", result.output))
+    for option in ("--alpha", "--lambda", "--gamma", "--epsilon", "--interaction", "--rank", "--num-movies",
+                   "--num-actions", "--num-candidates", "--slate-size", "--reward-type", "--choice-model",
+                   "--feedback", "--drift-rate", "--steps", "--num-envs", "--overwrite"):
+        assert option in text, option
+    assert "[default: linucb 1.0, tfa-* 10.0]" in text and "[default: 1.0; tfa-linucb 0.001, tfa-lints 1.0]" in text
+    assert "[default: 0.05]" in text and "[default: cascade]" in text
+    assert max(len(line) for line in result.output.splitlines()) <= 80

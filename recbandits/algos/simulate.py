@@ -43,6 +43,27 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
     "movielens-ranking": {"rank": 20, "num_candidates": 20, "slate_size": 5, "user_demographics": False,
                           "movie_genres": False},
 }
+# The env settings ``simulate`` exposes as options, per env (constructor keyword -> CLI option).
+ENV_OPTIONS: dict[str, tuple[str, ...]] = {
+    "movielens": ("rank", "num_movies", "reward_type", "drift_rate"),
+    "movielens-per-arm": ("rank", "num_actions", "reward_type", "drift_rate"),
+    "movielens-ranking": ("rank", "num_candidates", "slate_size", "choice_model", "feedback", "drift_rate"),
+}
+
+
+def env_options(env: str, options: dict[str, Any]) -> dict[str, Any]:
+    """CLI env settings (None: not given) checked for ``env``: a ValueError names every one it does not take."""
+    if env not in ENV_OPTIONS:
+        raise ValueError(f"--env {env!r} is not one of {', '.join(ENV_OPTIONS)}")
+    given = {name: value for name, value in options.items() if value is not None}
+    unused = [name for name in given if name not in ENV_OPTIONS[env]]
+    if unused:
+        takes = ", ".join("--" + name.replace("_", "-") for name in ENV_OPTIONS[env])
+        raise ValueError(f"{', '.join('--' + name.replace('_', '-') for name in unused)} does not apply to --env "
+                         f"{env} (it takes {takes})")
+    return given
+
+
 REFERENCES = ("random", "oracle")
 METRIC_COLUMNS = (
     "policy", "iteration", "env_steps", "cumulative_regret", "per_step_regret", "mean_reward",
@@ -109,7 +130,7 @@ def build_config(spec: SimulationSpec, algo: str | None = None) -> LinearBanditC
     return config
 
 
-def preflight(spec: SimulationSpec) -> None:
+def preflight(spec: SimulationSpec) -> LinearBanditConfig:
     """Check data, env settings and hyperparameters in this process, before Ray starts: a ValueError names
     what is wrong (a missing directory, a malformed ratings line, a bad setting) instead of a runner's
     traceback after Ray's start-up."""
@@ -122,13 +143,20 @@ def preflight(spec: SimulationSpec) -> None:
     try:
         config = build_config(spec)
         config.validate()
-        if spec.algo.startswith("tfa-"):
-            return  # the agent's settings were checked by validate(); building it would start TensorFlow here
-        module_spec = config.get_rl_module_spec(spaces={"default_policy": (env.observation_space, env.action_space)})
-        module_spec.observation_space, module_spec.action_space = env.observation_space, env.action_space
-        module_spec.build()
+        if not spec.algo.startswith("tfa-"):  # a TF-Agents agent's settings were checked by validate()
+            module_spec = config.get_rl_module_spec(spaces={"default_policy": (env.observation_space,
+                                                                               env.action_space)})
+            module_spec.observation_space, module_spec.action_space = env.observation_space, env.action_space
+            module_spec.build()
     finally:
         env.close()
+    return config
+
+
+def hyperparameters(config: LinearBanditConfig) -> dict[str, Any]:
+    """The hyperparameters a run uses, defaults resolved (what ``config.json`` records)."""
+    model = getattr(config, "resolved_model_config", None) or config.bandit_model_config()
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in model.items()}
 
 
 @dataclass
@@ -256,7 +284,7 @@ def simulate(spec: SimulationSpec, out: str | Path, *, address: str | None = Non
     An ``out`` that already holds a run is refused unless ``overwrite``.
     """
     out = Path(out)
-    preflight(spec)
+    config = preflight(spec)
     prepare_out(out, overwrite)
     planned = planned_steps(spec)
     if progress and planned != spec.steps:
@@ -275,7 +303,9 @@ def simulate(spec: SimulationSpec, out: str | Path, *, address: str | None = Non
     out.mkdir(parents=True, exist_ok=True)
     connect(address)
     policies = [spec.algo] + [name for name in REFERENCES if references and name != spec.algo]
-    (out / "config.json").write_text(json.dumps({**asdict(spec), "policies": policies, "address": address}, indent=2))
+    record = {**asdict(spec), "policies": policies, "address": address, "env_steps": planned,
+              "env_settings": env_settings(spec), "hyperparameters": hyperparameters(config)}
+    (out / "config.json").write_text(json.dumps(record, indent=2, default=str))
     writer = SummaryWriter(str(out / "tensorboard"))
     runs: list[PolicyRun] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
