@@ -288,3 +288,22 @@ def test_simulate_help_states_every_default_and_fits_80_columns():
     assert "[default: linucb 1.0, tfa-* 10.0]" in text and "[default: 1.0; tfa-linucb 0.001, tfa-lints 1.0]" in text
     assert "[default: 0.05]" in text and "[default: cascade]" in text
     assert max(len(line) for line in result.output.splitlines()) <= 80
+
+
+@pytest.mark.parametrize("name", ["simulate", "serve", "compare", "tune"])
+def test_every_option_of_a_command_states_its_default(name):
+    import typer
+
+    from recbandits.algos.module import DEFAULT_MODEL_CONFIG
+
+    command = typer.main.get_command(app).commands[name]
+    silent = [param.name for param in command.params
+              if param.default is None and "default:" not in (getattr(param, "help", "") or "")
+              and param.name not in ("help", "address", "config", "data_dir", "checkpoint", "user_table",
+                                     "arm_ids", "fast_path", "idle_ray_agent", "fsync", "replica_port",
+                                     "max_concurrent", "grace_steps")]
+    assert silent == []
+    if name == "serve":
+        helps = {param.name: param.help for param in command.params}
+        for option, key in (("alpha", "alpha"), ("lambda_", "lambda_"), ("epsilon", "epsilon"), ("seed", "seed")):
+            assert f"\\[default: {DEFAULT_MODEL_CONFIG[key]}]" in helps[option], option

@@ -66,6 +66,9 @@ DEFAULT_SPACE: dict[str, dict[str, str]] = {
     "tfa-neural-linucb": {"alpha": "0.1:20", "layers": "50x50x50,100x100,50"},
 }
 
+# Help text of the sweepable options (escaped bracket: typer's rich markup eats [..]).
+NOT_SWEPT = " \\[default: not swept; with no hyperparameter option, the algorithm's own ranges]"
+
 RESULT_COLUMNS = (
     "trial_id", "status", CONFIG_ID, "seed", *PARAMETERS, "env_steps", "cumulative_regret", "per_step_regret",
     "mean_reward", "suboptimal_arm_rate", "iterations", "time_s", "checkpoint", "error",
@@ -813,23 +816,23 @@ def tune_command(
         int, typer.Option(help="Draws per grid point of the ranges (and of the lists with --search random).")
     ] = 1,
     alpha: Annotated[
-        str | None, typer.Option(help="UCB width: a list (1,5,10) or a range (0.1:20, log-uniform).")
+        str | None, typer.Option(help="UCB width: a list (1,5,10) or a range (0.1:20, log-uniform)." + NOT_SWEPT)
     ] = None,
     lambda_: Annotated[
         str | None,
         typer.Option(
-            "--lambda", help="Ridge regularization (TF-Agents: tikhonov_weight): list or range (log-uniform)."
+            "--lambda", help="Ridge regularization (TF-Agents: tikhonov_weight): list or range (log-uniform)." + NOT_SWEPT
         ),
     ] = None,
     gamma: Annotated[
-        str | None, typer.Option(help="Forgetting factor per batch: list or range (uniform).")
+        str | None, typer.Option(help="Forgetting factor per batch: list or range (uniform)." + NOT_SWEPT)
     ] = None,
     epsilon: Annotated[
-        str | None, typer.Option(help="Exploration rate: list or range (log-uniform).")
+        str | None, typer.Option(help="Exploration rate: list or range (log-uniform)." + NOT_SWEPT)
     ] = None,
     layers: Annotated[
         str | None,
-        typer.Option(help="Hidden layers of TF-Agents' neural policies: networks like 50x50x50,100x100."),
+        typer.Option(help="Hidden layers of TF-Agents' neural policies: networks like 50x50x50,100x100." + NOT_SWEPT),
     ] = None,
     seeds: Annotated[str, typer.Option(help="Seeds every configuration runs with, e.g. 0,1,2.")] = "0",
     search: Annotated[str, typer.Option(help="grid: cross the lists; random: draw from them.")] = "grid",
