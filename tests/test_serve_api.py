@@ -8,6 +8,7 @@ and every bad-input case (4xx naming the field, never a 5xx, the model untouched
 from __future__ import annotations
 
 import os
+import re
 import time
 import urllib.request
 from pathlib import Path
@@ -64,8 +65,14 @@ def test_health_docs_and_both_entry_points(service):
     for base in (service["url"], service["fast"]):
         status, health = request("GET", f"{base}/healthz")
         assert status == 200 and health["status"] == "ready"
-    status, _ = request("GET", f"{service['url']}/docs")
-    assert status == 200
+    # /docs works offline: the page and every asset it loads come from the service, none from a CDN.
+    page = urllib.request.urlopen(f"{service['url']}/docs", timeout=30).read().decode()
+    assets = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", page)
+    assert assets and all(asset.startswith("/docs-assets/") for asset in assets), assets
+    assert "cdn" not in page.lower()
+    for asset in assets:
+        with urllib.request.urlopen(f"{service['url']}{asset}", timeout=30) as answer:
+            assert answer.status == 200 and len(answer.read()) > 100, asset
     status, schema = request("GET", f"{service['url']}/openapi.json")
     assert status == 200 and {"/v1/rank", "/v1/reward", "/v1/policy", "/healthz"} <= set(schema["paths"])
     # The proxy (every replica behind it) and the replica's own port serve the same API.

@@ -28,6 +28,10 @@ SUBOPTIMAL_RATE = "suboptimal_arm_rate"
 ENV_STEPS_PER_S = "env_steps_per_s"
 
 # A decision is suboptimal when its expected regret exceeds rounding noise (ties with the oracle are optimal).
+# For a slate: when its expected clicks are below the oracle slate's. Under the cascade model expected clicks
+# depend on the set shown, not its order (1 - prod(1 - a_k)), so a slate is suboptimal exactly when it is not
+# the set of the slate_size most attractive candidates; under the position-based model the order counts too.
+# Near-ties make this rate high while regret is low: one swap of the 5th and 6th best counts.
 SUBOPTIMAL_TOLERANCE = 1e-9
 
 

@@ -189,6 +189,9 @@ class MovieLensRankingEnv(BanditEnv):
     | Episode end | never terminates; truncated after ``episode_length`` steps |
 
     The oracle is the slate of highest expected clicks: the most attractive candidates in decreasing order.
+    A slate counts as suboptimal (``suboptimal_arm_rate``) when its expected clicks are below the oracle's: under
+    the cascade model, when it is not the set of the ``slate_size`` most attractive candidates (order does not
+    change expected clicks there); under the position-based model, when the set or its order differs.
     Info keys after ``step``: ``user_id``, ``candidate_ids``, ``expected_reward`` (expected clicks of the slate),
     ``optimal_action`` (the oracle slate), ``optimal_reward``, ``regret`` (exact), and the feedback:
     with ``feedback="cascading"`` ``clicked_position`` (slot of the first click, -1 for none) and

@@ -77,9 +77,30 @@ ADMIN_ERRORS = {401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}}
 
 # FastAPI's own OpenTelemetry hooks check the global providers on every request; Ray Serve records the request
 # metrics and traces, so they are off.
-api = FastAPI(title="recbandits serving", version="1", description=DESCRIPTION,
+api = FastAPI(title="recbandits serving", version="1", description=DESCRIPTION, docs_url=None, redoc_url=None,
               telemetry={"tracing": False, "metrics": False, "logs": False})
 BODY_MODELS = (RankRequest, RewardRequest, RewardBatchRequest, RollbackRequest)
+DOCS_ASSETS = "/docs-assets"
+
+
+def _mount_docs() -> None:
+    """``/docs``: Swagger UI from the ``swagger-ui-bundle`` package, served by the service itself (FastAPI's
+    default page loads it from a CDN and is blank offline). FastAPI's documented self-hosting recipe."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    api.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs():
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{api.title} - API",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
+
+
+_mount_docs()
 
 
 def _openapi() -> dict[str, Any]:
