@@ -105,6 +105,9 @@ def simulate(
         help="Env preference drift, radians per step \\[default: 0.0]")] = None,
     references: Annotated[bool, typer.Option(help="Also run the random and oracle references.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace a run already in --out (else refused).")] = False,
+    resume: Annotated[Path | None, typer.Option(
+        help="Continue the run in this directory from its checkpoint to --steps in all (its other settings come "
+             "from its config.json). \\[default: a new run]")] = None,
 ) -> None:
     """Train a bandit on a simulated MovieLens env; write metrics.csv, TensorBoard events, regret.png, a checkpoint."""
     from recbandits.algos.options import training_options
@@ -121,7 +124,10 @@ def simulate(
         spec = SimulationSpec(env=env, algo=algo, steps=steps, num_env_runners=num_env_runners,
                               num_envs_per_env_runner=num_envs, rollout_fragment_length=rollout_fragment_length,
                               data_dir=data_dir, seed=seed, env_config=env_config, training=training)
-        summary = run_simulation(spec, out, address=address, references=references, overwrite=overwrite)
+        if resume is not None:
+            out = resume
+        summary = run_simulation(spec, out, address=address, references=references, overwrite=overwrite,
+                                 resume=resume is not None)
     except (ValueError, ConnectionError) as error:
         raise _fail(str(error)) from None
     _print_summary(summary)

@@ -211,6 +211,24 @@ def test_simulate_command_writes_every_artifact(small_data_dir, tmp_path):
     bad = CliRunner().invoke(app, ["simulate", "--algo", "ucb", "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "--algo 'ucb' is not one of" in bad.output
 
+    # --resume continues the learned policy to 4,096 steps in all, from the saved posterior.
+    too_few = CliRunner().invoke(app, ["simulate", "--resume", str(out), "--steps", "2048"])
+    assert too_few.exit_code == 2 and "already has 2,048 env steps; --steps is the new total" in too_few.output
+    resumed = CliRunner().invoke(app, ["simulate", "--resume", str(out), "--steps", "4096"])
+    assert resumed.exit_code == 0, resumed.output
+    metrics = pd.read_csv(out / "metrics.csv")
+    ours = metrics.query("policy == 'linucb'")
+    assert ours["iteration"].tolist() == list(range(1, 9))  # 512 steps per iteration
+    assert ours["env_steps"].tolist() == [512 * i for i in range(1, 9)]
+    rows = ours.to_dict("records")
+    assert rows[4]["cumulative_regret"] == pytest.approx(rows[3]["cumulative_regret"] + 512 * rows[4]["per_step_regret"])
+    assert rows[4]["per_step_regret"] < 0.5 * rows[0]["per_step_regret"]  # it did not start learning again
+    assert metrics.query("policy == 'random'")["env_steps"].max() == 4096
+    assert json.loads((out / "config.json").read_text())["steps"] == 4096
+    assert out.joinpath("checkpoint", *MODULE_PATH).is_dir()
+    nothing = CliRunner().invoke(app, ["simulate", "--resume", str(tmp_path / "none"), "--steps", "4096"])
+    assert nothing.exit_code == 2 and "no finished simulate run there (missing config.json" in nothing.output
+
 
 @pytest.mark.parametrize(("options", "message"), [
     (["--algo", "random", "--alpha", "3"], "--alpha does not apply to random (it takes no hyperparameters)"),

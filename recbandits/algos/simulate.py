@@ -171,27 +171,41 @@ class PolicyRun:
 
 
 def train_policy(spec: SimulationSpec, algo: str, *, checkpoint_dir: Path | None = None, writer=None,
-                 on_iteration: Callable[[int], None] | None = None) -> PolicyRun:
-    """Train ``algo`` for ``spec.steps`` env steps; one metrics row per iteration."""
+                 on_iteration: Callable[[int], None] | None = None, resume_from: str | Path | None = None,
+                 previous: list[dict[str, float]] | None = None) -> PolicyRun:
+    """Train ``algo`` for ``spec.steps`` env steps; one metrics row per iteration.
+
+    ``resume_from``: a checkpoint of the same run to continue from; ``previous`` are its metrics rows, which
+    the new rows continue (iteration, env steps, cumulative regret and wall time count on from the last one).
+    """
     algorithm = build_config(spec, algo).build_algo()
-    rows: list[dict[str, float]] = []
+    rows: list[dict[str, float]] = list(previous or [])
+    last = rows[-1] if rows else {"iteration": 0, "env_steps": 0, "cumulative_regret": 0.0, "wall_time_s": 0.0}
     started = time.perf_counter()
     try:
-        env_steps = 0
+        if resume_from is not None:
+            algorithm.restore_from_path(str(resume_from))
+        offset = None  # what the restored algorithm's own counters are behind the previous rows
+        env_steps = int(last["env_steps"])
         while env_steps < spec.steps:
             result = algorithm.train()
             runners = result["env_runners"]
-            env_steps = int(runners["num_env_steps_sampled_lifetime"])
+            if offset is None:
+                offset = {"iteration": int(last["iteration"]) + 1 - int(result["training_iteration"]),
+                          "env_steps": 0, "cumulative_regret": 0.0}
+                if int(runners["num_env_steps_sampled_lifetime"]) <= int(last["env_steps"]):  # counters restarted
+                    offset.update(env_steps=int(last["env_steps"]), cumulative_regret=float(last["cumulative_regret"]))
+            env_steps = int(runners["num_env_steps_sampled_lifetime"]) + offset["env_steps"]
             row = {
                 "policy": algo,
-                "iteration": int(result["training_iteration"]),
+                "iteration": int(result["training_iteration"]) + offset["iteration"],
                 "env_steps": env_steps,
-                "cumulative_regret": float(runners[bandit_metrics.CUMULATIVE_REGRET]),
+                "cumulative_regret": float(runners[bandit_metrics.CUMULATIVE_REGRET]) + offset["cumulative_regret"],
                 "per_step_regret": float(runners[bandit_metrics.PER_STEP_REGRET]),
                 "mean_reward": float(runners[bandit_metrics.MEAN_REWARD]),
                 "suboptimal_arm_rate": float(runners[bandit_metrics.SUBOPTIMAL_RATE]),
                 "env_steps_per_s": float(runners[bandit_metrics.ENV_STEPS_PER_S]),
-                "wall_time_s": time.perf_counter() - started,
+                "wall_time_s": float(last["wall_time_s"]) + time.perf_counter() - started,
             }
             rows.append(row)
             if writer is not None:
@@ -277,15 +291,42 @@ def prepare_out(out: Path, overwrite: bool) -> None:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
+def resumable(out: str | Path, steps: int) -> tuple[SimulationSpec, pd.DataFrame]:
+    """The spec (with the new total ``steps``) and the metrics of the run in ``out``, or a ValueError why not."""
+    out = Path(out)
+    missing = [name for name in ("config.json", "metrics.csv", "checkpoint") if not (out / name).exists()]
+    if missing:
+        raise ValueError(f"--resume {out}: no finished simulate run there (missing {', '.join(missing)})")
+    recorded = json.loads((out / "config.json").read_text())
+    fields = {name: recorded[name] for name in SimulationSpec.__dataclass_fields__ if name in recorded}
+    metrics = pd.read_csv(out / "metrics.csv")
+    ran = int(metrics.loc[metrics["policy"] == fields["algo"], "env_steps"].max())
+    if steps <= ran:
+        raise ValueError(f"--resume {out}: the run already has {ran:,} env steps; --steps is the new total and "
+                         f"must be more")
+    return SimulationSpec(**{**fields, "steps": steps}), metrics
+
+
 def simulate(spec: SimulationSpec, out: str | Path, *, address: str | None = None, references: bool = True,
-             progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+             progress: bool = True, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     """Run the algorithm (and the references) and write every artifact into ``out``; return the summary.
 
-    An ``out`` that already holds a run is refused unless ``overwrite``.
+    An ``out`` that already holds a run is refused unless ``overwrite``. With ``resume`` the run in ``out``
+    continues from its checkpoint to ``spec.steps`` in all (``resumable`` gives its spec): its metrics rows go
+    on, and the references, which do not learn, run again over the new total.
     """
     out = Path(out)
+    previous = None
+    if resume:
+        spec, metrics = resumable(out, spec.steps)
+        previous = [{key: row[key] for key in METRIC_COLUMNS} for row in
+                    metrics[metrics["policy"] == spec.algo].to_dict("records")]
     config = preflight(spec)
-    prepare_out(out, overwrite)
+    # Resuming reads checkpoint/ at the start and saves over it at the end; the other files are rewritten and
+    # TensorBoard's events of the first part stay.
+    resume_from = out / "checkpoint" if resume else None
+    if not resume:
+        prepare_out(out, overwrite)
     planned = planned_steps(spec)
     if progress and planned != spec.steps:
         print(f"--steps {spec.steps:,} runs as {planned:,} env steps: whole iterations of "
@@ -312,10 +353,12 @@ def simulate(spec: SimulationSpec, out: str | Path, *, address: str | None = Non
     with Progress(*columns, disable=not progress, transient=False) as bar:
         for policy in policies:
             task = bar.add_task(f"{policy:>10} env steps", total=spec.steps)
+            learner = policy == spec.algo
             run = train_policy(
                 spec, policy, writer=writer,
-                checkpoint_dir=out / "checkpoint" if policy == spec.algo else None,
+                checkpoint_dir=out / "checkpoint" if learner else None,
                 on_iteration=lambda steps, task=task: bar.update(task, completed=min(steps, spec.steps)),
+                resume_from=resume_from if learner else None, previous=previous if learner else None,
             )  # fmt: skip
             runs.append(run)
     writer.close()
