@@ -325,3 +325,47 @@ def test_every_option_of_a_command_states_its_default(name):
         helps = {param.name: param.help for param in command.params}
         for option, key in (("alpha", "alpha"), ("lambda_", "lambda_"), ("epsilon", "epsilon"), ("seed", "seed")):
             assert f"\\[default: {DEFAULT_MODEL_CONFIG[key]}]" in helps[option], option
+
+
+def test_load_policy_recommends_movielens_movies_by_id_and_title(small_data_dir, tmp_path):
+    import gymnasium as gym
+
+    import recbandits
+    from recbandits.data import load_movielens
+    from recbandits.envs import ENV_IDS
+
+    items = load_movielens(small_data_dir).items.set_index("item_id")["title"]
+    for env in ("movielens", "movielens-per-arm"):
+        out = tmp_path / env
+        result = CliRunner().invoke(app, [
+            "simulate", "--env", env, "--steps", "1024", "--num-env-runners", "0", "--num-envs", "128",
+            "--rollout-fragment-length", "4", "--rank", "6", "--data-dir", str(small_data_dir), "--no-references",
+            "--out", str(out)])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        policy = recbandits.load_policy(out)
+        user = int(policy.user_ids[3])
+        top = policy.recommend(user_id=user, k=4)
+        assert list(top.columns) == ["movie_id", "title", "score"] and len(top) == 4
+        assert top["score"].is_monotonic_decreasing
+        assert top["title"].tolist() == items.loc[top["movie_id"]].tolist()  # MovieLens ids and titles
+        scores = policy.scores(user)
+        assert len(scores) == len(policy.movie_ids) and scores.max() == top["score"].iloc[0]
+        # The scores are the module's own on what the env shows it: the user's features and a movie's.
+        sim = gym.make(ENV_IDS[env], data_dir=str(small_data_dir), rank=6,
+                       **({"num_movies": 20} if env == "movielens" else
+                          {"num_actions": 20, "user_demographics": False, "movie_genres": False})).unwrapped.simulator
+        row = list(sim.factorization.user_ids).index(user)
+        if env == "movielens":
+            observation = torch.from_numpy(sim.factorization.user_factors[row : row + 1].astype(np.float32))
+            expected = policy.module.forward_inference({"obs": observation})["scores"][0].numpy()
+            np.testing.assert_allclose(scores, expected)
+        else:
+            arms = sim.features.arm_features[:20][None]
+            observation = {"global": torch.from_numpy(sim.features.global_features[row : row + 1]),
+                           "per_arm": torch.from_numpy(arms)}
+            expected = policy.module.forward_inference({"obs": observation})["scores"][0].numpy()
+            np.testing.assert_allclose(scores[:20], expected)
+    with pytest.raises(ValueError, match=r"user_id 999999 is not a user of this run's data"):
+        policy.recommend(user_id=999999)
+    with pytest.raises(ValueError, match="is not a `recbandits simulate --out` directory"):
+        recbandits.load_policy(tmp_path)

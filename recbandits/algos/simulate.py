@@ -344,7 +344,9 @@ def simulate(spec: SimulationSpec, out: str | Path, *, address: str | None = Non
     out.mkdir(parents=True, exist_ok=True)
     connect(address)
     policies = [spec.algo] + [name for name in REFERENCES if references and name != spec.algo]
-    record = {**asdict(spec), "policies": policies, "address": address, "env_steps": planned,
+    # An absolute data directory: --resume and load_policy may run from another working directory.
+    data_dir = None if spec.data_dir is None else str(Path(spec.data_dir).expanduser().resolve())
+    record = {**asdict(spec), "data_dir": data_dir, "policies": policies, "address": address, "env_steps": planned,
               "env_settings": env_settings(spec), "hyperparameters": hyperparameters(config)}
     (out / "config.json").write_text(json.dumps(record, indent=2, default=str))
     writer = SummaryWriter(str(out / "tensorboard"))

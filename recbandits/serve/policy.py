@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from recbandits.algos.checkpoints import load_module
 from recbandits.serve.config import MODEL_KEYS, ServeConfig
 
 STATE_KEYS = ("data_precision", "data_response", "response_square", "counts", "num_updates")
@@ -37,31 +38,10 @@ STATE_KEYS = ("data_precision", "data_response", "response_square", "counts", "n
 # --------------------------------------------------------------------------------------------------
 
 
-def find_module_checkpoint(path: str | Path) -> Path:
-    """The RLModule checkpoint directory inside what ``recbandits simulate`` wrote (or the path itself)."""
-    root = Path(path).expanduser().resolve()  # relative to the working directory (RLlib needs it absolute)
-    if not root.exists():
-        raise ValueError(f"checkpoint {root} does not exist")
-    suffixes = ("", "learner_group/learner/rl_module/default_policy", "rl_module/default_policy", "default_policy")
-    for base in (root, root / "checkpoint"):
-        for suffix in suffixes:
-            candidate = base / suffix if suffix else base
-            if (candidate / "module_state.pkl").is_file() and (candidate / "class_and_ctor_args.pkl").is_file():
-                if (candidate / "default_policy").is_dir():
-                    continue  # a MultiRLModule: its default_policy is the module
-                return candidate
-    raise ValueError(
-        f"no RLModule checkpoint under {root}: expected `recbandits simulate --out DIR` output (DIR or "
-        "DIR/checkpoint) or a module checkpoint (module_state.pkl, class_and_ctor_args.pkl)"
-    )
-
-
 def load_checkpoint_module(path: str | Path):
-    from ray.rllib.core.rl_module.rl_module import RLModule
-
     from recbandits.algos.module import LinearBanditModule
 
-    module = RLModule.from_checkpoint(str(find_module_checkpoint(path)))
+    module = load_module(path)
     if not isinstance(module, LinearBanditModule):
         raise ValueError(f"checkpoint {path} holds a {type(module).__name__}, not a LinearBanditModule")
     return module

@@ -1,0 +1,97 @@
+"""A trained policy with the MovieLens catalogue it learned on: recommendations by MovieLens ids and titles.
+
+    import recbandits
+
+    policy = recbandits.load_policy("runs/simulate")     # a `recbandits simulate --out` directory
+    policy.recommend(user_id=42, k=5)                     # DataFrame: movie_id, title, score (best first)
+
+The run's ``config.json`` names the env and data; the env is rebuilt from them (a cached load), so the policy
+scores the same features it was trained on: the user's factor vector as the context of the MF env (arms are
+the env's movies), and, for the per-arm and ranking envs, the user's global features against every movie of
+the catalogue. Scores are the greedy policy's predicted mean reward (rating, or click probability).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from recbandits.algos.checkpoints import load_module
+
+
+class MovieLensPolicy:
+    """The greedy policy of a ``simulate`` run on a MovieLens env, addressed by MovieLens user and movie ids."""
+
+    def __init__(self, run_dir: str | Path):
+        import gymnasium as gym
+
+        from recbandits.algos.simulate import SimulationSpec, env_settings
+        from recbandits.envs import ENV_IDS
+        from recbandits.envs.factorization import load_cached
+
+        run_dir = Path(run_dir).expanduser()
+        config_file = run_dir / "config.json"
+        if not config_file.is_file():
+            raise ValueError(f"{run_dir} is not a `recbandits simulate --out` directory (no config.json)")
+        recorded = json.loads(config_file.read_text())
+        self.spec = SimulationSpec(**{name: recorded[name] for name in SimulationSpec.__dataclass_fields__
+                                      if name in recorded})
+        env = gym.make(ENV_IDS[self.spec.env], **env_settings(self.spec), episode_length=None)
+        simulator = env.unwrapped.simulator
+        self.module = load_module(run_dir)
+        factorization = simulator.factorization
+        self.user_ids = np.asarray(factorization.user_ids)
+        self.movie_ids = np.asarray(factorization.item_ids)
+        if self.spec.env == "movielens":
+            self._contexts = np.asarray(factorization.user_factors, dtype=np.float32)
+            self._arm_features = None
+        else:
+            self._contexts = np.asarray(simulator.features.global_features, dtype=np.float32)
+            self._arm_features = np.asarray(simulator.features.arm_features, dtype=np.float32)
+        items = load_cached(self.spec.data_dir).items.set_index("item_id")
+        self.titles = items["title"].reindex(self.movie_ids).fillna("").to_numpy()
+        self._user_rows = pd.Index(self.user_ids)
+        env.close()
+
+    def _row(self, user_id: int) -> int:
+        row = self._user_rows.get_indexer([user_id])[0]
+        if row < 0:
+            raise ValueError(f"user_id {user_id} is not a user of this run's data ({len(self.user_ids)} users, "
+                             f"ids {self.user_ids.min()}..{self.user_ids.max()})")
+        return int(row)
+
+    def scores(self, user_id: int) -> np.ndarray:
+        """The predicted mean reward of every movie (in ``movie_ids`` order) for the user."""
+        context = self._contexts[self._row(user_id)][None, :]
+        if self._arm_features is None:
+            return self._score({"obs": torch.from_numpy(context)})[0]
+        # Shared models score each candidate on its own: the catalogue in chunks of the module's candidates.
+        width, movies = int(self.module.observation_space["per_arm"].shape[0]), len(self._arm_features)
+        padded = np.concatenate([self._arm_features, np.repeat(self._arm_features[:1], -movies % width, axis=0)])
+        chunks = padded.reshape(-1, width, padded.shape[1])
+        observation = {"global": torch.from_numpy(np.repeat(context, len(chunks), axis=0)),
+                       "per_arm": torch.from_numpy(chunks)}
+        return self._score({"obs": observation}).reshape(-1)[:movies]
+
+    def _score(self, batch) -> np.ndarray:
+        with torch.no_grad():
+            scores = self.module.forward_inference(batch)["scores"]
+        return np.asarray(scores.detach().cpu().numpy() if isinstance(scores, torch.Tensor) else scores,
+                          dtype=np.float64)
+
+    def recommend(self, user_id: int, k: int = 5) -> pd.DataFrame:
+        """The ``k`` movies of highest predicted reward for ``user_id``: movie_id, title, score (best first)."""
+        if int(k) < 1:
+            raise ValueError(f"k={k} must be at least 1")
+        scores = self.scores(int(user_id))
+        best = np.argsort(-scores, kind="stable")[: int(k)]
+        return pd.DataFrame({"movie_id": self.movie_ids[best], "title": self.titles[best], "score": scores[best]})
+
+
+def load_policy(run_dir: str | Path) -> MovieLensPolicy:
+    """The trained policy of a ``recbandits simulate --out`` directory (see ``MovieLensPolicy``)."""
+    return MovieLensPolicy(run_dir)
