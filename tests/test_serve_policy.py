@@ -297,3 +297,36 @@ def test_a_restart_quarantines_a_record_whose_mark_a_crash_lost(tmp_path):
     frame = read_event_log(config.state_path)
     assert (frame["kind"] == "quarantine").sum() == 1
     asyncio.run(restarted.close())
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_local")
+def test_serving_a_simulate_run_answers_with_movielens_ids_and_knows_its_users(small_data_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    import recbandits
+    from recbandits.cli import app
+    from recbandits.serve.testing import ServiceProcess, free_port_block, http_json
+
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, [
+        "simulate", "--steps", "1024", "--num-env-runners", "0", "--num-envs", "128", "--rollout-fragment-length", "4",
+        "--rank", "6", "--num-movies", "12", "--data-dir", str(small_data_dir), "--no-references", "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    policy = recbandits.load_policy(run)
+    user = str(policy.user_ids[5])
+    port = free_port_block(12)
+    args = ["--state-dir", tmp_path / "state", "--port", port, "--replica-port", port + 1, "--exploration", "greedy"]
+    for start in ("first", "restart"):
+        service = ServiceProcess([*args, *(["--checkpoint", run] if start == "first" else [])],
+                                 log_path=tmp_path / f"{start}.log")
+        ready = service.start()
+        try:
+            status, answer = http_json("POST", f"{ready['url']}/v1/rank", {"user_id": user, "top_k": 3})
+            assert status == 200, answer
+            # Arms are the run's MovieLens movie ids; greedy serving ranks them as the run's policy scores them.
+            assert [item["id"] for item in answer["ranking"]] == [str(m) for m in policy.recommend(int(user), 3)["movie_id"]]
+            status, answer = http_json("POST", f"{ready['url']}/v1/rank", {"user_id": "no-such-user"})
+            assert status == 404 and "no-such-user" in json.dumps(answer)
+        finally:
+            service.stop()

@@ -14,6 +14,7 @@ the catalogue. Scores are the greedy policy's predicted mean reward (rating, or 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,39 +24,68 @@ import torch
 from recbandits.algos.checkpoints import load_module
 
 
+@dataclass
+class Catalogue:
+    """What a simulate run learned on: its env's users (ids, the context each is shown as) and movies."""
+
+    env: str
+    user_ids: np.ndarray
+    contexts: np.ndarray  # [users, context dim]: the MF env's user factors, the per-arm envs' global features
+    movie_ids: np.ndarray
+    titles: np.ndarray
+    arm_features: np.ndarray | None  # [movies, arm dim] of the per-arm envs; None for the MF env
+
+
+def run_directory(path: str | Path) -> Path | None:
+    """The ``simulate --out`` directory a path is (or is inside: its checkpoint, the module in it), or None."""
+    path = Path(path).expanduser().resolve()
+    for candidate in (path, *path.parents[:6]):
+        if (candidate / "config.json").is_file() and (candidate / "metrics.csv").is_file():
+            return candidate
+    return None
+
+
+def run_catalogue(run_dir: str | Path) -> Catalogue:
+    """The users and movies of a simulate run's env, rebuilt from its ``config.json`` (a cached load)."""
+    import gymnasium as gym
+
+    from recbandits.algos.simulate import SimulationSpec, env_settings
+    from recbandits.envs import ENV_IDS
+    from recbandits.envs.factorization import load_cached
+
+    run_dir = Path(run_dir).expanduser()
+    config_file = run_dir / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"{run_dir} is not a `recbandits simulate --out` directory (no config.json)")
+    recorded = json.loads(config_file.read_text())
+    spec = SimulationSpec(**{name: recorded[name] for name in SimulationSpec.__dataclass_fields__ if name in recorded})
+    env = gym.make(ENV_IDS[spec.env], **env_settings(spec), episode_length=None)
+    try:
+        simulator = env.unwrapped.simulator
+        factorization = simulator.factorization
+        movie_ids = np.asarray(factorization.item_ids)
+        if spec.env == "movielens":
+            contexts, arm_features = np.asarray(factorization.user_factors, dtype=np.float32), None
+        else:
+            contexts = np.asarray(simulator.features.global_features, dtype=np.float32)
+            arm_features = np.asarray(simulator.features.arm_features, dtype=np.float32)
+    finally:
+        env.close()
+    titles = load_cached(spec.data_dir).items.set_index("item_id")["title"].reindex(movie_ids).fillna("")
+    return Catalogue(spec.env, np.asarray(factorization.user_ids), contexts, movie_ids, titles.to_numpy(),
+                     arm_features)
+
+
 class MovieLensPolicy:
     """The greedy policy of a ``simulate`` run on a MovieLens env, addressed by MovieLens user and movie ids."""
 
     def __init__(self, run_dir: str | Path):
-        import gymnasium as gym
-
-        from recbandits.algos.simulate import SimulationSpec, env_settings
-        from recbandits.envs import ENV_IDS
-        from recbandits.envs.factorization import load_cached
-
-        run_dir = Path(run_dir).expanduser()
-        config_file = run_dir / "config.json"
-        if not config_file.is_file():
-            raise ValueError(f"{run_dir} is not a `recbandits simulate --out` directory (no config.json)")
-        recorded = json.loads(config_file.read_text())
-        self.spec = SimulationSpec(**{name: recorded[name] for name in SimulationSpec.__dataclass_fields__
-                                      if name in recorded})
-        env = gym.make(ENV_IDS[self.spec.env], **env_settings(self.spec), episode_length=None)
-        simulator = env.unwrapped.simulator
+        catalogue = run_catalogue(run_dir)
+        self.env = catalogue.env
         self.module = load_module(run_dir)
-        factorization = simulator.factorization
-        self.user_ids = np.asarray(factorization.user_ids)
-        self.movie_ids = np.asarray(factorization.item_ids)
-        if self.spec.env == "movielens":
-            self._contexts = np.asarray(factorization.user_factors, dtype=np.float32)
-            self._arm_features = None
-        else:
-            self._contexts = np.asarray(simulator.features.global_features, dtype=np.float32)
-            self._arm_features = np.asarray(simulator.features.arm_features, dtype=np.float32)
-        items = load_cached(self.spec.data_dir).items.set_index("item_id")
-        self.titles = items["title"].reindex(self.movie_ids).fillna("").to_numpy()
+        self.user_ids, self.movie_ids, self.titles = catalogue.user_ids, catalogue.movie_ids, catalogue.titles
+        self._contexts, self._arm_features = catalogue.contexts, catalogue.arm_features
         self._user_rows = pd.Index(self.user_ids)
-        env.close()
 
     def _row(self, user_id: int) -> int:
         row = self._user_rows.get_indexer([user_id])[0]

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 from recbandits.serve.config import POLICY_FIELDS, SERVICE_FILE, ServeConfig
@@ -60,6 +61,32 @@ def secure_state_dir(state_dir: Path) -> None:
             continue
 
 
+RUN_USERS_FILE = "run_users.npz"
+
+
+def with_run_catalogue(config: ServeConfig, first_start: bool) -> ServeConfig:
+    """Serving a ``simulate`` run: its MovieLens movie ids are the arm ids (MF env, unless ``arm_ids`` is given)
+    and ``user_id`` looks up the run's users (``<state_dir>/run_users.npz``, written on the first start, unless
+    ``user_table`` is given)."""
+    users_file = config.state_path.resolve() / RUN_USERS_FILE
+    updates: dict = {}
+    if first_start and config.checkpoint:
+        from recbandits.algos.recommend import run_catalogue, run_directory
+
+        run = run_directory(config.checkpoint)
+        if run is not None:
+            catalogue = run_catalogue(run)
+            if catalogue.env == "movielens" and config.arm_ids is None:
+                updates.update(arm_ids=[str(movie) for movie in catalogue.movie_ids], num_arms=len(catalogue.movie_ids))
+            if config.user_table is None:
+                np.savez(users_file, ids=np.asarray([str(user) for user in catalogue.user_ids]),
+                         features=catalogue.contexts.astype(np.float64))
+                os.chmod(users_file, FILE_MODE)
+    if config.user_table is None and users_file.is_file():
+        updates["user_table"] = str(users_file)
+    return ServeConfig.from_dict({**config.to_dict(), **updates}) if updates else config
+
+
 def prepare_state_dir(config: ServeConfig, explicit: set[str] | None = None) -> ServeConfig:
     """Create the state dir on a first start (service.json, the initial policy); return the config to run.
 
@@ -76,6 +103,7 @@ def prepare_state_dir(config: ServeConfig, explicit: set[str] | None = None) -> 
         config = ServeConfig.from_dict({**config.to_dict(), "state_dir": str(state_dir)})
     ensure_admin_token(config)
     service = read_service_file(state_dir)
+    config = with_run_catalogue(config, first_start=service is None)
     if service is not None:
         return reconcile_with_state(config, service["policy"], explicit if explicit is not None else set(POLICY_FIELDS))
     fields, state, origin = initial_policy(config)
