@@ -369,3 +369,23 @@ def test_load_policy_recommends_movielens_movies_by_id_and_title(small_data_dir,
         policy.recommend(user_id=999999)
     with pytest.raises(ValueError, match="is not a `recbandits simulate --out` directory"):
         recbandits.load_policy(tmp_path)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_an_algorithm_waiting_for_cpus_another_holds_says_so_and_gives_up(small_data_dir, monkeypatch, capfd):
+    import ray
+
+    monkeypatch.setenv("RECBANDITS_RESOURCE_WAIT_S", "6")
+    total = int(ray.cluster_resources()["CPU"])
+    env_config = {"data_dir": str(small_data_dir), "rank": 6, "num_movies": 12}
+    holder = (LinUCBConfig().environment("recbandits/MovieLens-v0", env_config=env_config)
+              .env_runners(num_env_runners=total, num_envs_per_env_runner=8, rollout_fragment_length=2).build_algo())
+    try:
+        waiting = (LinUCBConfig().environment("recbandits/MovieLens-v0", env_config=env_config)
+                   .env_runners(num_env_runners=1, num_envs_per_env_runner=8, rollout_fragment_length=2))
+        with pytest.raises(RuntimeError, match=rf"gave up after \d+ s: 1 env runner\(s\) need 1 CPU\(s\); 0 of the "
+                                               rf"cluster's {total} are free \(another algorithm in this process"):
+            waiting.build_algo()
+        assert "recbandits: waiting: 1 env runner(s) need 1 CPU(s)" in capfd.readouterr().err
+    finally:
+        holder.stop()

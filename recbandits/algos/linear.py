@@ -17,12 +17,15 @@ synced back to every runner.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 
 import numpy as np
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.utils.annotations import override
 from ray.rllib.utils.metrics import (
     ENV_RUNNER_RESULTS,
     ENV_RUNNER_SAMPLING_TIMER,
@@ -139,12 +142,46 @@ def local_path(path):
     return os.path.abspath(os.path.expanduser(str(path)))
 
 
+RESOURCE_WAIT_ENV = "RECBANDITS_RESOURCE_WAIT_S"
+
+
+def wait_for_env_runner_cpus(config: AlgorithmConfig) -> None:
+    """Wait until the CPUs the env runners need are free; say what it waits for, and time out with a message.
+
+    RLlib would create the runner actors and wait without a word (e.g. for another algorithm of the same script
+    that still holds the CPUs). Inside a Tune trial the placement group has reserved them: nothing to check.
+    """
+    import ray
+
+    need = config.num_env_runners * (config.num_cpus_per_env_runner or 0)
+    if need <= 0 or not ray.is_initialized() or ray.util.get_current_placement_group() is not None:
+        return
+    timeout_s = float(os.environ.get(RESOURCE_WAIT_ENV, "300"))
+    started, told = time.monotonic(), False
+    while (free := ray.available_resources().get("CPU", 0.0)) < need:
+        waited = time.monotonic() - started
+        total = ray.cluster_resources().get("CPU", 0.0)
+        what = (f"{config.num_env_runners} env runner(s) need {need:g} CPU(s); {free:g} of the cluster's {total:g} "
+                "are free (another algorithm in this process may hold them: stop() it first)")
+        if waited >= timeout_s:
+            raise RuntimeError(f"gave up after {waited:.0f} s: {what}; ${RESOURCE_WAIT_ENV} sets the wait")
+        if waited >= 5 and not told:
+            print(f"recbandits: waiting: {what}", file=sys.stderr, flush=True)
+            told = True
+        time.sleep(0.5)
+
+
 class LinearBandit(Algorithm):
     """Sample statistics on every runner, add them up in the Learner, sync the posterior back."""
 
     @classmethod
     def get_default_config(cls) -> LinearBanditConfig:
         return LinearBanditConfig()
+
+    @override(Algorithm)
+    def setup(self, config) -> None:
+        wait_for_env_runner_cpus(config)
+        super().setup(config)
 
     # Checkpoint paths relative to the working directory (RLlib hands them to pyarrow, which needs absolute ones).
     def save_to_path(self, path=None, **kwargs):
