@@ -256,16 +256,18 @@ def test_simulate_rejects_bad_options_in_one_line_before_ray_starts(tmp_path, mo
     assert not (tmp_path / "run").exists()
 
 
-def test_simulate_refuses_malformed_data_naming_file_and_line(small_data_dir, tmp_path):
+def test_jobs_refuse_malformed_data_in_one_line_naming_file_and_line(small_data_dir, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(small_data_dir, bad)
     lines = (bad / "u.data").read_text().splitlines()
     fields = lines[10].split("\t")
     lines[10] = "\t".join([fields[0], fields[1], "three", fields[3]])
     (bad / "u.data").write_text("\n".join(lines) + "\n")
-    result = CliRunner().invoke(app, ["simulate", "--data-dir", str(bad), "--out", str(tmp_path / "run")])
-    assert result.exit_code == 2
-    assert result.output.strip() == "u.data line 11: rating 'three' is not a number"
+    for command in (["simulate"], ["compare", "--algos", "linucb,random"], ["tune", "--alpha", "1,2"]):
+        result = CliRunner().invoke(app, [*command, "--data-dir", str(bad), "--out", str(tmp_path / command[0])])
+        assert result.exit_code == 2, command
+        assert result.output.strip() == "u.data line 11: rating 'three' is not a number", command
+        assert not (tmp_path / command[0]).exists()
 
 
 def test_statistics_equal_per_row_sums_with_idle_arms_and_empty_batches():

@@ -59,7 +59,6 @@ def _run(tmp_path: Path, *argv: str) -> str:
 
 @pytest.mark.parametrize("argv", [
     ("simulate", "--steps", "2048", "--out", "run"),
-    ("simulate", "--algo", "tfa-linucb", "--steps", "2048", "--num-envs", "64", "--out", "run"),
     ("compare", "--algos", "linucb,tfa-linucb,random", "--steps", "1000", "--seeds", "1", "--out", "run"),
     ("tune", "--algo", "linucb", "--alpha", "1,10", "--steps", "2048", "--out", "run"),
 ], ids=lambda argv: " ".join(argv[:3]))

@@ -209,8 +209,10 @@ def test_agents_are_selected_by_name_with_their_hyperparameters():
 def _learns_at_the_default_simulate_layout(data_dir, name):
     from recbandits.algos.simulate import SimulationSpec, train_policy
 
-    spec = SimulationSpec(algo=name, steps=10_240, data_dir=str(data_dir))
-    assert (spec.num_env_runners, spec.num_envs_per_env_runner, spec.rollout_fragment_length) == (1, 256, 8)
+    default = SimulationSpec(algo=name)
+    assert (default.num_env_runners, default.num_envs_per_env_runner, default.rollout_fragment_length) == (1, 256, 8)
+    # The same layout sampled in this process (no runner actor to start): 256 sub-envs x 8 steps per iteration.
+    spec = SimulationSpec(algo=name, steps=10_240, data_dir=str(data_dir), num_env_runners=0)
     random_rows = train_policy(spec, "random").rows
     rows = train_policy(spec, name).rows
     assert [row["env_steps"] for row in rows] == [2048 * i for i in range(1, 6)]

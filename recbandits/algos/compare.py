@@ -317,11 +317,12 @@ def compare(spec: ComparisonSpec, out: str | Path, *, address: str | None = None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from recbandits.cluster import connect
-    from recbandits.data import resolve_data_dir
+    from recbandits.data import load_movielens, resolve_data_dir
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     data_dir = str(resolve_data_dir(spec.data_dir))
+    load_movielens(data_dir)  # a malformed file fails here, in one line naming file and line, before Ray starts
+    out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({**asdict(spec), "data_dir": data_dir, "address": address,
                                                  "budgets": budgets(spec.steps)}, indent=2))
     connect(address)

@@ -449,6 +449,13 @@ def run_sweep(
                 f"{out} already holds a sweep: pass --resume to continue it, or choose another --out"
             )
         configurations = spec.configurations()
+        from recbandits.algos.simulate import SimulationSpec, preflight
+
+        # Data, env settings and the algorithm checked here, before Ray: one line instead of failing trials.
+        preflight(SimulationSpec(env=spec.env, algo=spec.algo, steps=spec.steps, data_dir=spec.data_dir,
+                                 num_env_runners=spec.num_env_runners,
+                                 num_envs_per_env_runner=spec.num_envs_per_env_runner,
+                                 rollout_fragment_length=spec.rollout_fragment_length))
         out.mkdir(parents=True, exist_ok=True)
         saved.write_text(json.dumps({"spec": spec.to_json(), "configurations": configurations}, indent=2))
 
