@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,29 @@ def small_data_dir(tmp_path_factory) -> Path:
     return write_synthetic_movielens(
         tmp_path_factory.mktemp("small-movielens"), num_users=300, num_items=200, num_ratings=9000, rank=6, seed=1
     )
+
+
+# What a library's log line looks like (tests/test_output.py, tests/test_serve_api.py).
+LIBRARY_LINE = re.compile("|".join([
+    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+(DEBUG|INFO|WARNING|ERROR)",  # Ray's Python loggers
+    r"^(DEBUG|INFO|WARNING|ERROR) \d{4}-\d\d-\d\d",  # Ray Serve's
+    r"^\[\d{4}-\d\d-\d\d [\d:,]+ [IWEF] \d+ \d+\]",  # Ray's C++ (core worker, raylet)
+    r"^[IWEF]\d{4} \d\d:\d\d:\d\d",  # absl / glog
+    r"absl::InitializeLog|cudart_stub|oneDNN|Install gputil|new API stack|Not importing TensorFlow",
+    r"\((raylet|\w+ pid=\d+)\)",  # lines of Ray workers forwarded to the driver
+    r"\b\w*(Deprecation|User|Runtime|Future)Warning\b",
+    r"^Traceback|^\*\*\* SIGTERM",
+]))
+
+KNOWN = {
+    # Ray 2.60's core worker logs this (C++, error level) whenever an actor with max_restarts > 0 gets an
+    # ObjectRef argument, which RLlib's EnvRunnerGroup always passes (ray-project/ray#53727); recbandits keeps
+    # env runner restarts.
+    "constructor arguments in the object store and max_restarts > 0",
+}
+
+
+def library_lines(text: str) -> list[str]:
+    """The lines of a command's output that are a library's log lines, not recbandits' own."""
+    return [line for line in text.splitlines()
+            if LIBRARY_LINE.search(line) and not any(known in line for known in KNOWN)]

@@ -1,49 +1,24 @@
 """Every command prints only recbandits' own output: no Ray, RLlib, Tune, TensorFlow or absl log lines.
 
 Each command runs as a user runs it (a subprocess, the embedded default data, a fresh working directory);
-every line it prints must not look like a library's log line. The few lines recbandits cannot silence are
-listed in ``KNOWN`` with their reason; ``-v`` shows everything.
+every line it prints must not look like a library's log line (``conftest.library_lines``; the few lines
+recbandits cannot silence are listed there with their reason); ``-v`` shows everything. ``serve``'s start and
+stop are checked on the service of tests/test_serve_api.py.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
-from recbandits.serve.testing import ServiceProcess, free_port_block
+from conftest import library_lines
 
 pytestmark = pytest.mark.slow
 
 RECBANDITS = [str(Path(sys.executable).with_name("recbandits"))]  # the installed console script
-
-LIBRARY_LINE = re.compile("|".join([
-    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+(DEBUG|INFO|WARNING|ERROR)",  # Ray's Python loggers
-    r"^(DEBUG|INFO|WARNING|ERROR) \d{4}-\d\d-\d\d",  # Ray Serve's
-    r"^\[\d{4}-\d\d-\d\d [\d:,]+ [IWEF] \d+ \d+\]",  # Ray's C++ (core worker, raylet)
-    r"^[IWEF]\d{4} \d\d:\d\d:\d\d",  # absl / glog
-    r"absl::InitializeLog|cudart_stub|oneDNN|Install gputil|new API stack|Not importing TensorFlow",
-    r"\((raylet|\w+ pid=\d+)\)",  # lines of Ray workers forwarded to the driver
-    r"\b\w*(Deprecation|User|Runtime|Future)Warning\b",
-    r"^Traceback|^\*\*\* SIGTERM",
-]))
-
-KNOWN = {
-    # Ray 2.60's core worker logs this (C++, error level) whenever an actor with max_restarts > 0 gets an
-    # ObjectRef argument, which RLlib's EnvRunnerGroup always passes (ray-project/ray#53727); recbandits keeps
-    # env runner restarts.
-    "constructor arguments in the object store and max_restarts > 0",
-}
-
-
-def _library_lines(text: str) -> list[str]:
-    return [line for line in text.splitlines()
-            if LIBRARY_LINE.search(line) and not any(known in line for known in KNOWN)]
-
 
 def _environment() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if key not in ("RECBANDITS_DATA_DIR", "RECBANDITS_VERBOSE")}
@@ -57,35 +32,64 @@ def _run(tmp_path: Path, *argv: str) -> str:
     return output
 
 
-@pytest.mark.parametrize("argv", [
-    ("simulate", "--steps", "2048", "--out", "run"),
-    ("compare", "--algos", "linucb,tfa-linucb,random", "--steps", "1000", "--seeds", "1", "--out", "run"),
-    ("tune", "--algo", "linucb", "--alpha", "1,10", "--steps", "2048", "--out", "run"),
-], ids=lambda argv: " ".join(argv[:3]))
-def test_jobs_print_only_their_own_lines(tmp_path, argv):
-    output = _run(tmp_path, *argv)
+def test_simulate_prints_only_its_own_lines(tmp_path):
+    # A fresh process: Ray's start-up, TensorFlow's import (TensorBoard's writer imports it), RLlib and the C++
+    # core worker all write to its stdout and stderr. compare and tune start Ray through the same connect().
+    output = _run(tmp_path, "simulate", "--steps", "2048", "--no-references", "--out", "simulate")
     assert "outputs in " in output
-    assert _library_lines(output) == []
+    assert library_lines(output) == []
     assert len(output.splitlines()) < 40
 
 
-def test_verbose_shows_the_libraries_logs(tmp_path):
-    output = _run(tmp_path, "-v", "simulate", "--steps", "2048", "--out", "run", "--no-references")
-    assert _library_lines(output)  # e.g. "Started a local Ray instance", RLlib's new-API-stack notice
+@pytest.mark.usefixtures("ray_local")
+def test_compare_prints_its_table_only(small_data_dir, tmp_path, capfd):
+    from typer.testing import CliRunner
+
+    from recbandits.cli import app
+
+    result = CliRunner().invoke(app, ["compare", "--algos", "linucb,random", "--steps", "480", "--seeds", "1",
+                                      "--data-dir", str(small_data_dir), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    captured = capfd.readouterr()
+    output = result.output + captured.out + captured.err
+    assert "| contender" in output and "MISSED" not in output and " met" not in output
+    assert library_lines(output) == []
 
 
-def test_serve_start_and_stop_print_only_their_own_lines(tmp_path):
-    port = free_port_block(12)
-    service = ServiceProcess(["--state-dir", tmp_path / "state", "--port", port, "--replica-port", port + 1,
-                              "--context-dim", 4, "--num-arms", 3], log_path=tmp_path / "service.log")
-    service.start()
-    leftover = service.terminate()
-    service.kill()
-    assert leftover == []
-    lines = _library_lines((tmp_path / "service.log").read_text())
-    # Ray Serve's controller announces its throughput-optimized settings at INFO before Serve applies its
-    # logging config (ray/serve/_private/controller.py); the raylet reports the controller's retried
-    # graceful_shutdown task at a clean stop. Both are Ray's; nothing else may appear.
-    unexpected = [line for line in lines if "Throughput optimized Ray Serve" not in line
-                  and "ServeController.graceful_shutdown failed" not in line]
-    assert unexpected == []
+@pytest.mark.usefixtures("ray_local")
+def test_tune_prints_its_progress_bar_not_tunes_tables(tmp_path, capfd):
+    from typer.testing import CliRunner
+
+    from recbandits.cli import app
+
+    result = CliRunner().invoke(app, ["tune", "--algo", "linucb", "--alpha", "1,10", "--steps", "2048",
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    captured = capfd.readouterr()
+    output = result.output + captured.out + captured.err
+    assert "trials" in output and "Best configurations" in output
+    assert "Trial status" not in output and "Configuration for experiment" not in output
+    assert library_lines(output) == []
+    assert len(output.splitlines()) < 40
+
+
+def test_verbose_leaves_the_libraries_loggers_alone(monkeypatch):
+    import logging
+
+    from recbandits.verbosity import LIBRARY_LOGGERS, VERBOSE_ENV, quiet_libraries, ray_init_options
+
+    monkeypatch.setenv(VERBOSE_ENV, "1")
+    levels = {name: logging.getLogger(name).level for name in LIBRARY_LOGGERS}
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
+    try:
+        quiet_libraries()
+        assert all(logging.getLogger(name).level == logging.INFO for name in LIBRARY_LOGGERS)
+        assert ray_init_options() == {}
+        monkeypatch.setenv(VERBOSE_ENV, "0")
+        quiet_libraries()
+        assert all(logging.getLogger(name).level == logging.ERROR for name in LIBRARY_LOGGERS)
+        assert ray_init_options()["logging_level"] == logging.ERROR
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)

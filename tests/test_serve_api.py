@@ -297,3 +297,18 @@ def test_ray_serve_metrics_exported(service):
         time.sleep(2)
     assert "ray_serve_deployment_request_counter" in text, text[:2000]
     assert "ray_serve_deployment_processing_latency_ms" in text
+
+
+def test_start_and_stop_print_only_the_services_own_lines(service):
+    """Last in this module: stops the service, then reads everything it printed (tests/test_output.py)."""
+    from conftest import library_lines
+
+    assert service["process"].terminate() == []
+    printed = (service["state_dir"].parent / "service.log").read_text()
+    assert '{"stopping": true}' in printed
+    # Ray Serve's controller announces its throughput-optimized settings at INFO before Serve applies its
+    # logging config (ray/serve/_private/controller.py); the raylet may report the controller's retried
+    # graceful_shutdown task at a clean stop. Both are Ray's own; nothing else may appear.
+    unexpected = [line for line in library_lines(printed)
+                  if "Throughput optimized Ray Serve" not in line and "ServeController.graceful_shutdown" not in line]
+    assert unexpected == []

@@ -317,16 +317,20 @@ def test_serving_a_simulate_run_answers_with_movielens_ids_and_knows_its_users(s
     user = str(policy.user_ids[5])
     port = free_port_block(12)
     args = ["--state-dir", tmp_path / "state", "--port", port, "--replica-port", port + 1, "--exploration", "greedy"]
-    for start in ("first", "restart"):
-        service = ServiceProcess([*args, *(["--checkpoint", run] if start == "first" else [])],
-                                 log_path=tmp_path / f"{start}.log")
-        ready = service.start()
-        try:
-            status, answer = http_json("POST", f"{ready['url']}/v1/rank", {"user_id": user, "top_k": 3})
-            assert status == 200, answer
-            # Arms are the run's MovieLens movie ids; greedy serving ranks them as the run's policy scores them.
-            assert [item["id"] for item in answer["ranking"]] == [str(m) for m in policy.recommend(int(user), 3)["movie_id"]]
-            status, answer = http_json("POST", f"{ready['url']}/v1/rank", {"user_id": "no-such-user"})
-            assert status == 404 and "no-such-user" in json.dumps(answer)
-        finally:
-            service.stop()
+    service = ServiceProcess([*args, "--checkpoint", run], log_path=tmp_path / "service.log")
+    ready = service.start()
+    try:
+        status, answer = http_json("POST", f"{ready['url']}/v1/rank", {"user_id": user, "top_k": 3})
+        assert status == 200, answer
+        # Arms are the run's MovieLens movie ids; greedy serving ranks them as the run's policy scores them.
+        assert [item["id"] for item in answer["ranking"]] == [str(m) for m in policy.recommend(int(user), 3)["movie_id"]]
+        status, answer = http_json("POST", f"{ready['url']}/v1/rank", {"user_id": "no-such-user"})
+        assert status == 404 and "no-such-user" in json.dumps(answer)
+    finally:
+        service.stop()
+    # A restart (no --checkpoint: the state dir has everything) looks the same users up, with the same arms.
+    restarted = prepare_state_dir(ServeConfig.from_dict({"state_dir": str(tmp_path / "state")}), set())
+    assert restarted.user_table == str((tmp_path / "state" / "run_users.npz").resolve())
+    assert restarted.arm_ids == [str(movie) for movie in policy.movie_ids]
+    validator = RequestValidator(restarted)
+    np.testing.assert_allclose(validator.users[user], policy._contexts[5])
