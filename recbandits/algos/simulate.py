@@ -136,10 +136,8 @@ def preflight(spec: SimulationSpec) -> LinearBanditConfig:
     traceback after Ray's start-up."""
     import gymnasium as gym
 
-    from recbandits.data import resolve_data_dir
-
-    resolve_data_dir(spec.data_dir)
-    env = gym.make(ENV_IDS[spec.env], **env_settings(spec), episode_length=None)  # reads and checks the data, before RLlib is imported
+    # Reads and checks the data (a missing directory, a malformed line), before RLlib is imported.
+    env = gym.make(ENV_IDS[spec.env], **env_settings(spec), episode_length=None)
     try:
         config = build_config(spec)
         config.validate()
