@@ -51,6 +51,7 @@ def _wait_until_learned(base, token, timeout_s: float = 20.0):
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_one_huge_context_is_quarantined_and_learning_goes_on(tmp_path):
     """The reproduction: a context of 1e8 (inside the API's |x| <= 1e9) with its reward, then 1,000 normal requests."""
     port = free_port_block(12)

@@ -14,6 +14,8 @@ import pytest
 from recbandits.serve.testing import ServiceProcess, free_port_block, wait_for_log_rows
 from recbandits.serve.testing import http_json as request
 
+pytestmark = pytest.mark.slow  # replicas behind a learner, restarts: `make test-quick` leaves them out
+
 WINDOW_S = 3.0
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from recbandits.serve.loadtest import LoadTestSpec, _slow_seconds, run_loadtest
 from recbandits.serve.testing import ServiceProcess, free_port_block
+
+pytestmark = pytest.mark.slow  # a service under load: `make test-quick` leaves it out
 
 
 def test_loadtest_accounts_for_every_request_and_times_every_reward(tmp_path):

@@ -22,6 +22,8 @@ from recbandits.serve.eventlog import read_event_log
 from recbandits.serve.testing import ServiceProcess, free_port_block
 from recbandits.serve.testing import http_json as request
 
+pytestmark = pytest.mark.slow  # kill -9 and restarts under traffic: `make test-quick` leaves them out
+
 ARMS = 4
 DIM = 3
 

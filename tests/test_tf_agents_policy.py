@@ -145,6 +145,7 @@ def _train_on_parallel_runners(data_dir, tmp_path, name):
         algo.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(TF_AGENTS_ALGORITHM_CONFIGS))
 def test_agent_trains_on_parallel_runners_and_every_runner_gets_its_weights(small_data_dir, tmp_path, name):
     _run(_train_on_parallel_runners, small_data_dir, tmp_path, name)
