@@ -13,7 +13,6 @@ the catalogue. Scores are the greedy policy's predicted mean reward (rating, or 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,16 +48,11 @@ def run_catalogue(run_dir: str | Path) -> Catalogue:
     """The users and movies of a simulate run's env, rebuilt from its ``config.json`` (a cached load)."""
     import gymnasium as gym
 
-    from recbandits.algos.simulate import SimulationSpec, env_settings
+    from recbandits.algos.simulate import env_settings, recorded_spec
     from recbandits.envs import ENV_IDS
     from recbandits.envs.factorization import load_cached
 
-    run_dir = Path(run_dir).expanduser()
-    config_file = run_dir / "config.json"
-    if not config_file.is_file():
-        raise ValueError(f"{run_dir} is not a `recbandits simulate --out` directory (no config.json)")
-    recorded = json.loads(config_file.read_text())
-    spec = SimulationSpec(**{name: recorded[name] for name in SimulationSpec.__dataclass_fields__ if name in recorded})
+    spec = recorded_spec(run_dir)
     env = gym.make(ENV_IDS[spec.env], **env_settings(spec), episode_length=None)
     try:
         simulator = env.unwrapped.simulator

@@ -8,6 +8,7 @@ Writes into ``out``: ``metrics.csv`` (one row per policy and training iteration)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -108,6 +109,15 @@ def env_settings(spec: SimulationSpec) -> dict[str, Any]:
     """The env's constructor arguments. Without an explicit dataset each node resolves its own default (the
     driver's cache path may not exist on other nodes of a cluster)."""
     return {**ENV_DEFAULTS[spec.env], **spec.env_config, "data_dir": spec.data_dir}
+
+
+def recorded_spec(run_dir: str | Path) -> SimulationSpec:
+    """The spec a run's ``config.json`` records, or a ValueError when ``run_dir`` holds no simulate run."""
+    config_file = Path(run_dir).expanduser() / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"{Path(run_dir)} is not a `recbandits simulate --out` directory (no config.json)")
+    recorded = json.loads(config_file.read_text())
+    return SimulationSpec(**{name: recorded[name] for name in SimulationSpec.__dataclass_fields__ if name in recorded})
 
 
 def build_config(spec: SimulationSpec, algo: str | None = None) -> LinearBanditConfig:
@@ -295,14 +305,13 @@ def resumable(out: str | Path, steps: int) -> tuple[SimulationSpec, pd.DataFrame
     missing = [name for name in ("config.json", "metrics.csv", "checkpoint") if not (out / name).exists()]
     if missing:
         raise ValueError(f"--resume {out}: no finished simulate run there (missing {', '.join(missing)})")
-    recorded = json.loads((out / "config.json").read_text())
-    fields = {name: recorded[name] for name in SimulationSpec.__dataclass_fields__ if name in recorded}
+    recorded = recorded_spec(out)
     metrics = pd.read_csv(out / "metrics.csv")
-    ran = int(metrics.loc[metrics["policy"] == fields["algo"], "env_steps"].max())
+    ran = int(metrics.loc[metrics["policy"] == recorded.algo, "env_steps"].max())
     if steps <= ran:
         raise ValueError(f"--resume {out}: the run already has {ran:,} env steps; --steps is the new total and "
                          f"must be more")
-    return SimulationSpec(**{**fields, "steps": steps}), metrics
+    return dataclasses.replace(recorded, steps=steps), metrics
 
 
 def simulate(spec: SimulationSpec, out: str | Path, *, address: str | None = None, references: bool = True,
