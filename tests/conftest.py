@@ -78,3 +78,30 @@ def library_lines(text: str) -> list[str]:
     """The lines of a command's output that are a library's log lines, not recbandits' own."""
     return [line for line in text.splitlines()
             if LIBRARY_LINE.search(line) and not any(known in line for known in KNOWN)]
+
+
+_session_exit_status: list[int] = []
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _session_exit_status.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """Exit with the session's status once pytest has reported it, skipping the interpreter's teardown.
+
+    With TensorFlow, torch and Ray's core worker loaded in one process, the native libraries' teardown at
+    interpreter exit segfaulted once on CI after every test had passed (make reported exit 2); nothing of the
+    session is left to run or write at this point.
+    """
+    import sys
+
+    if not _session_exit_status or "tensorflow" not in sys.modules:
+        return
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(_session_exit_status[0])

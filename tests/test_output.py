@@ -24,6 +24,11 @@ def _environment() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if key not in ("RECBANDITS_DATA_DIR", "RECBANDITS_VERBOSE")}
 
 
+def _widest_table_line(text: str) -> int:
+    """Width of the widest line of rich's tables (box-drawing characters) in a command's output."""
+    return max((len(line) for line in text.splitlines() if any(box in line for box in "┃│┏┡└")), default=0)
+
+
 def _run(tmp_path: Path, *argv: str) -> str:
     result = subprocess.run([*RECBANDITS, *argv], cwd=tmp_path, env=_environment(), capture_output=True, text=True,
                             timeout=600)
@@ -36,9 +41,10 @@ def test_simulate_prints_only_its_own_lines(tmp_path):
     # A fresh process: Ray's start-up, TensorFlow's import (TensorBoard's writer imports it), RLlib and the C++
     # core worker all write to its stdout and stderr. compare and tune start Ray through the same connect().
     output = _run(tmp_path, "simulate", "--steps", "2048", "--no-references", "--out", "simulate")
-    assert "outputs in " in output
+    assert "outputs in " in output and "Simulation summary" in output
     assert library_lines(output) == []
     assert len(output.splitlines()) < 40
+    assert 40 < _widest_table_line(output) <= 80
 
 
 @pytest.mark.usefixtures("ray_local")
@@ -52,8 +58,10 @@ def test_compare_prints_its_table_only(small_data_dir, tmp_path, capfd):
     assert result.exit_code == 0, result.output
     captured = capfd.readouterr()
     output = result.output + captured.out + captured.err
-    assert "| contender" in output and "MISSED" not in output and " met" not in output
+    assert "contender" in output and "regret@480" in output and "MISSED" not in output and " met" not in output
+    assert "alpha 10.0" not in output  # the hyperparameters column stays in table.md
     assert library_lines(output) == []
+    assert 40 < _widest_table_line(output) <= 80
 
 
 @pytest.mark.usefixtures("ray_local")

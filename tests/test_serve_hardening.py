@@ -7,6 +7,8 @@ calls, state files readable by everyone, and the smaller defects of the error fo
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
@@ -53,7 +55,7 @@ def _wait_until_learned(base, token, timeout_s: float = 20.0):
 
 @pytest.mark.slow
 def test_one_huge_context_is_quarantined_and_learning_goes_on(tmp_path):
-    """The reproduction: a context of 1e8 (inside the API's |x| <= 1e9) with its reward, then 1,000 normal requests."""
+    """The reproduction: a context of 1e8 (inside the API's |x| <= 1e9) with its reward, then 300 normal requests."""
     port = free_port_block(12)
     state_dir = tmp_path / "state"
     args = _service_args(state_dir, port, "--context-dim", CONTEXT_DIM, "--num-arms", NUM_ARMS, "--join-window", 2.0)
@@ -66,7 +68,7 @@ def test_one_huge_context_is_quarantined_and_learning_goes_on(tmp_path):
         assert status == 200, joined
         poisoned_seq = joined["seq"]
         rng = np.random.default_rng(0)
-        for _ in range(100):
+        for _ in range(30):
             event_ids = []
             for _ in range(10):
                 status, answer = request("POST", f"{base}/v1/rank", {"context": rng.normal(size=CONTEXT_DIM).tolist()})
@@ -77,7 +79,7 @@ def test_one_huge_context_is_quarantined_and_learning_goes_on(tmp_path):
             status, answer = request("POST", f"{base}/v1/rewards", {"rewards": rewards})
             assert status == 200 and answer["accepted"] == 9, answer
         info = _wait_until_learned(base, service.admin_token)
-        assert info["counters"]["quarantined"] == 1 and info["counters"]["learning_records"] == 1000, info["counters"]
+        assert info["counters"]["quarantined"] == 1 and info["counters"]["learning_records"] == 300, info["counters"]
         assert [(row["event_id"], row["record_seq"]) for row in info["quarantined"]] == [(poisoned["event_id"],
                                                                                           poisoned_seq)]
         assert "too large to learn in float64" in info["quarantined"][0]["reason"]
@@ -105,26 +107,40 @@ def test_one_huge_context_is_quarantined_and_learning_goes_on(tmp_path):
     finally:
         service.stop()
 
-    # A restart replays the log (the quarantined record again not learned) and restores the counters.
-    service = ServiceProcess(_service_args(state_dir, port), log_path=tmp_path / "service.log")
-    base = service.start()["replica_urls"][0]
+    # A restart (in this process: the service's own start-up, without Ray) replays the log, the quarantined
+    # record again not learned, and restores the counters.
+    core = _restarted_core(state_dir)
     try:
-        status, info = request("GET", f"{base}/v1/policy", token=service.admin_token)
-        assert status == 200, info
+        info = core.info()
         # The clean stop wrote a final snapshot: the restart replays nothing.
         assert info["restore"]["restored"] and info["restore"]["replayed_records"] == 0, info["restore"]
-        assert info["counters"]["decisions"] == 1001 and info["counters"]["rewards"] == 901, info["counters"]
-        assert info["counters"]["quarantined"] == 1 and info["counters"]["expired_default"] == 100
+        assert info["counters"]["decisions"] == 301 and info["counters"]["rewards"] == 271, info["counters"]
+        assert info["counters"]["quarantined"] == 1 and info["counters"]["expired_default"] == 30
         assert [row["record_seq"] for row in info["quarantined"]] == [poisoned_seq]
-        status, state = request("GET", f"{base}/v1/policy/versions/{version}/state", token=service.admin_token)
-        assert status == 200, state
-        np.testing.assert_array_equal(state["state"]["counts"], counts)
-        status, answer = request("POST", f"{base}/v1/rank", {"context": [1e8] * CONTEXT_DIM})
-        assert status == 200, answer
-        log = read_event_log(state_dir)
-        assert log[log["kind"] == "quarantine"]["record_seq"].tolist() == [poisoned_seq]  # not marked twice
+        np.testing.assert_array_equal(asyncio.run(core.version_state(version))["counts"], counts)
+        decision = core.policy.decide([_score_job(core, [1e8] * CONTEXT_DIM)])[0]
+        assert np.isfinite(decision.scores).all()
     finally:
-        service.stop()
+        asyncio.run(core.close())
+    log = read_event_log(state_dir)
+    assert log[log["kind"] == "quarantine"]["record_seq"].tolist() == [poisoned_seq]  # not marked twice
+
+
+def _restarted_core(state_dir):
+    """What a restart of the service on ``state_dir`` serves from: its checks, then its BanditCore."""
+    from recbandits.serve.config import ServeConfig
+    from recbandits.serve.core import BanditCore
+    from recbandits.serve.state import check_state_dir, prepare_state_dir
+
+    config = ServeConfig(state_dir=str(state_dir))
+    assert check_state_dir(config) == []
+    return BanditCore(prepare_state_dir(config, set()))
+
+
+def _score_job(core, context):
+    from recbandits.serve.schemas import RankRequest, RequestValidator
+
+    return RequestValidator(core.config).rank_job(RankRequest(context=context)).score
 
 
 @pytest.mark.parametrize("shape", ["disjoint", "shared"])
@@ -308,18 +324,14 @@ def test_a_snapshot_holding_poisoned_statistics_starts_and_serves(tmp_path):
     state, meta = read_npz(newest)
     state["data_precision"][1] += np.full((2, 2), 1e16)  # arm b had no data: lambda I + 1e16 1 1^T
     write_npz_atomic(newest, state, meta)
-    port = free_port_block(12)
-    service = ServiceProcess(_service_args(state_dir, port), log_path=tmp_path / "service.log")
-    base = service.start()["replica_urls"][0]
+    core = _restarted_core(state_dir)
     try:
-        status, answer = request("POST", f"{base}/v1/rank", {"context": [0.5, -1.0]})
-        assert status == 200, answer
-        status, health = request("GET", f"{base}/healthz")
-        assert status == 200 and health["status"] == "ready", health
-        status, info = request("GET", f"{base}/v1/policy", token=service.admin_token)
-        assert info["restore"]["restored"] and info["statistics"]["ill_conditioned_models"] == 1, info
+        assert core.info()["restore"]["restored"] and core.policy.statistics()["ill_conditioned_models"] == 1
+        decision = core.policy.decide([_score_job(core, [0.5, -1.0])])[0]
+        assert np.isfinite(decision.scores).all() and decision.chosen in (0, 1)
+        assert core.healthy() and core.learning_problem() is None  # /healthz: ready
     finally:
-        service.stop()
+        asyncio.run(core.close())
 
 
 # --------------------------------------------------------------------------------------------------

@@ -322,8 +322,12 @@ def test_serving_a_simulate_run_answers_with_movielens_ids_and_knows_its_users(s
     try:
         status, answer = http_json("POST", f"{ready['url']}/v1/rank", {"user_id": user, "top_k": 3})
         assert status == 200, answer
-        # Arms are the run's MovieLens movie ids; greedy serving ranks them as the run's policy scores them.
-        assert [item["id"] for item in answer["ranking"]] == [str(m) for m in policy.recommend(int(user), 3)["movie_id"]]
+        # Arms are the run's MovieLens movie ids with their titles; greedy serving ranks them as the run's policy
+        # scores them.
+        expected = policy.recommend(int(user), 3)
+        assert [(item["id"], item["title"]) for item in answer["ranking"]] == [
+            (str(movie), title) for movie, title in zip(expected["movie_id"], expected["title"], strict=True)]
+        assert all(item["title"] for item in answer["ranking"])
         status, answer = http_json("POST", f"{ready['url']}/v1/rank", {"user_id": "no-such-user"})
         assert status == 404 and "no-such-user" in json.dumps(answer)
     finally:
@@ -332,5 +336,22 @@ def test_serving_a_simulate_run_answers_with_movielens_ids_and_knows_its_users(s
     restarted = prepare_state_dir(ServeConfig.from_dict({"state_dir": str(tmp_path / "state")}), set())
     assert restarted.user_table == str((tmp_path / "state" / "run_users.npz").resolve())
     assert restarted.arm_ids == [str(movie) for movie in policy.movie_ids]
+    assert restarted.item_titles == str((tmp_path / "state" / "run_titles.json").resolve())
     validator = RequestValidator(restarted)
     np.testing.assert_allclose(validator.users[user], policy._contexts[5])
+
+
+def test_item_titles_come_from_json_or_csv_and_an_unreadable_file_is_named_before_ray(tmp_path):
+    from recbandits.serve.schemas import load_item_titles
+    from recbandits.serve.state import StateDirError
+
+    (tmp_path / "titles.json").write_text(json.dumps({"1": "Toy Story (1995)", "7": "Twelve Monkeys (1995)"}))
+    (tmp_path / "titles.csv").write_text('movie_id,title\n1,Toy Story (1995)\n7,"Twelve Monkeys, The (1995)"\n')
+    assert load_item_titles(tmp_path / "titles.json") == {"1": "Toy Story (1995)", "7": "Twelve Monkeys (1995)"}
+    assert load_item_titles(tmp_path / "titles.csv") == {"1": "Toy Story (1995)", "7": "Twelve Monkeys, The (1995)"}
+    (tmp_path / "list.json").write_text('["Toy Story (1995)"]')
+    for path, message in ((tmp_path / "list.json", "expected a JSON object"), (tmp_path / "no.csv", "no.csv")):
+        config = ServeConfig.from_dict({"state_dir": str(tmp_path / f"state-{path.name}"), "item_titles": str(path)})
+        with pytest.raises(StateDirError, match=message):
+            prepare_state_dir(config, set())
+        assert not (tmp_path / f"state-{path.name}" / "service.json").exists()

@@ -52,6 +52,7 @@ from recbandits.serve.schemas import (
     RewardResponse,
     RollbackRequest,
     error_body,
+    load_item_titles,
     rejection_body,
 )
 from recbandits.serve.state import read_admin_token
@@ -255,6 +256,7 @@ class Recommender:
         _single_threaded_math()
         self.config = ServeConfig.from_dict(config)
         self.validator = RequestValidator(self.config)
+        self.titles = load_item_titles(self.config.item_titles) if self.config.item_titles else {}
         self._admin_token = read_admin_token(self.config).encode()
         try:
             self.replica = serve.get_replica_context().replica_id.unique_id
@@ -366,8 +368,8 @@ class Recommender:
             answers.append({
                 "event_id": row["event_id"],
                 "action": row["action"],
-                "ranking": [{"id": ids[index], "score": scores[index], "probability": probabilities[index]}
-                            for index in decision.order[: job.top_k]],
+                "ranking": [{"id": ids[index], "title": self.titles.get(ids[index]), "score": scores[index],
+                             "probability": probabilities[index]} for index in decision.order[: job.top_k]],
                 "policy_version": row["policy_version"],
                 "policy_watermark": row["watermark"],
                 "exploration": row["exploration"],
@@ -569,7 +571,8 @@ def config_from_args(args: dict[str, Any]) -> tuple[ServeConfig, set[str]]:
 
     from recbandits.serve.config import MODEL_KEYS, POLICY_FIELDS
 
-    text_fields = {"state_dir", "host", "checkpoint", "shape", "learning", "reward_rule", "user_table", "exploration"}
+    text_fields = {"state_dir", "host", "checkpoint", "shape", "learning", "reward_rule", "user_table", "item_titles",
+                   "exploration"}
     known = {item.name for item in fields(ServeConfig)} | set(MODEL_KEYS)
     data: dict[str, Any] = {}
     for key, value in args.items():

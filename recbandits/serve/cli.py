@@ -84,6 +84,8 @@ def serve_command(
     epsilon: Annotated[float | None, typer.Option(help="eps_greedy exploration rate. \\[default: 0.05]")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of tie-breaking and sampling. \\[default: 0]")] = None,
     user_table: Annotated[str | None, typer.Option(help=".npz (ids, features) or .csv user table for user_id.")] = None,
+    item_titles: Annotated[str | None, typer.Option(
+        help=".json {id: title} or .csv (id, title): rankings carry titles. \\[default: a simulate run's movie titles]")] = None,
     learning: Annotated[str | None, typer.Option(help="in_process | learner" + _default("learning"))] = None,
     num_replicas: Annotated[int | None, typer.Option(help="Ingress replicas (learner mode)." + _default("num_replicas"))] = None,
     max_batch_size: Annotated[int | None, typer.Option(help="serve.batch size for scoring." + _default("max_batch_size"))] = None,
@@ -134,6 +136,7 @@ def serve_command(
         context_dim=context_dim, num_arms=num_arms,
         arm_dim=arm_dim, arm_ids=arm_ids.split(",") if arm_ids else None, interaction=interaction,
         exploration=exploration, alpha=alpha, lambda_=lambda_, epsilon=epsilon, seed=seed, user_table=user_table,
+        item_titles=item_titles,
         learning=learning, num_replicas=num_replicas, max_batch_size=max_batch_size,
         batch_wait_timeout_s=None if batch_wait_ms is None else batch_wait_ms / 1000.0,
         sync_wait_s=None if sync_wait_ms is None else sync_wait_ms / 1000.0,

@@ -56,6 +56,7 @@ class ServeConfig:
     interaction: bool = False
     model_config: dict[str, Any] = field(default_factory=dict)
     user_table: str | None = None  # .npz (ids, features) or .csv (user_id, f0, f1, ...) for user_id contexts
+    item_titles: str | None = None  # .json {id: title} or .csv (id, title): rankings carry the known items' titles
 
     # Serving.
     learning: str = "in_process"

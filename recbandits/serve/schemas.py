@@ -10,6 +10,7 @@ Ids (event, candidate, user) are strings; integer ids are accepted and used as t
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -73,6 +74,7 @@ class RankRequest(_Strict):
 
 class RankedItem(BaseModel):
     id: str
+    title: str | None = Field(None, description="The item's title, where the service knows it (item_titles).")
     score: float
     probability: float | None = Field(None, description="Probability that the policy chooses it (null: unknown).")
 
@@ -219,6 +221,23 @@ def load_user_table(path: str | Path, context_dim: int) -> dict[str, np.ndarray]
     if not np.isfinite(features).all():
         raise ValueError(f"user table {path} has non-finite features")
     return {str(user): features[row] for row, user in enumerate(ids.tolist())}
+
+
+def load_item_titles(path: str | Path) -> dict[str, str]:
+    """item id -> title, from a .json object or a .csv (id column, then the title column)."""
+    path = Path(path)
+    if path.suffix == ".json":
+        titles = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(titles, dict):
+            raise ValueError(f"item titles {path}: expected a JSON object {{id: title}}")
+    else:
+        import pandas as pd
+
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        if frame.shape[1] < 2:
+            raise ValueError(f"item titles {path}: expected two columns (id, title), found {frame.shape[1]}")
+        titles = dict(zip(frame.iloc[:, 0], frame.iloc[:, 1], strict=True))
+    return {str(item): str(title) for item, title in titles.items()}
 
 
 def write_movielens_user_table(path: str | Path, data_dir: str | None = None, rank: int = 20,

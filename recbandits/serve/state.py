@@ -62,13 +62,15 @@ def secure_state_dir(state_dir: Path) -> None:
 
 
 RUN_USERS_FILE = "run_users.npz"
+RUN_TITLES_FILE = "run_titles.json"
 
 
 def with_run_catalogue(config: ServeConfig, first_start: bool) -> ServeConfig:
-    """Serving a ``simulate`` run: its MovieLens movie ids are the arm ids (MF env, unless ``arm_ids`` is given)
-    and ``user_id`` looks up the run's users (``<state_dir>/run_users.npz``, written on the first start, unless
-    ``user_table`` is given)."""
-    users_file = config.state_path.resolve() / RUN_USERS_FILE
+    """Serving a ``simulate`` run: its MovieLens movie ids are the arm ids (MF env, unless ``arm_ids`` is given),
+    rankings carry the movies' titles and ``user_id`` looks up the run's users (``<state_dir>/run_titles.json`` and
+    ``run_users.npz``, written on the first start, unless ``item_titles`` / ``user_table`` is given)."""
+    state_dir = config.state_path.resolve()
+    users_file, titles_file = state_dir / RUN_USERS_FILE, state_dir / RUN_TITLES_FILE
     updates: dict = {}
     if first_start and config.checkpoint:
         from recbandits.algos.recommend import run_catalogue, run_directory
@@ -82,8 +84,13 @@ def with_run_catalogue(config: ServeConfig, first_start: bool) -> ServeConfig:
                 np.savez(users_file, ids=np.asarray([str(user) for user in catalogue.user_ids]),
                          features=catalogue.contexts.astype(np.float64))
                 os.chmod(users_file, FILE_MODE)
-    if config.user_table is None and users_file.is_file():
-        updates["user_table"] = str(users_file)
+            if config.item_titles is None:
+                titles = {str(movie): str(title) for movie, title in zip(catalogue.movie_ids, catalogue.titles,
+                                                                         strict=True)}
+                write_json_atomic(titles_file, titles)
+    for name, path in (("user_table", users_file), ("item_titles", titles_file)):
+        if getattr(config, name) is None and path.is_file():
+            updates[name] = str(path)
     return ServeConfig.from_dict({**config.to_dict(), **updates}) if updates else config
 
 
@@ -105,16 +112,30 @@ def prepare_state_dir(config: ServeConfig, explicit: set[str] | None = None) -> 
     service = read_service_file(state_dir)
     config = with_run_catalogue(config, first_start=service is None)
     if service is not None:
-        return reconcile_with_state(config, service["policy"], explicit if explicit is not None else set(POLICY_FIELDS))
+        config = reconcile_with_state(config, service["policy"], explicit if explicit is not None else set(POLICY_FIELDS))
+        _check_lookup_files(config)
+        return config
     fields, state, origin = initial_policy(config)
+    resolved = ServeConfig.from_dict({**config.to_dict(), **fields})
+    _check_lookup_files(resolved)
     store = SnapshotStore(state_dir)
     write_npz_atomic(store.initial_path, state, {"origin": origin})
-    data = config.to_dict()
-    data.update(fields)
-    resolved = ServeConfig.from_dict(data)
     write_json_atomic(state_dir / SERVICE_FILE, {"policy": resolved.policy_fields(), "origin": origin,
                                                  "created_at": time.time()})
     return resolved
+
+
+def _check_lookup_files(config: ServeConfig) -> None:
+    """A user table or titles file that cannot be read is named here, before Ray starts, not by a replica."""
+    from recbandits.serve.schemas import load_item_titles, load_user_table
+
+    try:
+        if config.user_table:
+            load_user_table(config.user_table, config.context_dim)
+        if config.item_titles:
+            load_item_titles(config.item_titles)
+    except (OSError, ValueError, KeyError) as error:
+        raise StateDirError(str(error).splitlines()[0]) from None
 
 
 def _lock_holder(path: Path) -> str:
