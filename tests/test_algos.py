@@ -391,3 +391,61 @@ def test_an_algorithm_waiting_for_cpus_another_holds_says_so_and_gives_up(small_
         assert "recbandits: waiting: 1 env runner(s) need 1 CPU(s)" in capfd.readouterr().err
     finally:
         holder.stop()
+
+
+@pytest.mark.parametrize("shape", ["disjoint", "shared"])
+def test_thompson_samples_follow_the_posterior_of_the_ridge_statistics(shape):
+    """theta~ ~ N(theta_hat, v^2 A^-1) with A = lambda I + X^T X, theta_hat = A^-1 X^T y and
+    v^2 = (a0 + (y^T y - b^T theta_hat) / 2) / (a0 + n / 2), all computed here from the raw rows; one theta~ per
+    decision and model: the shared model scores every candidate of a row with the same draw, the disjoint arms draw
+    independently."""
+    import gymnasium as gym
+
+    from recbandits.algos.module import LinearBanditModule
+
+    lambda_, prior, dim, arms, draws = 0.5, 1.0, 3, 4, 40_000
+    rng = np.random.default_rng(7)
+    if shape == "disjoint":
+        spaces = {"observation_space": gym.spaces.Box(-9, 9, (dim,)), "action_space": gym.spaces.Discrete(arms)}
+    else:  # features [global (1), per_arm (2)], no interaction
+        spaces = {"observation_space": gym.spaces.Dict({"global": gym.spaces.Box(-9, 9, (1,)),
+                                                        "per_arm": gym.spaces.Box(-9, 9, (arms, dim - 1))}),
+                  "action_space": gym.spaces.Discrete(arms)}
+    module = LinearBanditModule(**spaces, inference_only=False,
+                                model_config={"exploration": "thompson", "lambda_": lambda_, "noise_prior": prior,
+                                              "interaction": False, "seed": 3})
+    rows = 60
+    features = rng.normal(size=(rows, dim))
+    models = rng.integers(0, module.num_models, size=rows)
+    rewards = features @ np.array([0.5, -1.0, 2.0]) + rng.normal(scale=0.7, size=rows)
+    module.absorb(*module.statistics(torch.from_numpy(features), torch.from_numpy(models), torch.from_numpy(rewards)))
+
+    # Scores of fixed candidates over many decisions.
+    candidates = rng.normal(size=(arms, dim))
+    if shape == "disjoint":
+        obs = np.repeat(candidates[:1], draws, axis=0)  # one context, every arm scores it with its own theta~
+        per_arm_x = np.repeat(candidates[:1], arms, axis=0)
+    else:
+        candidates[:, 0] = 1.3  # the global feature is the row's, the same for every candidate
+        obs = {"global": np.full((draws, 1), 1.3), "per_arm": np.repeat(candidates[None, :, 1:], draws, axis=0)}
+        per_arm_x = candidates
+    scores = module.scores(module.features(obs), "thompson").numpy()  # [draws, arms]
+
+    mean, covariance = np.zeros(arms), np.zeros((arms, arms))
+    for model in range(module.num_models):
+        chosen = models == model
+        x, y = features[chosen], rewards[chosen]
+        precision = lambda_ * np.eye(dim) + x.T @ x
+        theta = np.linalg.solve(precision, x.T @ y)
+        noise = (prior + 0.5 * (y @ y - (x.T @ y) @ theta)) / (prior + 0.5 * chosen.sum())
+        np.testing.assert_allclose(module.noise_scale[model].item() ** 2, noise, rtol=1e-9)
+        posterior = noise * np.linalg.inv(precision)
+        scored = [model] if shape == "disjoint" else list(range(arms))
+        mean[scored] = per_arm_x[scored] @ theta
+        covariance[np.ix_(scored, scored)] = per_arm_x[scored] @ posterior @ per_arm_x[scored].T
+    standard_error = np.sqrt(np.diag(covariance) / draws)
+    assert np.all(np.abs(scores.mean(0) - mean) < 5 * standard_error), (scores.mean(0), mean)
+    # Covariances within 5 standard errors (of a sample covariance of normals); zero across disjoint arms.
+    sample = np.cov(scores, rowvar=False)
+    covariance_error = np.sqrt((covariance**2 + np.outer(np.diag(covariance), np.diag(covariance))) / draws)
+    assert np.all(np.abs(sample - covariance) < 5 * covariance_error), (sample, covariance)

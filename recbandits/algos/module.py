@@ -193,10 +193,12 @@ class LinearBanditModule(TorchRLModule):
 
     @property
     def noise_scale(self) -> torch.Tensor:
-        """v per model: fixed, or the posterior mean of the noise variance under a normal-inverse-gamma prior."""
+        """v per model: fixed, or from a normal-inverse-gamma prior IG(a0, b0) on the noise variance, a0 = b0 =
+        ``noise_prior``: v^2 = b_n / a_n = (b0 + (y^T y - b^T theta) / 2) / (a0 + n / 2), the reciprocal of the
+        posterior mean of the noise precision."""
         if self.posterior_scale is not None:
             return torch.full((self.num_models,), float(self.posterior_scale), dtype=torch.float64)
-        # Residual sum of squares of the ridge fit: sum r^2 - b^T theta (>= 0 up to rounding).
+        # y^T y - b^T theta: the ridge fit's residual sum of squares plus lambda |theta|^2 (>= 0 up to rounding).
         residual = (self.response_square - (self.data_response * self.theta).sum(-1)).clamp_min(0.0)
         prior = self.noise_prior
         return torch.sqrt((prior + 0.5 * residual) / (prior + 0.5 * self.counts))
