@@ -105,13 +105,20 @@ class TFAgentsBaselineConfig:
         return self.batch_size * self.steps_per_loop
 
 
+# Loops that may include first-call tracing: common.function traces driver.run and agent.train on their first
+# call (and the agents' train may retrace once on its second).
+WARMUP_LOOPS = 2
+
+
 @dataclass
 class BaselineTrace:
     """Learning curve of one run, one entry per training loop (``batch_size * steps_per_loop`` samples).
 
     ``cumulative_regret`` and ``suboptimal`` are exact cumulative sums over every sample seen so far;
     ``wall_time_s`` covers the collect/train loop only (first-call tracing of the ``common.function``s
-    included, as for a TF-Agents user); ``setup_time_s`` is the environment (SVD) and agent construction.
+    included, as for a TF-Agents user) and ``samples_per_s`` is its rate; ``steady_samples_per_s`` is the rate
+    after the first ``WARMUP_LOOPS`` loops (tracing excluded; None when no loop came after them);
+    ``setup_time_s`` is the environment (SVD) and agent construction.
     """
 
     algo: str
@@ -121,6 +128,7 @@ class BaselineTrace:
     wall_time_s: float
     samples_per_s: float
     setup_time_s: float = 0.0
+    steady_samples_per_s: float | None = None
 
     @property
     def mean_regret(self) -> float:
@@ -274,13 +282,17 @@ def run_tf_agents_baseline(
     per_loop = config.samples_per_loop
     loops = -(-total_samples // per_loop)
     start = time.perf_counter()
+    warm = start
     for loop in range(loops):
         driver.run()
         agent.train(buffer.gather_all())
         buffer.clear()
         if progress is not None:
             progress((loop + 1) * per_loop)
-    wall_time = time.perf_counter() - start
+        if loop + 1 == WARMUP_LOOPS:
+            warm = time.perf_counter()
+    end = time.perf_counter()
+    wall_time = end - start
 
     optimal = np.concatenate(env.optimal_rewards)
     obtained = np.concatenate(env.rewards)
@@ -296,4 +308,5 @@ def run_tf_agents_baseline(
         wall_time_s=wall_time,
         samples_per_s=loops * per_loop / wall_time,
         setup_time_s=setup_time,
+        steady_samples_per_s=(loops - WARMUP_LOOPS) * per_loop / (end - warm) if loops > WARMUP_LOOPS else None,
     )

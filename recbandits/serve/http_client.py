@@ -1,8 +1,8 @@
 """A lean asyncio HTTP/1.1 client for the load generators: keep-alive connections, one request at a time on each.
 
 Why not aiohttp: on one machine the load generator shares the CPUs with the service it measures, and aiohttp's
-client costs ~0.5 ms of CPU per request on the 2-core machine (URL and header objects, timeout handles, stream
-readers), against ~0.12 ms here (docs/BENCHMARKS.md). The HTTP parsing is httptools' (llhttp, the parser
+client spends several times this module's CPU per request (URL and header objects, timeout handles, stream
+readers). The HTTP parsing is httptools' (llhttp, the parser
 uvicorn uses); this module only keeps the connections.
 
     client = KeepAliveClient("http://127.0.0.1:8001", timeout_s=30.0)
