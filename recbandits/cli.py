@@ -104,7 +104,8 @@ def simulate(
     choice_model: Annotated[str | None, typer.Option(
         help="cascade | position_based (movielens-ranking) \\[default: cascade]")] = None,
     feedback: Annotated[str | None, typer.Option(
-        help="cascading | score_vector (movielens-ranking) \\[default: cascading]")] = None,
+        help="cascading | score_vector (movielens-ranking) \\[default: cascading for cascade, score_vector for "
+        "position_based]")] = None,
     drift_rate: Annotated[float | None, typer.Option(
         help="Env preference drift, radians per step \\[default: 0.0]")] = None,
     references: Annotated[bool, typer.Option(help="Also run the random and oracle references.")] = True,

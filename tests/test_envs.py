@@ -232,6 +232,55 @@ def test_ranking_clicks_follow_the_choice_model(choice_model, feedback):
     assert abs(np.mean(rewards) - np.mean(expected)) < 4 * standard_error
 
 
+def _slot_outcomes(choice_model, eta=1.0, steps=40, num_envs=500, slate_size=4):
+    """(attraction of the movie in each slot [N, S], the step's info) over many users and candidate sets."""
+    env = MovieLensRankingVectorEnv(num_envs=num_envs, rank=8, num_candidates=10, slate_size=slate_size,
+                                    choice_model=choice_model, eta=eta)
+    env.reset(seed=21)
+    slate = np.tile(np.arange(slate_size), (num_envs, 1))
+    attractions, infos = [], []
+    for _ in range(steps):
+        attraction = env.unwrapped.simulator._attraction()[1]
+        _, reward, _, _, info = env.step(slate)
+        attractions.append(np.take_along_axis(attraction, slate, axis=1))
+        infos.append({**info, "reward": reward})
+    return np.concatenate(attractions), {key: np.concatenate([info[key] for info in infos]) for key in infos[0]}
+
+
+def _assert_rate(observed: np.ndarray, probability: np.ndarray, what: str) -> None:
+    """Bernoulli outcomes against their per-row probabilities: within 4 standard errors."""
+    expected, spread = probability.sum(), np.sqrt((probability * (1 - probability)).sum())
+    assert abs(observed.sum() - expected) < 4 * spread, f"{what}: {observed.sum()} vs {expected:.1f} +- {spread:.1f}"
+
+
+def test_the_cascade_first_click_is_in_slot_k_with_probability_a_k_times_the_skips_above():
+    attraction, info = _slot_outcomes("cascade")
+    skipped_above = np.cumprod(np.hstack([np.ones((len(attraction), 1)), 1 - attraction[:, :-1]]), axis=1)
+    for slot in range(attraction.shape[1]):
+        _assert_rate(info["clicked_position"] == slot, attraction[:, slot] * skipped_above[:, slot], f"slot {slot}")
+    _assert_rate(info["clicked_position"] == -1, np.prod(1 - attraction, axis=1), "no click")
+    np.testing.assert_array_equal(info["reward"], info["clicked_position"] >= 0)  # at most one click
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0, 2.0])
+def test_position_based_clicks_slot_k_with_its_attraction_times_k_to_the_minus_eta(eta):
+    attraction, info = _slot_outcomes("position_based", eta=eta)
+    assert info["slot_clicks"].shape == attraction.shape  # score-vector feedback, its default
+    for slot in range(attraction.shape[1]):
+        _assert_rate(info["slot_clicks"][:, slot], attraction[:, slot] / (slot + 1) ** eta, f"eta {eta}, slot {slot}")
+    np.testing.assert_array_equal(info["reward"], info["slot_clicks"].sum(axis=1))
+    # Independent slots: two clicks on one slate happen, as often as the product says.
+    _assert_rate(info["slot_clicks"][:, 0] & info["slot_clicks"][:, 1],
+                 attraction[:, 0] * attraction[:, 1] / 2**eta, f"eta {eta}, slots 0 and 1")
+
+
+def test_position_based_clicks_refuse_cascading_feedback():
+    with pytest.raises(ValueError, match=r"feedback='cascading' \(the first click only\) is the cascade model's "
+                                         r"observation: under choice_model='position_based'"):
+        MovieLensRankingEnv(rank=8, num_candidates=10, slate_size=4, choice_model="position_based",
+                            feedback="cascading")
+
+
 def test_click_reward_is_bernoulli_with_the_scaled_rating():
     env = MovieLensEnv(rank=8, reward_type="click")
     env.reset(seed=10)

@@ -24,6 +24,9 @@ from recbandits.envs.per_arm import CandidateFeatures, CandidateSimulator
 
 ChoiceModel = Literal["cascade", "position_based"]
 Feedback = Literal["cascading", "score_vector"]
+# What each choice model reveals by default: the cascade's first click (and so the slots scanned above it), the
+# position-based model's click or not of every slot.
+DEFAULT_FEEDBACK: dict[str, str] = {"cascade": "cascading", "position_based": "score_vector"}
 
 
 def slate_expected_clicks(slate_attraction: np.ndarray, choice_model: ChoiceModel, examination: np.ndarray) -> np.ndarray:
@@ -77,14 +80,7 @@ class RankingSimulator(CandidateSimulator):
     """Batched dynamics of the ranking env (see ``MovieLensRankingEnv``)."""
 
     def __init__(self, features, num_envs, num_candidates, slate_size, choice_model, eta, feedback, drift_rate):
-        if choice_model not in ("cascade", "position_based"):
-            raise ValueError(f"choice_model={choice_model!r} must be 'cascade' or 'position_based'")
-        if feedback not in ("cascading", "score_vector"):
-            raise ValueError(f"feedback={feedback!r} must be 'cascading' or 'score_vector'")
-        if not np.isfinite(eta) or eta < 0:
-            raise ValueError(f"eta={eta} must be a finite number >= 0 (examination decays as 1/k**eta)")
-        if not 1 <= slate_size <= num_candidates:
-            raise ValueError(f"slate_size={slate_size} must be between 1 and num_candidates={num_candidates}")
+        feedback = self.checked_settings(num_candidates, slate_size, choice_model, eta, feedback)
         # Clicks are the reward; the click model turns ratings into attraction probabilities.
         reward_model = RewardModel("click", 0.0, features.factorization.rating_scale)
         super().__init__(features, num_envs, num_candidates, reward_model, drift_rate)
@@ -105,6 +101,27 @@ class RankingSimulator(CandidateSimulator):
                 f"slate {actions[row].tolist()}{where} places candidate {ordered[row, column]} twice: "
                 "a slate holds distinct candidates"
             )
+
+    @staticmethod
+    def checked_settings(num_candidates, slate_size, choice_model, eta, feedback) -> str:
+        """Validate the slate and click settings (before any data is loaded); return the feedback to give."""
+        if choice_model not in ("cascade", "position_based"):
+            raise ValueError(f"choice_model={choice_model!r} must be 'cascade' or 'position_based'")
+        if feedback is None:
+            feedback = DEFAULT_FEEDBACK[choice_model]
+        if feedback not in ("cascading", "score_vector"):
+            raise ValueError(f"feedback={feedback!r} must be 'cascading' or 'score_vector'")
+        if choice_model == "position_based" and feedback == "cascading":
+            raise ValueError(
+                "feedback='cascading' (the first click only) is the cascade model's observation: under "
+                "choice_model='position_based' a slot above the first click may not have been examined, and the "
+                "clicks below it count in the reward but not in the feedback; use feedback='score_vector' (its "
+                "default)")
+        if not np.isfinite(eta) or eta < 0:
+            raise ValueError(f"eta={eta} must be a finite number >= 0 (examination decays as 1/k**eta)")
+        if not 1 <= slate_size <= num_candidates:
+            raise ValueError(f"slate_size={slate_size} must be between 1 and num_candidates={num_candidates}")
+        return feedback
 
     def _attraction(self, idx=slice(None)) -> tuple[np.ndarray, np.ndarray]:
         ratings = self.candidate_ratings(idx)
@@ -166,6 +183,7 @@ class RankingSimulator(CandidateSimulator):
 
 def _ranking_simulator(num_envs, data_dir, rank, num_candidates, slate_size, choice_model, eta, feedback,
                        movie_selection, num_movies, user_demographics, movie_genres, drift_rate) -> RankingSimulator:
+    feedback = RankingSimulator.checked_settings(num_candidates, slate_size, choice_model, eta, feedback)
     features = CandidateFeatures(data_dir, rank, movie_selection, num_movies, user_demographics, movie_genres)
     return RankingSimulator(features, num_envs, num_candidates, slate_size, choice_model, eta, feedback, drift_rate)
 
@@ -201,7 +219,7 @@ class MovieLensRankingEnv(BanditEnv):
     | Parameter | Meaning |
     | ``num_candidates``, ``slate_size`` | candidates per step, slots per slate (``slate_size <= num_candidates``) |
     | ``choice_model``, ``eta`` | ``"cascade"`` or ``"position_based"``; examination decay exponent of the latter |
-    | ``feedback`` | ``"cascading"`` or ``"score_vector"`` |
+    | ``feedback`` | ``"cascading"`` or ``"score_vector"``; None: the choice model's own (``DEFAULT_FEEDBACK``); the position-based model has no cascading feedback |
     | others | as in ``MovieLensPerArmEnv`` |
     """
 
@@ -213,7 +231,7 @@ class MovieLensRankingEnv(BanditEnv):
         slate_size: int = 5,
         choice_model: ChoiceModel = "cascade",
         eta: float = 1.0,
-        feedback: Feedback = "cascading",
+        feedback: Feedback | None = None,
         movie_selection: MovieSelection = "all",
         num_movies: int | None = None,
         user_demographics: bool | None = None,
@@ -238,7 +256,7 @@ class MovieLensRankingVectorEnv(BanditVectorEnv):
         slate_size: int = 5,
         choice_model: ChoiceModel = "cascade",
         eta: float = 1.0,
-        feedback: Feedback = "cascading",
+        feedback: Feedback | None = None,
         movie_selection: MovieSelection = "all",
         num_movies: int | None = None,
         user_demographics: bool | None = None,
