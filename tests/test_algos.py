@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import ray
 import torch
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.core.rl_module.rl_module import RLModule
@@ -23,23 +25,84 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 
 MODULE_PATH = ("learner_group", "learner", "rl_module", "default_policy")
 
+# Functions of this file run inside env runner processes (foreach_env_runner), which cannot import it.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
 
 def _config(config_cls, data_dir, env="recbandits/MovieLens-v0", runners=2, envs=64, fragment=4, **training):
     env_config = {"data_dir": str(data_dir), "rank": 6}
-    env_config.update({"num_movies": 12} if env.endswith("MovieLens-v0") else {"num_actions": 8})
+    env_config.update({"num_movies": 12} if env.endswith("MovieLens-v0") else
+                      {"num_candidates": 8, "slate_size": 3} if "Ranking" in env else {"num_actions": 8})
     return (
         config_cls()
         .environment(env, env_config=env_config)
         .env_runners(num_env_runners=runners, num_envs_per_env_runner=envs, rollout_fragment_length=fragment)
-        .training(record_transitions=True, **training)
+        .training(**training)
         .debugging(seed=7)
     )
 
 
-def _recorded(algo) -> dict[str, np.ndarray]:
-    parts = algo.env_runner_group.foreach_env_runner(lambda runner: runner.recorded_transitions(),
-                                                     local_env_runner=False)
-    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+def _record_what_the_envs_emit(algo) -> None:
+    """Wrap every runner's vector env: it keeps each step's observations, actions, rewards and infos."""
+    import gymnasium as gym
+
+    def copy(value):
+        return {key: np.array(part) for key, part in value.items()} if isinstance(value, dict) else np.array(value)
+
+    class Recording(gym.vector.VectorWrapper):
+        def __init__(self, env):
+            super().__init__(env)
+            self.steps, self._observations = [], None
+
+        def reset(self, **kwargs):
+            self._observations, info = self.env.reset(**kwargs)
+            return self._observations, info
+
+        def step(self, actions):
+            observations, rewards, terminated, truncated, infos = self.env.step(actions)
+            self.steps.append({"obs": copy(self._observations), "actions": np.array(actions),
+                               "rewards": np.array(rewards), "infos": copy(infos)})
+            self._observations = observations
+            return observations, rewards, terminated, truncated, infos
+
+    def wrap(runner):
+        runner.env = Recording(runner.env)
+
+    algo.env_runner_group.foreach_env_runner(wrap, local_env_runner=False)
+
+
+def _learning_rows(algo, shape: str) -> dict[str, np.ndarray]:
+    """(features, model, target, step index) of every observation, built here from what the envs emitted: the
+    disjoint context and arm; the shared [global, arm, global x arm]; a cascade slate's slots down to the click."""
+    recordings = algo.env_runner_group.foreach_env_runner(lambda runner: runner.env.steps, local_env_runner=False)
+    rows = {"features": [], "models": [], "rewards": [], "batch": []}
+
+    def add(features, models, rewards, batch):
+        rows["features"].append(features)
+        rows["models"].append(models)
+        rows["rewards"].append(rewards)
+        rows["batch"].append(np.full(len(rewards), batch))
+
+    for steps in recordings:
+        for batch, step in enumerate(steps):
+            obs, actions, rewards, infos = step["obs"], step["actions"], step["rewards"], step["infos"]
+            if shape == "disjoint":
+                add(obs.astype(np.float64), actions, rewards, batch)
+                continue
+            for row in range(len(actions)):
+                slate = np.atleast_1d(actions[row])
+                global_features = obs["global"][row].astype(np.float64)
+                arms = obs["per_arm"][row][slate].astype(np.float64)
+                features = np.hstack([np.repeat(global_features[None], len(slate), 0), arms,
+                                      np.einsum("g,sp->sgp", global_features, arms).reshape(len(slate), -1)])
+                if shape == "shared":
+                    add(features, np.zeros(1, dtype=np.int64), rewards[row:row + 1], batch)
+                else:  # a cascade slate: the slots scanned down to the click (all of them without one)
+                    clicked = int(infos["clicked_position"][row])
+                    seen = clicked + 1 if clicked >= 0 else len(slate)
+                    add(features[:seen], np.zeros(seen, dtype=np.int64), (np.arange(seen) == clicked).astype(float),
+                        batch)
+    return {key: np.concatenate(value) for key, value in rows.items()}
 
 
 def _closed_form_ridge(transitions, num_models, lambda_, gamma=1.0):
@@ -57,21 +120,29 @@ def _closed_form_ridge(transitions, num_models, lambda_, gamma=1.0):
     return np.array(thetas), np.array(covariances)
 
 
-@pytest.mark.parametrize("env, config_cls, gamma", [
-    ("recbandits/MovieLens-v0", LinUCBConfig, 1.0),
-    ("recbandits/MovieLens-v0", LinTSConfig, 0.9),
-    ("recbandits/MovieLensPerArm-v0", LinUCBConfig, 1.0),
+@pytest.mark.parametrize("env, config_cls, gamma, shape", [
+    ("recbandits/MovieLens-v0", LinUCBConfig, 1.0, "disjoint"),
+    ("recbandits/MovieLens-v0", LinTSConfig, 0.9, "disjoint"),
+    ("recbandits/MovieLensPerArm-v0", LinUCBConfig, 1.0, "shared"),
+    ("recbandits/MovieLensRanking-v0", LinUCBConfig, 1.0, "cascade"),
 ])
-def test_parallel_statistics_equal_the_closed_form_ridge(small_data_dir, env, config_cls, gamma):
+def test_parallel_statistics_equal_the_closed_form_ridge(small_data_dir, env, config_cls, gamma, shape):
+    """The Learner's posterior equals ridge regression on the observations as the envs emitted them (features,
+    interaction and slate feedback built by the test, not taken from the runners)."""
     algo = _config(config_cls, small_data_dir, env=env, lambda_=0.5, gamma=gamma).build_algo()
     try:
+        _record_what_the_envs_emit(algo)
         for _ in range(3):
             algo.train()
-        transitions = _recorded(algo)
+        transitions = _learning_rows(algo, shape)
         module = algo.module
         # 2 runners x 64 sub-envs x 4 steps x 3 iterations, each learned from exactly once.
-        assert len(transitions["rewards"]) == 2 * 64 * 4 * 3
-        assert module.counts.sum().item() == pytest.approx(sum(gamma ** (11 - t) for t in range(12)) * 128)
+        assert transitions["batch"].max() == 11 and len(np.unique(transitions["batch"])) == 12
+        if shape != "cascade":
+            assert len(transitions["rewards"]) == 2 * 64 * 4 * 3
+            assert module.counts.sum().item() == pytest.approx(sum(gamma ** (11 - t) for t in range(12)) * 128)
+        else:
+            assert module.counts.sum().item() == len(transitions["rewards"]) > 2 * 64 * 4 * 3
         theta, covariance = _closed_form_ridge(transitions, module.num_models, 0.5, gamma)
         np.testing.assert_allclose(module.theta.numpy(), theta, atol=1e-6, rtol=1e-6)
         np.testing.assert_allclose(module.covariance.numpy(), covariance, atol=1e-6, rtol=1e-6)
