@@ -355,3 +355,89 @@ def test_item_titles_come_from_json_or_csv_and_an_unreadable_file_is_named_befor
         with pytest.raises(StateDirError, match=message):
             prepare_state_dir(config, set())
         assert not (tmp_path / f"state-{path.name}" / "service.json").exists()
+
+
+def test_old_snapshots_are_pruned_and_their_versions_rebuilt_from_an_older_snapshot_and_the_log(tmp_path):
+    config = _config(tmp_path, keep_snapshots=2)
+    contexts = [[1.0, float(i)] for i in range(6)]
+
+    async def run():
+        core = BanditCore(config)
+        versions = []
+        for i, context in enumerate(contexts):
+            await core.log_decisions([_row(core, f"e{i}", context, "a")])
+            await core.record_reward(f"e{i}", float(i))
+            core.learn(force=True)
+            versions.append(core.version_id)
+            if i in (0, 2, 4, 5):
+                assert await core.snapshot() == core.version_id
+        # The two newest snapshots are kept; the initial policy always is.
+        assert core.snapshots.versions() == [versions[4], versions[5]] and core.snapshots.initial_path.is_file()
+        for i, version in enumerate(versions):  # every version: what e0..ei give, snapshot or not
+            state = await core.version_state(version)
+            x, y = np.array(contexts[: i + 1]), np.arange(i + 1, dtype=float)
+            np.testing.assert_allclose(state["data_precision"][0], x.T @ x, rtol=1e-12)
+            np.testing.assert_allclose(state["data_response"][0], x.T @ y, rtol=1e-12)
+            assert state["counts"].tolist() == [i + 1, 0.0, 0.0]
+        await core.close()
+
+    asyncio.run(run())
+
+
+def test_events_whose_window_ended_while_the_service_was_down_expire_into_the_default_at_the_restart(tmp_path):
+    import time
+
+    config = _config(tmp_path, join_window_s=1.0, default_reward=0.5)
+
+    async def before_the_stop():
+        core = BanditCore(config)
+        await core.log_decisions([_row(core, "late", [2.0, 1.0], "b"), _row(core, "paid", [1.0, 1.0], "c")])
+        await core.record_reward("paid", 1.0)
+        await core.close()
+
+    asyncio.run(before_the_stop())
+
+    async def after_the_restart():
+        core = BanditCore(config)
+        assert set(core.open) == {"late"}  # open again, with its deadline from the log ("paid" closed: rule first)
+        assert core.expire_due(now=time.time() + 2.0) == 1  # its window ended while the service was down
+        await core.log.drain()
+        core.learn(force=True)
+        assert core.counters["expired_default"] == 1
+        np.testing.assert_array_equal(core.policy.counts, [0.0, 1.0, 1.0])
+        np.testing.assert_allclose(core.policy.get_state()["data_response"][1], 0.5 * np.array([2.0, 1.0]))
+        with pytest.raises(Rejection) as expired:
+            await core.record_reward("late", 1.0)
+        assert expired.value.status == 409 and "default reward" in expired.value.message
+        await core.close()
+
+    asyncio.run(after_the_restart())
+    frame = read_event_log(config.state_path)
+    assert frame[frame["kind"] == "expire"][["event_id", "outcome"]].values.tolist() == [["late", "default"]]
+
+
+def test_a_log_that_cannot_be_written_stops_acknowledging_and_reports_unhealthy(tmp_path):
+    """The disk fills up under the service (the log's file descriptor now writes to /dev/full: ENOSPC)."""
+    import os
+
+    from recbandits.serve.eventlog import LogWriteError
+
+    config = _config(tmp_path)
+
+    async def run():
+        core = BanditCore(config)
+        await core.log_decisions([_row(core, "before", [1.0, 0.0], "a")])
+        full = os.open("/dev/full", os.O_WRONLY)
+        os.dup2(full, core.log._fd)
+        os.close(full)
+        with pytest.raises(LogWriteError, match="No space left on device"):
+            await core.log_decisions([_row(core, "after", [1.0, 0.0], "a")])
+        assert not core.healthy()  # /healthz: 503 unavailable; every write answers 503 log_failed
+        with pytest.raises(LogWriteError):
+            await core.record_reward("before", 1.0)
+        assert "after" not in core.open and core.counters["decisions"] == 1 and core.counters["rewards"] == 0
+        await core.close()
+
+    asyncio.run(run())
+    frame = read_event_log(config.state_path)
+    assert frame[frame["kind"] == "decision"]["event_id"].tolist() == ["before"]  # nothing half-written
