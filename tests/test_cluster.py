@@ -311,6 +311,8 @@ def test_a_runner_killed_mid_iteration_is_restarted_and_no_transition_counts_twi
 
     after = _records(algo)
     assert after[victim]["pid"] != before[victim]["pid"], "a new process replaced the killed runner"
+    # The new process draws fresh streams: its first users are not the ones the run started with.
+    assert not np.array_equal(after[victim]["features"][:32], before[victim]["features"][:32])
     # Every transition the Learner holds: the victim's before it died (its last, partial call never returned),
     # the other runner's, and the restarted victim's since it came back: each exactly once.
     parts = [before[victim], after[2], after[victim]]
