@@ -67,7 +67,8 @@ def _print_summary(summary: dict) -> None:
              f"{row['per_step_regret_last_tenth']:.4f}", f"{row['suboptimal_arm_rate_last_iteration']:.1%}",
              f"{row['env_steps_per_s']:,.0f}"] for row in summary["runs"]]
     _print_table("Simulation summary", headers, rows)
-    Console().print(f"outputs in {summary['out']}: metrics.csv, regret.png, tensorboard/, checkpoint/", soft_wrap=True)
+    Console().print(f"outputs in {summary['out']}: metrics.csv, summary.json, config.json, regret.png, tensorboard/, "
+                    "checkpoint/", soft_wrap=True)
 
 
 @app.command()
@@ -171,8 +172,8 @@ def compare(
     _print_table(f"Comparison: {spec.seeds} seed(s), mean ± 95% CI", headers,
                  [[f"{value:,}" if isinstance(value, int) else str(value) for value in row]
                   for row in table[headers].itertuples(index=False)])
-    Console().print(f"outputs in {out}: table.md (every budget, library, wall time, hyperparameters), table.csv, "
-                    "runs.csv, regret.png, config.json", soft_wrap=True)
+    Console().print(f"outputs in {out}: table.md, table.csv, runs.csv, regret.png, config.json", soft_wrap=True)
+    Console().print("(table.md and table.csv: every budget, library, wall time, hyperparameters)")
 
 
 @app.command()

@@ -304,11 +304,10 @@ def test_start_and_stop_print_only_the_services_own_lines(service):
     from conftest import library_lines
 
     assert service["process"].terminate() == []
-    printed = (service["state_dir"].parent / "service.log").read_text()
+    printed = (service["state_dir"].parent / "service.log").read_text() + service["process"].stdout
     assert '{"stopping": true}' in printed
     # Ray Serve's controller announces its throughput-optimized settings at INFO before Serve applies its
-    # logging config (ray/serve/_private/controller.py); the raylet may report the controller's retried
-    # graceful_shutdown task at a clean stop. Both are Ray's own; nothing else may appear.
-    unexpected = [line for line in library_lines(printed)
-                  if "Throughput optimized Ray Serve" not in line and "ServeController.graceful_shutdown" not in line]
+    # logging config (ray/serve/_private/controller.py): Ray's own; nothing else may appear (the raylet's
+    # "ServeController.graceful_shutdown failed" is gone since a local Ray's Serve is not shut down apart).
+    unexpected = [line for line in library_lines(printed) if "Throughput optimized Ray Serve" not in line]
     assert unexpected == []

@@ -2,7 +2,7 @@
 
     config = (
         LinUCBConfig()
-        .environment("recbandits/MovieLens-v0", env_config={"data_dir": "../shared/data/ml-100k"})
+        .environment("recbandits/MovieLens-v0", env_config={"rank": 20, "num_movies": 20})
         .env_runners(num_env_runners=2, num_envs_per_env_runner=1024, rollout_fragment_length=16)
         .training(alpha=10.0, lambda_=0.001)
     )

@@ -336,7 +336,7 @@ def simulate(spec: SimulationSpec, out: str | Path, *, address: str | None = Non
         prepare_out(out, overwrite)
     planned = planned_steps(spec)
     if progress and planned != spec.steps:
-        print(f"--steps {spec.steps:,} runs as {planned:,} env steps: whole iterations of "
+        print(f"--steps {spec.steps:,} runs {planned:,} env steps: whole iterations of\n"
               f"{max(spec.num_env_runners, 1)} runner(s) x {spec.num_envs_per_env_runner} sub-envs x "
               f"{spec.rollout_fragment_length} steps")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -361,12 +361,12 @@ def simulate(spec: SimulationSpec, out: str | Path, *, address: str | None = Non
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, disable=not progress, transient=False) as bar:
         for policy in policies:
-            task = bar.add_task(f"{policy:>10} env steps", total=spec.steps)
+            task = bar.add_task(f"{policy:>10} env steps", total=planned)
             learner = policy == spec.algo
             run = train_policy(
                 spec, policy, writer=writer,
                 checkpoint_dir=out / "checkpoint" if learner else None,
-                on_iteration=lambda steps, task=task: bar.update(task, completed=min(steps, spec.steps)),
+                on_iteration=lambda steps, task=task: bar.update(task, completed=min(steps, planned)),
                 resume_from=resume_from if learner else None, previous=previous if learner else None,
             )  # fmt: skip
             runs.append(run)

@@ -2,7 +2,7 @@
 
     config = (
         TFALinUCBConfig()   # or TF_AGENTS_ALGORITHM_CONFIGS["tfa-neural-eps-greedy"]() ...
-        .environment("recbandits/MovieLens-v0", env_config={"data_dir": "../shared/data/ml-100k"})
+        .environment("recbandits/MovieLens-v0", env_config={"rank": 20, "num_movies": 20})
         .env_runners(num_env_runners=2, num_envs_per_env_runner=8, rollout_fragment_length=2)
         .training(alpha=10.0, tikhonov_weight=0.001)
     )

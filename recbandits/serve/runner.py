@@ -294,7 +294,8 @@ def run_service(config: ServeConfig, address: str | None = None, explicit: set[s
         ray_processes = list(_descendants(os.getpid())) if not address else []
         try:
             serve.delete(APP_NAME)  # graceful: replicas close the core (final snapshot)
-            serve.shutdown()
+            if address:  # a cluster's Serve controller outlives us unless shut down; a local Ray goes with us
+                serve.shutdown()
         finally:
             ray.shutdown()
             _end_processes(ray_processes)

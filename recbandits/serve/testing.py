@@ -93,6 +93,11 @@ class ServiceProcess:
         self.admin_token = Path(self.ready["admin_token_file"]).read_text().strip()
         return self.ready
 
+    @property
+    def stdout(self) -> str:
+        """Everything the service printed on stdout so far."""
+        return "".join(self._stdout_lines)
+
     def log_tail(self, lines: int = 40) -> str:
         if self.log_path and self.log_path.exists():
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
