@@ -441,3 +441,10 @@ def test_a_log_that_cannot_be_written_stops_acknowledging_and_reports_unhealthy(
     asyncio.run(run())
     frame = read_event_log(config.state_path)
     assert frame[frame["kind"] == "decision"]["event_id"].tolist() == ["before"]  # nothing half-written
+
+
+def test_a_first_start_from_a_missing_checkpoint_is_named_and_writes_nothing(tmp_path):
+    config = ServeConfig(state_dir=str(tmp_path / "state"), checkpoint=str(tmp_path / "runs" / "simulate"))
+    with pytest.raises(ValueError, match=f"checkpoint {tmp_path / 'runs' / 'simulate'} does not exist"):
+        prepare_state_dir(config, set())
+    assert not (tmp_path / "state").exists()  # no admin token or half-made state dir left behind

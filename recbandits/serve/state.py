@@ -104,6 +104,10 @@ def prepare_state_dir(config: ServeConfig, explicit: set[str] | None = None) -> 
     from recbandits.serve.policy import initial_policy
 
     state_dir = config.state_path.resolve()
+    if config.checkpoint and not (state_dir / SERVICE_FILE).exists():
+        from recbandits.algos.checkpoints import find_module_checkpoint
+
+        find_module_checkpoint(config.checkpoint)  # a first start: a wrong path is named before anything is written
     state_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     secure_state_dir(state_dir)
     if config.state_dir != str(state_dir):  # replicas may run in another working directory
