@@ -172,8 +172,9 @@ def compare(
     _print_table(f"Comparison: {spec.seeds} seed(s), mean ± 95% CI", headers,
                  [[f"{value:,}" if isinstance(value, int) else str(value) for value in row]
                   for row in table[headers].itertuples(index=False)])
-    Console().print(f"outputs in {out}: table.md, table.csv, runs.csv, regret.png, config.json", soft_wrap=True)
-    Console().print("(table.md and table.csv: every budget, library, wall time, hyperparameters)")
+    console = Console()
+    console.print(f"outputs in {out}: table.md, table.csv, runs.csv, regret.png, config.json", soft_wrap=True)
+    console.print("(table.md and table.csv: every budget, library, wall time, hyperparameters)")
 
 
 @app.command()

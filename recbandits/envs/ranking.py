@@ -80,7 +80,7 @@ class RankingSimulator(CandidateSimulator):
     """Batched dynamics of the ranking env (see ``MovieLensRankingEnv``)."""
 
     def __init__(self, features, num_envs, num_candidates, slate_size, choice_model, eta, feedback, drift_rate):
-        feedback = self.checked_settings(num_candidates, slate_size, choice_model, eta, feedback)
+        # Settings as ``checked_settings`` returns them (``_ranking_simulator`` checks before loading data).
         # Clicks are the reward; the click model turns ratings into attraction probabilities.
         reward_model = RewardModel("click", 0.0, features.factorization.rating_scale)
         super().__init__(features, num_envs, num_candidates, reward_model, drift_rate)
@@ -105,7 +105,7 @@ class RankingSimulator(CandidateSimulator):
     @staticmethod
     def checked_settings(num_candidates, slate_size, choice_model, eta, feedback) -> str:
         """Validate the slate and click settings (before any data is loaded); return the feedback to give."""
-        if choice_model not in ("cascade", "position_based"):
+        if choice_model not in DEFAULT_FEEDBACK:
             raise ValueError(f"choice_model={choice_model!r} must be 'cascade' or 'position_based'")
         if feedback is None:
             feedback = DEFAULT_FEEDBACK[choice_model]
