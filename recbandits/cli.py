@@ -142,11 +142,13 @@ def simulate(
 @app.command()
 def compare(
     algos: Annotated[str, typer.Option(help="Comma-separated contenders, e.g. linucb,lints,tfa-linucb,tfa-lints,random "
-                                             "(NAME:batch=N:runners=N for another recbandits sampling layout).")]
+                                             "(NAME:batch=N:runners=N for another recbandits sampling layout, "
+                                             "NAME:alpha=X:lambda=X for other hyperparameters).")]
     = "linucb,lints,tfa-linucb,tfa-lints,tfa-neural-eps-greedy,tfa-neural-linucb,random",
     env: Annotated[str, typer.Option(help="movielens (the TF-Agents baselines exist for the MF env).")] = "movielens",
     steps: Annotated[int, typer.Option(help="Samples per contender and seed.")] = 20_000,
-    seeds: Annotated[int, typer.Option(help="Seeds 0..N-1 for every contender.")] = 5,
+    seeds: Annotated[int, typer.Option(help="How many seeds every contender runs.")] = 5,
+    first_seed: Annotated[int, typer.Option(help="The first seed (seeds FIRST..FIRST+N-1).")] = 0,
     data_dir: DataDir = None,
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/compare"),
     address: Address = None,
@@ -161,7 +163,7 @@ def compare(
 
     try:
         spec = ComparisonSpec(algos=[name for name in algos.split(",") if name.strip()], steps=steps, seeds=seeds,
-                              data_dir=data_dir, env=env, hyperparameters={"alpha": alpha, "lambda_": lambda_})
+                              first_seed=first_seed, data_dir=data_dir, env=env, hyperparameters={"alpha": alpha, "lambda_": lambda_})
         table, _ = run_comparison(spec, out, address=address)
     except (ValueError, ConnectionError) as error:
         raise _fail(str(error)) from None

@@ -18,8 +18,20 @@ def test_contenders_parse_and_reject_bad_entries():
     assert Contender.parse("tfa-lints").library == "TF-Agents"
     with pytest.raises(ValueError, match="'ucb' is not one of linucb"):
         Contender.parse("ucb")
-    with pytest.raises(ValueError, match="options are batch=N and runners=N"):
+    with pytest.raises(ValueError, match="options are batch=N and runners=N, alpha=X, lambda=X; got 'size=3'"):
         Contender.parse("linucb:size=3")
+    # Hyperparameters by the CLI's names, as keywords of each library.
+    assert Contender.parse("tfa-lints:alpha=0.3:lambda=1").settings() == {"alpha": 0.3, "tikhonov_weight": 1.0}
+    assert Contender.parse("lints:posterior_scale=0.3").settings() == {"posterior_scale": 0.3}
+    assert Contender.parse("linucb:batch=64:alpha=1").settings() == {"alpha": 1.0}
+    with pytest.raises(ValueError, match=r"options are batch=N and runners=N, lambda=X, posterior_scale=X; got 'alpha=1'"):
+        Contender.parse("lints:alpha=1")
+    with pytest.raises(ValueError, match=r"--alpha -1 must be >= 0"):
+        Contender.parse("tfa-lints:alpha=-1")
+    with pytest.raises(ValueError, match=r"alpha must be a number, got 'x'"):
+        Contender.parse("linucb:alpha=x")
+    with pytest.raises(ValueError, match=r"--posterior_scale 0 must be > 0"):
+        Contender.parse("lints:posterior_scale=0")
     with pytest.raises(ValueError, match="TF-Agents baselines run with the example's batch of 8"):
         Contender.parse("tfa-linucb:batch=64")
     with pytest.raises(ValueError, match="MF env 'movielens' only"):
@@ -33,21 +45,27 @@ def test_confidence_interval_is_student_t():
 
 
 def test_compare_runs_every_contender_on_every_seed(small_data_dir, tmp_path):
-    spec = ComparisonSpec(algos=["linucb", "tfa-linucb", "random"], steps=480, seeds=2,
-                          data_dir=str(small_data_dir), rank=6, num_movies=12)
+    spec = ComparisonSpec(algos=["linucb", "tfa-linucb", "random", "tfa-linucb:alpha=0"], steps=480, seeds=2,
+                          first_seed=3, data_dir=str(small_data_dir), rank=6, num_movies=12)
     table, returned_runs = compare(spec, tmp_path, progress=False)
     runs = pd.read_csv(tmp_path / "runs.csv")
     assert sorted(zip(runs["contender"], runs["seed"], strict=True)) == [
-        ("linucb", 0), ("linucb", 1), ("random", 0), ("random", 1), ("tfa-linucb", 0), ("tfa-linucb", 1)]
-    assert len(returned_runs) == 6
+        ("linucb", 3), ("linucb", 4), ("random", 3), ("random", 4), ("tfa-linucb", 3), ("tfa-linucb", 4),
+        ("tfa-linucb:alpha=0", 3), ("tfa-linucb:alpha=0", 4)]
+    assert len(returned_runs) == 8
+    # The contender's own alpha reaches TF-Agents' agent: greedy (alpha 0) decides otherwise than alpha 10.
+    regret = runs.set_index(["contender", "seed"])["regret@480"]
+    assert all(regret["tfa-linucb:alpha=0", seed] != regret["tfa-linucb", seed] for seed in (3, 4))
     assert (runs["samples"] >= 480).all() and (runs["samples_per_s"] > 0).all()
     # Regret at the budget that ran (480), none at budgets that did not.
     assert [column for column in runs.columns if column.startswith("regret@")] == ["regret@480"]
     assert runs["regret@480"].notna().all() and (runs["regret@480"] >= 0).all()
-    assert list(table["contender"]) == ["linucb", "tfa-linucb", "random"]
+    assert list(table["contender"]) == ["linucb", "tfa-linucb", "random", "tfa-linucb:alpha=0"]
     assert [column for column in table.columns if column.startswith("regret@")] == ["regret@480"]
     assert not table.isin(["not run"]).any().any()
     assert table.loc[1, "hyperparameters"] == "alpha 10.0, tikhonov 0.001 (as its example ships); batch 8, 2 steps/loop"
+    assert table.loc[3, "hyperparameters"] == ("alpha 0.0, tikhonov 0.001 (alpha 0 set, the rest as its example ships); "
+                                               "batch 8, 2 steps/loop")
     text = (tmp_path / "table.md").read_text()
     assert "| contender" in text and "MISSED" not in text and ">= 1000x" not in text  # no project targets
     assert (tmp_path / "regret.png").stat().st_size > 10_000

@@ -41,37 +41,70 @@ TF_AGENTS_EXAMPLE = {"batch": 8, "steps_per_loop": 2}  # the sampling layout of 
 CURVE_POINTS = 200
 
 
+# Hyperparameters a contender entry may set (``tfa-lints:alpha=0.3``), by library. ``lambda`` is recbandits'
+# ridge ``lambda_`` and TF-Agents' ``tikhonov_weight``; ``posterior_scale`` fixes recbandits LinTS' v (the
+# counterpart of TF-Agents LinTS' alpha) instead of estimating it.
+CONTENDER_HYPERPARAMETERS = {
+    "recbandits": {"alpha": "alpha", "lambda": "lambda_", "epsilon": "epsilon", "posterior_scale": "posterior_scale"},
+    "TF-Agents": {"alpha": "alpha", "lambda": "tikhonov_weight", "epsilon": "epsilon"},
+}
+_APPLIES = {"linucb": ("alpha", "lambda"), "lints": ("lambda", "posterior_scale"), "eps-greedy": ("epsilon", "lambda"),
+            "random": (), "oracle": (), "tfa-linucb": ("alpha", "lambda"), "tfa-lints": ("alpha", "lambda"),
+            "tfa-neural-eps-greedy": ("epsilon",), "tfa-neural-linucb": ("alpha", "epsilon")}
+
+
 @dataclass(frozen=True)
 class Contender:
-    """One line of the table: an algorithm name and, for recbandits ones, its sampling layout."""
+    """One line of the table: an algorithm name, for recbandits ones its sampling layout, and any hyperparameters
+    that differ from the defaults (recbandits: ``ComparisonSpec.hyperparameters``; TF-Agents: its example's)."""
 
     name: str
     algo: str
     batch: int = TF_AGENTS_EXAMPLE["batch"]
     runners: int = 0
+    hyperparameters: tuple[tuple[str, float], ...] = ()  # (CLI name, value), e.g. (("alpha", 0.3),)
 
     @property
     def library(self) -> str:
         return "TF-Agents" if self.algo in TF_AGENTS_ALGOS else "recbandits"
 
+    def settings(self) -> dict[str, float]:
+        """The contender's own hyperparameters as keywords of its library (``training()`` or the baseline's)."""
+        keys = CONTENDER_HYPERPARAMETERS[self.library]
+        return {keys[name]: value for name, value in self.hyperparameters}
+
     @staticmethod
     def parse(text: str) -> Contender:
-        """``linucb`` or ``linucb:batch=1024:runners=2``."""
+        """``linucb``, ``linucb:batch=1024:runners=2`` or ``tfa-lints:alpha=0.3:lambda=1``."""
+        from recbandits.algos.options import check_value
+
         algo, _, options = text.strip().partition(":")
         known = (*ALGORITHM_CONFIGS, *TF_AGENTS_ALGOS)
         if algo not in known:
             raise ValueError(f"--algos entry {algo!r} is not one of {', '.join(known)}")
-        settings: dict[str, int] = {}
+        layout: dict[str, int] = {}
+        hyperparameters: dict[str, float] = {}
         for option in filter(None, options.split(":")):
             key, _, value = option.partition("=")
-            if key not in ("batch", "runners") or not value.isdigit():
-                raise ValueError(f"--algos entry {text!r}: options are batch=N and runners=N, got {option!r}")
-            settings[key] = int(value)
-        if settings and algo in TF_AGENTS_ALGOS:
+            if key in ("batch", "runners") and value.isdigit():
+                layout[key] = int(value)
+                continue
+            if key not in _APPLIES[algo]:
+                takes = ", ".join(f"{name}=X" for name in _APPLIES[algo])
+                raise ValueError(f"--algos entry {text!r}: options are batch=N and runners=N"
+                                 f"{' (recbandits only)' if algo in TF_AGENTS_ALGOS else ''}"
+                                 f"{', ' + takes if takes else ''}; got {option!r}")
+            try:
+                number = float(value)
+            except ValueError:
+                raise ValueError(f"--algos entry {text!r}: {key} must be a number, got {value!r}") from None
+            check_value(key, number)
+            hyperparameters[key] = number
+        if layout and algo in TF_AGENTS_ALGOS:
             raise ValueError(f"--algos entry {text!r}: TF-Agents baselines run with the example's batch of 8")
-        if settings.get("batch", 1) < 1:
+        if layout.get("batch", 1) < 1:
             raise ValueError(f"--algos entry {text!r}: batch must be at least 1")
-        return Contender(text.strip(), algo, **settings)
+        return Contender(text.strip(), algo, **layout, hyperparameters=tuple(hyperparameters.items()))
 
 
 @dataclass
@@ -79,6 +112,7 @@ class ComparisonSpec:
     algos: list[str]
     steps: int = 20_000
     seeds: int = 5
+    first_seed: int = 0  # seeds first_seed .. first_seed + seeds - 1 (a sweep tunes on seeds it is not judged on)
     data_dir: str | None = None
     env: str = "movielens"
     rank: int = 20
@@ -88,8 +122,9 @@ class ComparisonSpec:
     def __post_init__(self):
         if self.env != "movielens":
             raise ValueError(f"--env {self.env!r}: the TF-Agents baselines exist for the MF env 'movielens' only")
-        if self.steps < 16 or self.seeds < 1:
-            raise ValueError(f"--steps {self.steps} must be >= 16 and --seeds {self.seeds} >= 1")
+        if self.steps < 16 or self.seeds < 1 or self.first_seed < 0:
+            raise ValueError(f"--steps {self.steps} must be >= 16, --seeds {self.seeds} >= 1 and --first-seed "
+                             f"{self.first_seed} >= 0")
         self.contenders = [Contender.parse(text) for text in self.algos]
         if not self.contenders:
             raise ValueError("--algos is empty")
@@ -108,7 +143,8 @@ def _run_recbandits(contender: Contender, spec: ComparisonSpec, seed: int, data_
     simulation = SimulationSpec(
         env="movielens", algo=contender.algo, steps=spec.steps, num_env_runners=contender.runners,
         num_envs_per_env_runner=contender.batch, rollout_fragment_length=fragment, data_dir=data_dir, seed=seed,
-        env_config={"rank": spec.rank, "num_movies": spec.num_movies}, training=dict(spec.hyperparameters),
+        env_config={"rank": spec.rank, "num_movies": spec.num_movies},
+        training={**spec.hyperparameters, **contender.settings()},
     )  # fmt: skip
     algorithm = build_config(simulation).training(record_regret_trace=True).build_algo()
     try:
@@ -128,7 +164,7 @@ def _run_tf_agents(contender: Contender, spec: ComparisonSpec, seed: int, data_d
 
     # As TF-Agents' examples ship each agent (tf_agents_baseline.AS_SHIPPED), whatever recbandits' own settings.
     config = TFAgentsBaselineConfig(algo=contender.algo, ratings_file=Path(data_dir) / "u.data", rank=spec.rank,
-                                    num_movies=spec.num_movies, seed=seed)
+                                    num_movies=spec.num_movies, seed=seed, **contender.settings())
     trace = run_tf_agents_baseline(config, spec.steps)
     return {"samples": trace.samples, "cumulative_regret": trace.cumulative_regret, "suboptimal": trace.suboptimal,
             "wall_time_s": trace.wall_time_s}
@@ -178,11 +214,10 @@ def confidence_interval(values: np.ndarray) -> tuple[float, float]:
 
 
 def hyperparameter_text(contender: Contender, spec: ComparisonSpec) -> str:
-    alpha, lambda_ = spec.hyperparameters.get("alpha"), spec.hyperparameters.get("lambda_")
     if contender.library == "TF-Agents":
         from recbandits.algos.tf_agents_baseline import TFAgentsBaselineConfig
 
-        shipped = TFAgentsBaselineConfig(algo=contender.algo, ratings_file="u.data")
+        shipped = TFAgentsBaselineConfig(algo=contender.algo, ratings_file="u.data", **contender.settings())
         layers = "-".join(str(width) for width in shipped.layers)
         text = {
             "tfa-linucb": f"alpha {shipped.alpha}, tikhonov {shipped.tikhonov_weight}",
@@ -192,11 +227,16 @@ def hyperparameter_text(contender: Contender, spec: ComparisonSpec) -> str:
                                  f"{shipped.encoding_dim}, {shipped.encoding_network_num_train_steps} enc. steps, "
                                  f"layers {layers}",
         }[contender.algo]
-        return f"{text} (as its example ships); batch 8, 2 steps/loop"
+        origin = f"{', '.join(f'{name} {value:g}' for name, value in contender.hyperparameters)} set, the rest " \
+            if contender.hyperparameters else ""
+        return f"{text} ({origin}as its example ships); batch 8, 2 steps/loop"
+    settings = {**spec.hyperparameters, **contender.settings()}
+    alpha, lambda_ = settings.get("alpha"), settings.get("lambda_")
+    scale = settings.get("posterior_scale")
     text = {
         "linucb": f"alpha {alpha}, lambda {lambda_}",
-        "lints": f"lambda {lambda_}, v estimated (NIG prior a0=b0=1)",
-        "eps-greedy": f"eps {spec.hyperparameters.get('epsilon', 0.05)}, lambda {lambda_}",
+        "lints": f"lambda {lambda_}, " + ("v estimated (NIG prior a0=b0=1)" if scale is None else f"v {scale:g}"),
+        "eps-greedy": f"eps {settings.get('epsilon', 0.05)}, lambda {lambda_}",
         "random": "-",
         "oracle": "-",
     }[contender.algo]
@@ -328,7 +368,8 @@ def compare(spec: ComparisonSpec, out: str | Path, *, address: str | None = None
     connect(address)
     task = ray.remote(num_cpus=1, max_retries=0)(run_one)
     # TF-Agents runs are the long ones: start them first so they overlap with the rest.
-    jobs = sorted(((contender, seed) for contender in spec.contenders for seed in range(spec.seeds)),
+    seeds = range(spec.first_seed, spec.first_seed + spec.seeds)
+    jobs = sorted(((contender, seed) for contender in spec.contenders for seed in seeds),
                   key=lambda job: job[0].library != "TF-Agents")
     pending = {task.remote(contender, spec, seed, data_dir): (contender, seed) for contender, seed in jobs}
     results = []

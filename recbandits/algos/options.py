@@ -32,6 +32,7 @@ _BOUNDS = {
     "lambda": (lambda value: value > 0, "> 0"),
     "gamma": (lambda value: 0 < value <= 1, "in (0, 1]"),
     "epsilon": (lambda value: 0 <= value <= 1, "in [0, 1]"),
+    "posterior_scale": (lambda value: value > 0, "> 0"),
 }
 
 
