@@ -3,11 +3,13 @@
     .venv/bin/python benchmarks/serve_loadtest.py                        # in-process learning, cold start
     .venv/bin/python benchmarks/serve_loadtest.py --learning learner --num-replicas 2
     .venv/bin/python benchmarks/serve_loadtest.py --checkpoint runs/simulate   # start from a trained policy
+    .venv/bin/python benchmarks/serve_loadtest.py --checkpoint runs/simulate --drift-rate 0.01  # tastes turn
 
 The service is ``python -m recbandits.serve`` with its own local Ray (MovieLens spec: 20-dim user vectors, 20
 movies, LinUCB), on free ports of 127.0.0.1; the load test (``recbandits.serve.loadtest``) offers ``--rate``
 rank requests per second to the replicas' fast-path URLs, each followed by its reward after a uniform random
-delay, and compares the online policy's regret with a frozen copy of the starting one. Targets (2 cores):
+delay, and compares the online policy's regret with a frozen copy of the starting one (trained, when it starts
+from a checkpoint; on drifting users with ``--drift-rate``). Targets (2 cores):
 >= 400 rank requests/s with p99 <= 50 ms and no errors, click-to-policy median <= 1 s, online regret below
 the frozen policy's.
 """
@@ -40,6 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--drift-rate", type=float, default=0.0, help="Radians per arrival the users' tastes turn")
     parser.add_argument("--reward-batch-ms", type=float, default=0.0,
                         help="0: one /v1/reward per reward; > 0: rewards posted to /v1/rewards every this many ms")
     parser.add_argument("--sync-wait-ms", type=float, default=None, help="learner mode: see recbandits serve")
@@ -76,8 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
             max_requests = args.requests or max(int(args.rate * args.duration) + 1, 100_000)
             spec = LoadTestSpec(urls=urls, rate=args.rate, max_requests=max_requests, duration_s=args.duration,
                                 reward_delay=(low, high), data_dir=args.data_dir, warmup_s=args.warmup,
-                                top_k=args.top_k or None, reward_batch_s=args.reward_batch_ms / 1000.0,
-                                admin_token=service.admin_token)
+                                top_k=args.top_k or None, drift_rate=args.drift_rate,
+                                reward_batch_s=args.reward_batch_ms / 1000.0, admin_token=service.admin_token)
             load_before = os.getloadavg()
             report = run_loadtest(spec)
             load_after = os.getloadavg()

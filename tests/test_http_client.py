@@ -119,6 +119,25 @@ def test_a_connection_the_server_closes_is_not_reused():
     asyncio.run(main())
 
 
+def test_a_connection_idle_for_max_idle_s_is_not_reused():
+    import time
+
+    async def main():
+        async with http_server() as (url, peers, _):
+            client = KeepAliveClient(url, timeout_s=30.0, max_idle_s=0.5)
+            assert await client.request("POST", "/echo", b"a") == (200, b"echo:a")
+            assert await client.request("POST", "/echo", b"b") == (200, b"echo:b")
+            assert len(set(peers)) == 1  # reused within max_idle_s
+            # A loop blocked past max_idle_s (the server's close would not have been processed yet): a new
+            # connection, not the old one.
+            time.sleep(0.6)
+            assert await client.request("POST", "/echo", b"c") == (200, b"echo:c")
+            assert len(set(peers)) == 2 and peers[2] != peers[1]
+            await client.close()
+
+    asyncio.run(main())
+
+
 def test_a_timed_out_answer_never_reaches_the_next_request():
     async def main():
         async with http_server() as (url, peers, sent):

@@ -91,15 +91,31 @@ class PreferenceDrift:
         return np.einsum("nij,nj->ni", self.rotations[idx], user_vectors)
 
     def advance(self, keys: np.ndarray, counters: np.ndarray, idx) -> None:
-        count = len(keys)
+        self.rotations[idx] = self.rotations[idx] @ self.step_rotations(keys, counters)
+
+    def step_rotations(self, keys: np.ndarray, counters: np.ndarray) -> np.ndarray:
+        """One step's rotation [N, rank, rank] for each (key, counter): the Cayley transform of a random
+        skew-symmetric matrix."""
         noise = _random.normal(keys, counters, _random.STREAM_DRIFT, len(self._upper[0]))
-        skew = np.zeros((count, self.rank, self.rank))
+        skew = np.zeros((len(keys), self.rank, self.rank))
         skew[:, self._upper[0], self._upper[1]] = noise
         skew -= skew.transpose(0, 2, 1)
         half_step = skew * (self.rate / (2.0 * np.sqrt(max(self.rank - 1, 1))))
         identity = np.eye(self.rank)
-        cayley = np.linalg.solve(identity - half_step, identity + half_step)
-        self.rotations[idx] = self.rotations[idx] @ cayley
+        return np.linalg.solve(identity - half_step, identity + half_step)
+
+    def along_one_path(self, key: np.uint64, vectors: np.ndarray, chunk: int = 4096) -> np.ndarray:
+        """``vectors[i]`` turned by R_i [N, rank], where R_0 = I and R_{i+1} = R_i times step i's rotation: one
+        world that turns a step per arrival, the arrivals' users sharing it (the load test's drifting users)."""
+        turned = np.empty(vectors.shape, dtype=np.float64)
+        rotation = np.eye(self.rank)
+        for begin in range(0, len(vectors), chunk):
+            counters = np.arange(begin, min(begin + chunk, len(vectors)), dtype=np.uint64)
+            turns = self.step_rotations(np.full(len(counters), key, dtype=np.uint64), counters)
+            for offset, turn in enumerate(turns):
+                turned[begin + offset] = rotation @ vectors[begin + offset]
+                rotation = rotation @ turn
+        return turned
 
 
 class BatchSimulator:

@@ -174,6 +174,8 @@ def loadtest_command(
     data_dir: Annotated[str | None, typer.Option(help="MovieLens directory of the simulated users.")] = None,
     rank: Annotated[int | None, typer.Option(help="Env factorization rank (default: the service's context_dim).")] = None,
     reward_noise: Annotated[float, typer.Option(help="Std of Gaussian noise on the env's rating reward.")] = 0.0,
+    drift_rate: Annotated[float, typer.Option(
+        help="Radians per arrival that the users' shared taste rotation turns (0: tastes stand still).")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of the simulated users.")] = 0,
     warmup: Annotated[float, typer.Option(help="Seconds excluded from the throughput/latency figures.")] = 2.0,
     top_k: Annotated[int, typer.Option(help="Ranking length asked for (0: the whole ranking).")] = 5,
@@ -191,8 +193,8 @@ def loadtest_command(
         token = admin_token_file.read_text().strip() if admin_token_file else None
         spec = LoadTestSpec(urls=list(url), rate=rate, concurrency=concurrency, max_requests=requests,
                             duration_s=duration, reward_delay=(low, high), data_dir=data_dir, rank=rank,
-                            reward_noise=reward_noise, seed=seed, warmup_s=warmup, top_k=top_k or None,
-                            reward_batch_s=reward_batch_ms / 1000.0, admin_token=token)
+                            reward_noise=reward_noise, drift_rate=drift_rate, seed=seed, warmup_s=warmup,
+                            top_k=top_k or None, reward_batch_s=reward_batch_ms / 1000.0, admin_token=token)
         report = run_loadtest(spec)
     except (ValueError, OSError) as error:
         raise _fail(str(error)) from None

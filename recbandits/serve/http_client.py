@@ -17,6 +17,7 @@ connection whose answer never came is not reused, so no answer can be read by th
 from __future__ import annotations
 
 import asyncio
+import time
 from urllib.parse import urlsplit
 
 import httptools
@@ -94,13 +95,19 @@ def parse_base_url(base_url: str) -> tuple[str, int, str]:
 
 class KeepAliveClient:
     """Requests to one ``http://host:port`` over a pool of keep-alive connections (opened as needed, at most
-    ``max_connections``; an idle one is reused before a new one is opened)."""
+    ``max_connections``; an idle one is reused before a new one is opened).
 
-    def __init__(self, base_url: str, timeout_s: float = 30.0, max_connections: int = 1024) -> None:
+    A connection idle for ``max_idle_s`` is closed instead of reused: it must go before the server's keep-alive
+    timeout (the service's is 5 s) closes it, since a close that the event loop has not processed yet would
+    look reusable and the request sent on it would be reset."""
+
+    def __init__(self, base_url: str, timeout_s: float = 30.0, max_connections: int = 1024,
+                 max_idle_s: float = 4.0) -> None:
         self.host, self.port, netloc = parse_base_url(base_url)
         self._host_header = f"Host: {netloc}\r\n".encode()
         self.timeout_s = timeout_s
-        self._idle: list[_Connection] = []
+        self.max_idle_s = max_idle_s
+        self._idle: list[tuple[float, _Connection]] = []  # (idle since, connection), the latest last
         self._slots = asyncio.Semaphore(max_connections)
         self._open: set[_Connection] = set()
 
@@ -117,17 +124,17 @@ class KeepAliveClient:
                 self._drop(connection)  # its answer may still arrive: never hand it to another request
                 raise
             if connection.reusable:
-                self._idle.append(connection)
+                self._idle.append((time.monotonic(), connection))
             else:
                 self._drop(connection)
             return answer
 
     async def _connection(self) -> _Connection:
         while self._idle:
-            connection = self._idle.pop()
-            if connection.reusable:
+            idle_since, connection = self._idle.pop()
+            if connection.reusable and time.monotonic() - idle_since < self.max_idle_s:
                 return connection
-            self._drop(connection)  # the server closed it while idle
+            self._drop(connection)  # the server closed it while idle, or may be closing it
         async with asyncio.timeout(self.timeout_s):
             _, connection = await asyncio.get_running_loop().create_connection(_Connection, self.host, self.port)
         self._open.add(connection)

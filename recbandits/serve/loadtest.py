@@ -9,8 +9,12 @@ noise) to ``POST /v1/reward``. Arrivals are open-loop at ``rate`` per second (or
 Reported: rank and reward requests/s, latency percentiles, errors by status, the click-to-policy latency (from
 a reward's 2xx to the first rank answer whose ``policy_watermark`` reaches the reward's ``seq``: the first
 decision by a version that learned from it) and the cumulative regret of the served decisions against a frozen
-copy of the starting policy (fetched from ``/v1/policy/versions/{v}/state``) on the same users. After the
-load stops, a decision is probed every 10 ms until a served version covers every acknowledged reward, so the
+copy of the starting policy (fetched from ``/v1/policy/versions/{v}/state``) on the same users: with a
+service started from a ``simulate`` run (its MovieLens movie ids as arm ids), a policy trained on earlier data
+and then frozen. ``drift_rate`` > 0 turns the users' tastes (``PreferenceDrift``: one world, a step of about
+``drift_rate`` radians per arrival, shared by every user) while contexts keep showing the users' profiles,
+the case online learning exists for; both policies' regret is measured against the world at each arrival. After
+the load stops, a decision is probed every 10 ms until a served version covers every acknowledged reward, so the
 rewards that arrive after the last arrival are timed as closely as the others.
 """
 
@@ -49,6 +53,7 @@ class LoadTestSpec:
     warmup_s: float = 2.0
     timeout_s: float = 10.0
     top_k: int | None = 5
+    drift_rate: float = 0.0  # radians per arrival that the users' shared taste rotation turns (0: stationary)
     reward_batch_s: float = 0.0  # > 0: rewards due are collected and posted to /v1/rewards every this many seconds
     admin_token: str | None = None  # the service's admin token (GET /v1/policy and the starting policy's state)
 
@@ -63,30 +68,58 @@ class LoadTestSpec:
         low, high = self.reward_delay
         if not 0 <= low <= high:
             raise ValueError(f"reward delay {self.reward_delay} must satisfy 0 <= MIN <= MAX")
+        if not (np.isfinite(self.drift_rate) and self.drift_rate >= 0):
+            raise ValueError(f"--drift-rate {self.drift_rate} must be a finite number >= 0 (radians per arrival)")
 
 
 @dataclass
 class SimulatedUsers:
+    """The env's users as the load test offers them: arrival i is user ``arrival_users[i]``."""
+
     contexts: np.ndarray  # [U, d] float32 (what the env observes)
-    expected: np.ndarray  # [U, K] expected reward of each movie
-    optimal: np.ndarray  # [U]
-    bodies: list[bytes]
+    bodies: list[bytes]  # [U] each user's rank request
+    arrival_users: np.ndarray  # [N] int64
+    movie_of_arm: dict[str, int]  # the service's arm id -> the env's movie index
+    expected: np.ndarray  # [U, K] expected reward of each movie while tastes stand still
+    arrival_expected: np.ndarray | None  # [N, K] expected rewards in the world of each arrival (drift only)
+
+    def expected_at(self, arrivals: np.ndarray) -> np.ndarray:
+        """[n, K] expected reward of every movie for the given arrivals."""
+        if self.arrival_expected is not None:
+            return self.arrival_expected[arrivals]
+        return self.expected[self.arrival_users[arrivals]]
 
 
-def simulated_users(spec: LoadTestSpec, context_dim: int, num_arms: int) -> SimulatedUsers:
-    """The env's users: contexts, expected reward of every movie, the oracle's, and each user's rank request."""
+def simulated_users(spec: LoadTestSpec, context_dim: int, arm_ids: list[str]) -> SimulatedUsers:
+    """The env's users: contexts, each user's rank request, who arrives when, and the expected rewards."""
     from recbandits.envs import MovieLensEnv
+    from recbandits.envs._random import key_from_seed
+    from recbandits.envs.core import PreferenceDrift
 
-    env = MovieLensEnv(data_dir=spec.data_dir, rank=spec.rank or context_dim, num_movies=num_arms)
+    env = MovieLensEnv(data_dir=spec.data_dir, rank=spec.rank or context_dim, num_movies=len(arm_ids))
     simulator = env.unwrapped.simulator
     factorization = simulator.factorization
     contexts = factorization.user_factors.astype(np.float32)
     if contexts.shape[1] != context_dim:
         raise ValueError(f"the env's users have {contexts.shape[1]} features, the service expects {context_dim}")
-    expected = simulator.reward_model.expected(factorization.approx_ratings())
+    movie_ids = [str(movie) for movie in factorization.item_ids]
+    if arm_ids == [str(k) for k in range(len(arm_ids))]:
+        movie_of_arm = {arm: k for k, arm in enumerate(arm_ids)}
+    elif sorted(arm_ids) == sorted(movie_ids):
+        movie_of_arm = {movie: k for k, movie in enumerate(movie_ids)}
+    else:
+        raise ValueError("the load test's movies are the env's: the service's arm ids must be 0..K-1 or the env's "
+                         f"MovieLens movie ids ({', '.join(movie_ids[:5])}, ...); it has {', '.join(arm_ids[:5])}, ...")
     extra = {} if spec.top_k is None else {"top_k": spec.top_k}
     bodies = [orjson.dumps({"context": row.astype(np.float64).tolist(), **extra}) for row in contexts]
-    return SimulatedUsers(contexts, expected, expected.max(axis=1), bodies)
+    arrival_users = np.random.default_rng([spec.seed, 1]).integers(len(contexts), size=spec.max_requests)
+    expected = simulator.reward_model.expected(factorization.approx_ratings())
+    arrival_expected = None
+    if spec.drift_rate > 0:
+        drift = PreferenceDrift(factorization.rank, spec.drift_rate)
+        tastes = drift.along_one_path(key_from_seed(spec.seed), factorization.user_factors[arrival_users])
+        arrival_expected = simulator.reward_model.expected(tastes @ factorization.item_factors.T)
+    return SimulatedUsers(contexts, bodies, arrival_users, movie_of_arm, expected, arrival_expected)
 
 
 async def _get_json(client: KeepAliveClient, path: str, token: str | None) -> dict[str, Any]:
@@ -151,21 +184,22 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
         fields = info["policy"]
         if fields["shape"] != "disjoint":
             raise ValueError("the load test simulates the MovieLens env: it needs a disjoint-shape service")
-        arm_ids = fields["arm_ids"]
-        if arm_ids != [str(k) for k in range(len(arm_ids))]:
-            raise ValueError("the load test maps arm ids 0..K-1 to the env's movies; the service has other ids")
         start_version = int(info["policy_version"])
         start_state = await _get_json(first, f"/v1/policy/versions/{start_version}/state", spec.admin_token)
         frozen = ServingPolicy(fields, {key: np.asarray(value) for key, value in start_state["state"].items()},
                                seed=spec.seed + 1)
-        users = simulated_users(spec, fields["context_dim"], len(arm_ids))
+        users = simulated_users(spec, fields["context_dim"], fields["arm_ids"])
+        # Building the users blocks the event loop for longer than the server's keep-alive timeout may last: a
+        # connection it closed meanwhile would look reusable. The load starts on fresh connections.
+        await first.close()
         rng = np.random.default_rng(spec.seed)
         # A full garbage collection would walk everything made at start-up (the env, torch, Ray: ~300k objects,
         # 150-300 ms per pass, with the event loop stopped and requests in flight timed): only what the run makes.
         gc.collect()
         gc.freeze()
 
-        ranks: list[tuple[float, float, int, int, int, int, int]] = []  # send, recv, status, user, action, version, wm
+        # send, recv, status, arrival, movie (the env's index of the chosen arm), version, watermark
+        ranks: list[tuple[float, float, int, int, int, int, int]] = []
         rewards: list[tuple[float, float, int, int]] = []  # send, ack, status, seq
         errors: dict[str, int] = {}
         pending_rewards: set[asyncio.Task] = set()
@@ -235,19 +269,18 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
 
         async def one(index: int) -> None:
             url = spec.urls[index % len(spec.urls)]
-            user = int(rng.integers(len(users.bodies)))
-            answer = await post("rank", url, "/v1/rank", users.bodies[user])
+            answer = await post("rank", url, "/v1/rank", users.bodies[users.arrival_users[index]])
             if answer is None:
                 return
             sent, received, status, payload = answer
             if status != 200:
-                ranks.append((sent, received, status, user, -1, -1, -1))
+                ranks.append((sent, received, status, index, -1, -1, -1))
                 return
             answer = orjson.loads(payload)
-            action = int(answer["action"])
-            ranks.append((sent, received, status, user, action, int(answer["policy_version"]),
+            movie = users.movie_of_arm[answer["action"]]
+            ranks.append((sent, received, status, index, movie, int(answer["policy_version"]),
                           int(answer["policy_watermark"])))
-            reward = float(users.expected[user, action])
+            reward = float(users.expected_at(np.array([index]))[0, movie])
             if spec.reward_noise > 0:
                 reward += float(rng.normal(0.0, spec.reward_noise))
             task = asyncio.get_running_loop().create_task(
@@ -316,11 +349,11 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
             await client.close()
 
     return _report(spec, users, frozen, ScoreJob, ranks, rewards, tail, errors, started, stopped, rank_done, issued,
-                   lag, start_version, end_info, generator_cpu_s)
+                   lag, start_version, end_info, generator_cpu_s, fields["arm_ids"])
 
 
 def _report(spec, users, frozen, score_job, ranks, rewards, tail, errors, started, stopped, rank_done, issued, lag,
-            start_version, end_info, generator_cpu_s) -> dict[str, Any]:
+            start_version, end_info, generator_cpu_s, arm_ids) -> dict[str, Any]:
     ok = [row for row in ranks if row[2] == 200]
     window_start = started + spec.warmup_s
     steady = [row for row in ok if row[0] >= window_start]
@@ -341,18 +374,22 @@ def _report(spec, users, frozen, score_job, ranks, rewards, tail, errors, starte
             continue
         delays.append(max(times[index] - acked, 0.0))
 
-    # Regret of the served decisions against a frozen copy of the starting policy on the same users.
-    served_users = np.array([row[3] for row in ok], dtype=np.int64)
-    served_actions = np.array([row[4] for row in ok], dtype=np.int64)
-    frozen_actions = np.empty_like(served_actions)
-    arms = np.arange(users.expected.shape[1])
-    for begin in range(0, len(served_users), 2048):
-        chunk = served_users[begin:begin + 2048]
-        decisions = frozen.decide([score_job(context=users.contexts[user].astype(np.float64), arms=arms)
+    # Regret of the served decisions against a frozen copy of the starting policy on the same arrivals, in the
+    # world of each arrival.
+    arrivals = np.array([row[3] for row in ok], dtype=np.int64)
+    served_movies = np.array([row[4] for row in ok], dtype=np.int64)
+    frozen_movies = np.empty_like(served_movies)
+    positions = np.arange(len(arm_ids))
+    movie_at_position = np.array([users.movie_of_arm[arm] for arm in arm_ids], dtype=np.int64)
+    for begin in range(0, len(arrivals), 2048):
+        chunk = users.arrival_users[arrivals[begin:begin + 2048]]
+        decisions = frozen.decide([score_job(context=users.contexts[user].astype(np.float64), arms=positions)
                                    for user in chunk])
-        frozen_actions[begin:begin + len(chunk)] = [decision.chosen for decision in decisions]
-    online_regret = users.optimal[served_users] - users.expected[served_users, served_actions]
-    frozen_regret = users.optimal[served_users] - users.expected[served_users, frozen_actions]
+        frozen_movies[begin:begin + len(chunk)] = movie_at_position[[decision.chosen for decision in decisions]]
+    expected = users.expected_at(arrivals)
+    rows = np.arange(len(arrivals))
+    online_regret = expected.max(axis=1) - expected[rows, served_movies]
+    frozen_regret = expected.max(axis=1) - expected[rows, frozen_movies]
     half = len(online_regret) // 2
 
     return {
@@ -429,6 +466,8 @@ def format_report(report: dict[str, Any]) -> str:
 
     errors = ", ".join(f"{key}: {value}" for key, value in sorted(report["errors"].items())) or "none"
     slow = report["slow_seconds"]
+    drift_rate = report["spec"]["drift_rate"]
+    drift = f", tastes turning {drift_rate:g} rad per arrival" if drift_rate else ""
     worst = ", ".join(f"{item['second']} s ({item['slow']})" for item in slow["worst"])
     lines = [
         f"rank     {rank['requests_per_s']:8.1f} req/s  p50 {ms(rank['latency_ms']['p50'])}  "
@@ -441,7 +480,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"click-to-policy  median {s(click['p50'])}  p90 {s(click['p90'])}  p99 {s(click['p99'])}  "
         f"({click['observed']} observed, {click['not_observed']} not)",
         f"regret   online {regret['online_cumulative']:.1f}  frozen {regret['frozen_cumulative']:.1f}  "
-        f"over {regret['decisions']} decisions (per decision, second half: online "
+        f"over {regret['decisions']} decisions{drift} (per decision, second half: online "
         f"{regret['online_second_half_per_decision'] or 0:.4f}, frozen {regret['frozen_second_half_per_decision'] or 0:.4f})",
         f"policy   version {report['policy_version']['start']} -> {report['policy_version']['end']}  "
         f"({report['policy_version']['observations_end']:.0f} observations)  duration {report['duration_s']:.1f} s, "
