@@ -615,3 +615,89 @@ def test_endpoints_file_follows_a_replaced_replica(limited):
         raise AssertionError(f"endpoints.json still lists {urls}: {answers}")
     status, answer = request("POST", f"{urls[0]}/v1/rank", {"context": [1, 0, 0, 0]})
     assert status == 200, answer
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs as the state dir: a disk that a test can fill (as root only: mounting needs it)."""
+    import os
+    import subprocess
+
+    state_dir = tmp_path / "state"
+    state_dir.mkdir(mode=0o700)
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs",
+                                            str(state_dir)], capture_output=True).returncode != 0:
+        pytest.skip("a full disk needs a small tmpfs mounted as the state dir: root and mount(8) are required")
+    try:
+        yield state_dir
+    finally:
+        subprocess.run(["umount", "-l", str(state_dir)], check=True)
+
+
+def _fill(directory) -> None:
+    """Write a filler file until the file system is full (ENOSPC)."""
+    import errno
+    import os
+
+    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 65536)
+    except OSError as error:
+        assert error.errno == errno.ENOSPC, error
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.slow
+def test_a_full_disk_answers_503_and_unhealthy_then_serves_again_once_freed(small_disk, tmp_path):
+    """Learner mode, where every replica's decisions are logged by the learner: the disk fills up under it."""
+    import time
+
+    port = free_port_block(12)
+    service = ServiceProcess(_service_args(small_disk, port, "--context-dim", 2, "--num-arms", 2, "--learning",
+                                           "learner", "--num-replicas", 1), log_path=tmp_path / "service.log")
+    ready = service.start()
+    base = ready["replica_urls"][0]
+    try:
+        acked = []
+        for index in range(5):
+            status, answer = request("POST", f"{base}/v1/rank", {"context": [1.0, float(index)]})
+            assert status == 200, answer
+            acked.append(answer["event_id"])
+        _fill(small_disk)
+        # The log file's last page may still take a few rows; then every decision is refused, none acknowledged.
+        for _ in range(500):
+            status, answer = request("POST", f"{base}/v1/rank", {"context": [0.5, 0.5]})
+            if status != 200:
+                break
+            acked.append(answer["event_id"])
+        assert status == 503 and answer["detail"][0]["type"] == "log_failed", answer
+        assert answer["message"].startswith("service: unavailable: ") and "No space left on device" in answer["message"]
+        status, health = request("GET", f"{base}/healthz")
+        assert status == 503 and health["status"] == "unavailable", health
+        assert health["reason"].startswith("learner: the event log failed: ") and "No space left" in health["reason"]
+        # Freed, the service comes back by itself (Ray Serve replaces the unhealthy learner, which restores from
+        # the log), without a restart, and nothing acknowledged was lost.
+        (small_disk / "filler").unlink()
+        deadline = time.monotonic() + 120
+        while (status := request("POST", f"{base}/v1/rank", {"context": [1.0, 0.0]})[0]) != 200:
+            assert time.monotonic() < deadline, f"still {status} two minutes after the disk was freed"
+            time.sleep(0.5)
+        status, health = request("GET", f"{base}/healthz")
+        assert status == 200 and health["status"] == "ready", health
+        assert set(acked) <= set(read_event_log(small_disk).query("kind == 'decision'")["event_id"])
+    finally:
+        service.stop()
+    printed = (tmp_path / "service.log").read_text() + service.stdout
+    assert "Traceback" not in printed and "Error" not in printed, printed  # refusals, not crashes
+
+
+def test_a_full_state_dir_is_named_before_anything_starts(small_disk):
+    from recbandits.serve.config import ServeConfig
+    from recbandits.serve.state import StateDirError, check_state_dir
+
+    _fill(small_disk)
+    with pytest.raises(StateDirError, match=rf"^state dir {small_disk} has \d+ KiB free: the service logs every "
+                                            r"decision there and needs at least 1 MiB"):
+        check_state_dir(ServeConfig(state_dir=str(small_disk), context_dim=2, num_arms=2))

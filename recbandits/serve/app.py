@@ -198,6 +198,8 @@ async def _log_failed(request: Request, error: LogWriteError) -> Response:
 
 @api.exception_handler(RayError)
 async def _learner_unavailable(request: Request, error: RayError) -> Response:
+    if isinstance(getattr(error, "cause", None), LogWriteError):  # the learner's log failed: no retry helps
+        return await _log_failed(request, error.cause)
     logger.warning("a call to another deployment failed", exc_info=error)
     return _error(503, "service", f"unavailable (retry): {type(error).__name__}", "learner_unavailable",
                   headers={"Retry-After": "1"})
@@ -308,7 +310,7 @@ class Recommender:
 
     def check_health(self) -> None:
         if self.core is not None and not self.core.healthy():
-            raise RuntimeError(f"the event log failed: {self.core.log.failure}")
+            raise RuntimeError(self.core.log_problem())
         if self.core is None and time.monotonic() - self._learner_seen > 60:
             raise RuntimeError("the learner has not answered for 60 s")
 
@@ -501,6 +503,8 @@ class Recommender:
         log (or reach the learner), 503 ``degraded`` when it serves but learning fails or is stuck (``reason``)."""
         try:
             self.check_health()
+            if self.core is None and (failure := await self._call("log_problem")) is not None:
+                raise RuntimeError(f"learner: {failure}")  # the learner logs for every replica
         except RuntimeError as error:
             return _json({"status": "unavailable", "reason": str(error), "replica": self.replica}, status=503)
         body = {"status": "ready", "replica": self.replica, "learning": self.config.learning,
@@ -547,9 +551,10 @@ class Learner:
         return self.core.published()
 
     async def call(self, method: str, *args) -> Any:
-        """info, list_versions, version_info, version_state, rollback, learning_problem (Rejections travel as
-        dicts)."""
-        if method not in ("info", "list_versions", "version_info", "version_state", "rollback", "learning_problem"):
+        """info, list_versions, version_info, version_state, rollback, learning_problem, log_problem (Rejections
+        travel as dicts)."""
+        if method not in ("info", "list_versions", "version_info", "version_state", "rollback", "learning_problem",
+                          "log_problem"):
             raise ValueError(f"unknown method {method}")
         try:
             result = getattr(self.core, method)(*args)
@@ -559,7 +564,7 @@ class Learner:
 
     def check_health(self) -> None:
         if not self.core.healthy():
-            raise RuntimeError(f"the event log failed: {self.core.log.failure}")
+            raise RuntimeError(self.core.log_problem())
 
     async def __del__(self):
         await self.core.close()

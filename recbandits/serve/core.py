@@ -674,6 +674,10 @@ class BanditCore:
     def healthy(self) -> bool:
         return self.log.failure is None
 
+    def log_problem(self) -> str | None:
+        """Why nothing can be acknowledged (every write answers 503 ``log_failed``), or None."""
+        return None if self.log.failure is None else f"the event log failed: {self.log.failure}"
+
     def info(self) -> dict[str, Any]:
         return {
             "policy_version": self.version_id,

@@ -328,7 +328,10 @@ class EndpointsFile:
         urls = replica_urls(self.config, timeout_s=2.0)
         if urls != self.current:
             print(json.dumps({"replica_urls": urls}), file=sys.stderr, flush=True)
-            self.write(urls)
+            try:
+                self.write(urls)
+            except OSError as error:  # a full disk must not end the service: the next refresh tries again
+                print(f"{self.path} not rewritten: {error}", file=sys.stderr, flush=True)
 
 
 def _end_processes(pids: list[int], wait_s: float = 3.0) -> None:

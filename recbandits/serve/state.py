@@ -216,6 +216,9 @@ def read_admin_token(config: ServeConfig) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+MIN_FREE_BYTES = 2**20  # below this a start is refused: a few snapshots and log rows would fill it
+
+
 def _check_writable(state_dir: Path) -> None:
     try:
         state_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
@@ -233,6 +236,12 @@ def _check_writable(state_dir: Path) -> None:
         raise StateDirError(f"state dir {state_dir} is not writable ({error.strerror or error}: "
                             f"{error.filename or state_dir}): the service logs every decision there; fix its "
                             "permissions or mount, or use another --state-dir") from None
+    stats = os.statvfs(state_dir)
+    free = stats.f_bavail * stats.f_frsize
+    if free < MIN_FREE_BYTES:
+        raise StateDirError(f"state dir {state_dir} has {free // 1024} KiB free: the service logs every decision "
+                            f"there and needs at least {MIN_FREE_BYTES // 2**20} MiB; free some space or use "
+                            "another --state-dir")
 
 
 def _check_unlocked(path: Path, wait_s: float) -> None:
