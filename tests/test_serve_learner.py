@@ -6,11 +6,16 @@ without restarting; the ``sum`` reward rule and dropping unrewarded events are e
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from recbandits.serve.eventlog import read_event_log
 from recbandits.serve.testing import ServiceProcess, free_port_block, wait_for_log_rows
 from recbandits.serve.testing import http_json as request
 
@@ -32,7 +37,7 @@ def service(tmp_path_factory):
     process = ServiceProcess(args, log_path=root / "service.log")
     ready = process.start()
     yield {"url": ready["url"], "replicas": ready["replica_urls"], "state_dir": Path(ready["state_dir"]),
-           "token": process.admin_token}
+           "token": process.admin_token, "process": process}
     process.stop()
 
 
@@ -114,3 +119,107 @@ def test_sum_rule_and_dropped_events(service):
     assert status == 200, state
     assert state["state"]["counts"][1] == 1.0 and state["state"]["data_response"][1][0] == 3.5
     assert state["state"]["response_square"][1] == 3.5**2
+
+
+def test_kill_9_under_traffic_loses_nothing_acknowledged(service):
+    """Last in this module: SIGKILLs the whole service (driver, Ray, both replicas, the learner) with requests in
+    flight on both replicas, then restores its state dir as a restart does (its checks and its BanditCore, in this
+    process): every acknowledged decision and reward is in the log once, and the restored statistics are every
+    rewarded event learned once, with the sum of its rewards (the ``sum`` rule; unrewarded events are dropped)."""
+    from recbandits.serve.config import ServeConfig
+    from recbandits.serve.core import BanditCore
+    from recbandits.serve.state import check_state_dir, prepare_state_dir
+
+    # What the earlier tests left: once their events are closed and learned, the state this test starts from.
+    deadline = time.monotonic() + 30
+    while True:
+        status, info = request("GET", f"{service['url']}/v1/policy", token=service["token"])
+        assert status == 200, info
+        if info["open_events"] == 0 and info["queued_records"] == 0:
+            break
+        assert time.monotonic() < deadline, info
+        time.sleep(0.2)
+    status, start = request("GET", f"{service['url']}/v1/policy/versions/{info['policy_version']}/state",
+                            token=service["token"])
+    assert status == 200, start
+    start_seq = info["log_seq"]
+    acked_decisions: dict[str, dict] = {}
+    acked_rewards: list[tuple[str, int]] = []  # (event id, seq)
+    lock, stop = threading.Lock(), threading.Event()
+
+    def traffic(worker: int) -> None:
+        rng = np.random.default_rng(worker)
+        base = service["replicas"][worker % 2]
+        while not stop.is_set():
+            try:
+                status, answer = request("POST", f"{base}/v1/rank", {"context": rng.normal(size=3).round(6).tolist()},
+                                         timeout=10)
+                if status != 200:
+                    continue
+                with lock:
+                    acked_decisions[answer["event_id"]] = answer
+                if rng.random() < 0.3:  # open at the crash, or dropped unrewarded
+                    continue
+                status, result = request("POST", f"{base}/v1/reward",
+                                         {"event_id": answer["event_id"], "reward": float(rng.integers(1, 4))},
+                                         timeout=10)
+            except OSError:  # the service is gone
+                continue
+            if status == 200:
+                with lock:
+                    acked_rewards.append((answer["event_id"], result["seq"]))
+
+    with ThreadPoolExecutor(6) as pool:
+        for worker in range(6):
+            pool.submit(traffic, worker)
+        deadline = time.monotonic() + 60
+        while len(acked_rewards) < 150 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        service["process"].kill()
+        stop.set()
+    assert len(acked_rewards) >= 150 and len(acked_decisions) > len(acked_rewards)
+
+    frame = read_event_log(service["state_dir"])
+    decisions = frame[frame["kind"] == "decision"].set_index("event_id")
+    rewards = frame[frame["kind"] == "reward"]
+    assert set(acked_decisions) <= set(decisions.index) and decisions.index.is_unique
+    assert rewards["seq"].is_unique
+    logged = set(zip(rewards["event_id"], rewards["seq"], strict=True))
+    assert set(acked_rewards) <= logged
+
+    # A restart takes the service's settings again (the state dir keeps the policy, not the options).
+    config = ServeConfig(state_dir=str(service["state_dir"]), join_window_s=WINDOW_S, default_reward=None,
+                         reward_rule="sum")
+    assert check_state_dir(config) == []
+
+    async def restored_statistics():
+        core = BanditCore(prepare_state_dir(config, set()))
+        try:
+            assert core.restore_info["restored"], core.restore_info
+            core.expire_due(now=time.time() + 2 * WINDOW_S)  # windows that ended while the service was down
+            await core.log.drain()
+            core.learn(force=True)
+            return core.policy.get_state()
+        finally:
+            await core.close()
+
+    state = asyncio.run(restored_statistics())
+    # The sum rule learns an event when its window closes (an `expire` row, rewarded, with the total), the ones
+    # whose window closed while the service was down included: each of this test's rewarded events exactly once,
+    # with the sum of its rewards, on top of the state the test started from.
+    frame = read_event_log(service["state_dir"])
+    ours = frame[frame["seq"] > start_seq]
+    rewards = ours[ours["kind"] == "reward"]
+    learned = ours[(ours["kind"] == "expire") & (ours["outcome"] == "rewarded")].set_index("event_id")
+    assert learned.index.is_unique and set(learned.index) == set(rewards["event_id"])
+    np.testing.assert_array_equal(learned["total"].sort_index(), rewards.groupby("event_id")["reward"].sum().sort_index())
+    expected = {key: np.array(value, dtype=np.float64) for key, value in start["state"].items()}
+    for event_id, row in learned.iterrows():
+        x, model = np.asarray(decisions.loc[event_id, "context"], dtype=np.float64), int(decisions.loc[event_id, "model"])
+        expected["data_precision"][model] += np.outer(x, x)
+        expected["data_response"][model] += row["total"] * x
+        expected["counts"][model] += 1
+    assert len(learned) >= 150
+    np.testing.assert_array_equal(state["counts"], expected["counts"])
+    np.testing.assert_allclose(state["data_precision"], expected["data_precision"], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(state["data_response"], expected["data_response"], rtol=1e-9, atol=1e-9)
