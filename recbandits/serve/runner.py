@@ -20,6 +20,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from recbandits.serve.config import ServeConfig
 
 APP_NAME = "recbandits"
@@ -136,37 +138,28 @@ def start_ray_serve(config: ServeConfig, address: str | None = None) -> None:
     )
 
 
-def process_stats() -> dict[int, list[str]]:
-    """{pid: the fields of /proc/PID/stat after "(comm)": state, ppid, pgrp, session, ...} of every process."""
-    stats = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            stats[int(entry.name)] = (entry / "stat").read_bytes().decode(errors="replace").rsplit(")", 1)[1].split()
-        except (OSError, IndexError):  # a process that ended while we looked
-            continue
-    return stats
-
-
 def process_argv(pid: int) -> list[str]:
     """A process's command line as argv ([] once it has ended)."""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
+        return psutil.Process(pid).cmdline()
+    except psutil.Error:
         return []
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie holds no ports; its parent reaps it)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _descendants(root: int) -> dict[int, list[str]]:
     """{pid: argv} of every process below ``root``."""
-    children: dict[int, list[int]] = {}
-    for pid, fields in process_stats().items():
-        children.setdefault(int(fields[1]), []).append(pid)
-    found: dict[int, list[str]] = {}
-    frontier = [root]
-    while frontier:
-        for pid in children.get(frontier.pop(), []):
-            if argv := process_argv(pid):  # [] if it ended meanwhile
-                found[pid] = argv
-                frontier.append(pid)
+    found = {}
+    for child in psutil.Process(root).children(recursive=True):
+        if argv := process_argv(child.pid):  # [] if it ended meanwhile
+            found[child.pid] = argv
     return found
 
 
@@ -187,16 +180,20 @@ def idle_ray_agent() -> dict[str, Any] | None:
     wants (new threads inherit the policy); measured, it cuts those slow requests but does not remove them
     (docs/BENCHMARKS.md). The agent is a child of the raylet this process started.
     """
-    if not hasattr(os, "sched_setscheduler") or not Path("/proc").is_dir():
+    if not hasattr(os, "sched_setscheduler"):
         return None
     agents = [pid for pid, argv in _descendants(os.getpid()).items() if _is_dashboard_agent(argv)]
     if not agents:
         return None
     threads = 0
     for pid in agents:
-        for task in Path(f"/proc/{pid}/task").glob("[0-9]*"):
+        try:
+            tasks = [thread.id for thread in psutil.Process(pid).threads()]
+        except psutil.Error:  # the agent ended meanwhile
+            continue
+        for task in tasks:
             try:
-                os.sched_setscheduler(int(task.name), os.SCHED_IDLE, os.sched_param(0))
+                os.sched_setscheduler(task, os.SCHED_IDLE, os.sched_param(0))
                 threads += 1
             except OSError:  # a thread that ended meanwhile
                 continue
@@ -339,18 +336,10 @@ def _end_processes(pids: list[int], wait_s: float = 3.0) -> None:
     itself, and after a shutdown they wait ~60 s on the stopped GCS before exiting, holding their ports."""
     deadline = time.monotonic() + wait_s
     while pids and time.monotonic() < deadline:
-        pids = [pid for pid in pids if _running(pid)]
+        pids = [pid for pid in pids if running(pid)]
         time.sleep(0.1)
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (a zombie holds no ports; its parent reaps it)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return False

@@ -22,7 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from recbandits.serve.runner import process_stats
+import psutil
+
+from recbandits.serve.runner import running
 
 
 def _port_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -48,8 +50,15 @@ def free_port_block(count: int, low: int = 20000, high: int = 29000, seed: int |
 
 
 def session_pids(session: int) -> list[int]:
-    """The processes of a session (Linux /proc)."""
-    return [pid for pid, fields in process_stats().items() if int(fields[3]) == session]
+    """The processes of a session."""
+    pids = []
+    for pid in psutil.pids():
+        try:
+            if os.getsid(pid) == session:
+                pids.append(pid)
+        except OSError:  # a process that ended while we looked
+            continue
+    return pids
 
 
 class ServiceProcess:
@@ -135,8 +144,7 @@ class ServiceProcess:
                 self.process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 pass
-        stats = process_stats()
-        return [pid for pid in session_pids(self.process.pid) if stats.get(pid, ["Z"])[0] != "Z"]
+        return [pid for pid in session_pids(self.process.pid) if running(pid)]
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM (graceful: final snapshot), then kill whatever is left."""
