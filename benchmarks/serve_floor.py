@@ -30,7 +30,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from recbandits.serve.testing import ServiceProcess, free_port_block, session_pids
+from recbandits.loadgen.service_process import ServiceProcess, free_port_block, session_pids
 
 TARGET_P99_MS = 50.0
 
@@ -96,8 +96,8 @@ def replica_cpu_seconds(service: ServiceProcess) -> float:
 async def offer(url: str, bodies: list[bytes], rate: float, duration_s: float, warmup_s: float,
                 service: ServiceProcess) -> dict:
     """Rank requests at ``rate``/s for ``duration_s``: latency percentiles and replica CPU after the warm-up."""
-    from recbandits.serve.http_client import REQUEST_ERRORS, KeepAliveClient
-    from recbandits.serve.loadtest import open_loop
+    from recbandits.loadgen.http_client import REQUEST_ERRORS, KeepAliveClient
+    from recbandits.loadgen.loadtest import open_loop
 
     latencies: list[float] = []
     errors = 0
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         serve_constant(args.serve_constant)
         return []
 
-    from recbandits.serve.loadtest import LoadTestSpec, simulated_users
+    from recbandits.loadgen.loadtest import LoadTestSpec, simulated_users
 
     bodies = simulated_users(LoadTestSpec(data_dir=args.data_dir), context_dim=20, num_arms=20).bodies
     rates = [float(rate) for rate in args.rates.split(",")]

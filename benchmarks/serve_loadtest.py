@@ -6,7 +6,7 @@
     .venv/bin/python benchmarks/serve_loadtest.py --checkpoint runs/simulate --drift-rate 0.01  # tastes turn
 
 The service is ``python -m recbandits.serve`` with its own local Ray (MovieLens spec: 20-dim user vectors, 20
-movies, LinUCB), on free ports of 127.0.0.1; the load test (``recbandits.serve.loadtest``) offers ``--rate``
+movies, LinUCB), on free ports of 127.0.0.1; the load test (``recbandits.loadgen.loadtest``) offers ``--rate``
 rank requests per second to the replicas' fast-path URLs, each followed by its reward after a uniform random
 delay, and compares the online policy's regret with a frozen copy of the starting one (trained, when it starts
 from a checkpoint; on drifting users with ``--drift-rate``). Targets (2 cores):
@@ -24,8 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from recbandits.serve.loadtest import LoadTestSpec, format_report, run_loadtest
-from recbandits.serve.testing import ServiceProcess, free_port_block
+from recbandits.loadgen.loadtest import LoadTestSpec, format_report, run_loadtest
+from recbandits.loadgen.service_process import ServiceProcess, free_port_block
 
 
 def main(argv: list[str] | None = None) -> dict:

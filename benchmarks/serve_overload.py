@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from recbandits.serve.http_client import REQUEST_ERRORS, KeepAliveClient
-from recbandits.serve.loadtest import LoadTestSpec, open_loop, simulated_users
-from recbandits.serve.testing import ServiceProcess, free_port_block
+from recbandits.loadgen.http_client import REQUEST_ERRORS, KeepAliveClient
+from recbandits.loadgen.loadtest import LoadTestSpec, open_loop, simulated_users
+from recbandits.loadgen.service_process import ServiceProcess, free_port_block
 
 SLOW_S = 0.050
 

@@ -9,8 +9,10 @@ from typing import Annotated
 import typer
 
 from recbandits.cluster.tune import tune_command
+from recbandits.console import fail
 from recbandits.data.cli import data_app
-from recbandits.serve.cli import loadtest_command, serve_command
+from recbandits.loadgen.cli import loadtest_command
+from recbandits.serve.cli import serve_command
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Contextual-bandit recommendation on Ray.")
 
@@ -36,13 +38,6 @@ Address = Annotated[
     str | None, typer.Option("--address", help="Ray cluster: auto, host:port or ray://host:port (default: a local Ray).")
 ]
 
-
-def _fail(message: str) -> typer.Exit:
-    from rich.console import Console
-    from rich.text import Text
-
-    Console(stderr=True).print(Text(message, style="red"), soft_wrap=True)
-    return typer.Exit(code=2)
 
 
 def _print_table(title: str, headers: list[str], rows: list[list[str]]) -> None:
@@ -135,7 +130,7 @@ def simulate(
         summary = run_simulation(spec, out, address=address, references=references, overwrite=overwrite,
                                  resume=resume is not None)
     except (ValueError, ConnectionError) as error:
-        raise _fail(str(error)) from None
+        raise fail(str(error)) from None
     _print_summary(summary)
 
 
@@ -166,7 +161,7 @@ def compare(
                               first_seed=first_seed, data_dir=data_dir, env=env, hyperparameters={"alpha": alpha, "lambda_": lambda_})
         table, _ = run_comparison(spec, out, address=address)
     except (ValueError, ConnectionError) as error:
-        raise _fail(str(error)) from None
+        raise fail(str(error)) from None
     # The terminal gets what fits 80 columns: regret at the largest budget that ran, the suboptimal-arm rate and
     # the speed; the other budgets, library, wall time and hyperparameters are in table.md and table.csv.
     final_budget = [column for column in table.columns if column.startswith("regret@")][-1]

@@ -200,7 +200,7 @@ def test_cli_data_info_and_errors(tmp_path, synthetic_dir):
     assert result.exit_code == 0, result.output
     assert "1200" in result.output and "ml-100k" in result.output and "Rating histogram" in result.output
     result = runner.invoke(app, ["data", "info", str(tmp_path / "missing")])
-    assert result.exit_code == 1 and "does not exist" in result.output
+    assert result.exit_code == 2 and "does not exist" in result.output
     result = runner.invoke(app, ["data", "synth", str(tmp_path / "s"), "--users", "30", "--items", "50",
                                  "--ratings", "900", "--rank", "3"])
     assert result.exit_code == 0 and load_movielens(tmp_path / "s").num_ratings == 900

@@ -12,8 +12,8 @@ import contextlib
 import pytest
 from aiohttp import web
 
-from recbandits.serve.http_client import KeepAliveClient, parse_base_url
-from recbandits.serve.testing import free_port_block
+from recbandits.loadgen.http_client import KeepAliveClient, parse_base_url
+from recbandits.loadgen.service_process import free_port_block
 
 
 @contextlib.asynccontextmanager

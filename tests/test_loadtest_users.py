@@ -8,7 +8,7 @@ import pytest
 from recbandits.envs import MovieLensEnv
 from recbandits.envs._random import key_from_seed
 from recbandits.envs.core import PreferenceDrift
-from recbandits.serve.loadtest import LoadTestSpec, simulated_users
+from recbandits.loadgen.loadtest import LoadTestSpec, simulated_users
 
 
 def _factorization():

@@ -15,10 +15,15 @@ from pathlib import Path
 
 import pytest
 
+from recbandits.loadgen.service_process import (
+    ServiceProcess,
+    free_port_block,
+    session_pids,
+    wait_for_log_rows,
+)
+from recbandits.loadgen.service_process import http_json as request
 from recbandits.serve.eventlog import read_event_log
 from recbandits.serve.runner import process_argv
-from recbandits.serve.testing import ServiceProcess, free_port_block, session_pids, wait_for_log_rows
-from recbandits.serve.testing import http_json as request
 
 ARMS = ["a", "b", "c", "d"]
 WINDOW_S = 3.0

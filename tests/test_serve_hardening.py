@@ -12,9 +12,9 @@ import asyncio
 import numpy as np
 import pytest
 
+from recbandits.loadgen.service_process import ServiceProcess, free_port_block
+from recbandits.loadgen.service_process import http_json as request
 from recbandits.serve.eventlog import read_event_log
-from recbandits.serve.testing import ServiceProcess, free_port_block
-from recbandits.serve.testing import http_json as request
 
 CONTEXT_DIM, NUM_ARMS = 20, 20
 
@@ -397,8 +397,8 @@ def _post_head(path: str, extra: str) -> bytes:
 
 
 def _replica_pid(service) -> int:
+    from recbandits.loadgen.service_process import session_pids
     from recbandits.serve.runner import process_argv
-    from recbandits.serve.testing import session_pids
 
     pids = [pid for pid in session_pids(service.process.pid)
             if process_argv(pid)[0].startswith("ray::ServeReplica:recbandits:Recommender")]
@@ -569,8 +569,8 @@ LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 
 def test_the_local_ray_listens_on_the_loopback_only(limited):
+    from recbandits.loadgen.service_process import session_pids
     from recbandits.serve.runner import process_argv
-    from recbandits.serve.testing import session_pids
 
     sockets = _listening_sockets(session_pids(limited["service"].process.pid))
     assert len(sockets) > 5, sockets

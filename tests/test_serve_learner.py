@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recbandits.loadgen.service_process import ServiceProcess, free_port_block, wait_for_log_rows
+from recbandits.loadgen.service_process import http_json as request
 from recbandits.serve.eventlog import read_event_log
-from recbandits.serve.testing import ServiceProcess, free_port_block, wait_for_log_rows
-from recbandits.serve.testing import http_json as request
 
 pytestmark = pytest.mark.slow  # replicas behind a learner, restarts: `make test-quick` leaves them out
 

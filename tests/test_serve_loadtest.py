@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from recbandits.serve.loadtest import LoadTestSpec, _slow_seconds, run_loadtest
-from recbandits.serve.testing import ServiceProcess, free_port_block
+from recbandits.loadgen.loadtest import LoadTestSpec, _slow_seconds, run_loadtest
+from recbandits.loadgen.service_process import ServiceProcess, free_port_block
 
 pytestmark = pytest.mark.slow  # a service under load: `make test-quick` leaves it out
 

@@ -306,7 +306,7 @@ def test_serving_a_simulate_run_answers_with_movielens_ids_and_knows_its_users(s
 
     import recbandits
     from recbandits.cli import app
-    from recbandits.serve.testing import ServiceProcess, free_port_block, http_json
+    from recbandits.loadgen.service_process import ServiceProcess, free_port_block, http_json
 
     run = tmp_path / "run"
     result = CliRunner().invoke(app, [

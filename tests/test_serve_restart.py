@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recbandits.loadgen.service_process import ServiceProcess, free_port_block
+from recbandits.loadgen.service_process import http_json as request
 from recbandits.serve.eventlog import read_event_log
-from recbandits.serve.testing import ServiceProcess, free_port_block
-from recbandits.serve.testing import http_json as request
 
 pytestmark = pytest.mark.slow  # kill -9 and restarts under traffic: `make test-quick` leaves them out
 

@@ -39,6 +39,8 @@ from typing import Annotated, Any
 
 import typer
 
+from recbandits.console import fail
+
 METRIC = "env_runners/cumulative_regret"
 MODE = "min"
 STEPS_KEY = "num_env_steps_sampled_lifetime"
@@ -764,13 +766,6 @@ def write_outputs(table, spec: SweepSpec, configurations: list[dict[str, Any]], 
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _fail(message: str) -> typer.Exit:
-    from rich.console import Console
-    from rich.text import Text
-
-    Console(stderr=True).print(Text(message, style="red"), soft_wrap=True)
-    return typer.Exit(code=2)
-
 
 def _print_summary(summary: dict[str, Any]) -> None:
     from rich.console import Console
@@ -914,5 +909,5 @@ def tune_command(
         summary = run_sweep(spec, out, address=address, resume=resume, verbose=tune_output,
                             progress=tune_output == 0)
     except (ValueError, ConnectionError) as error:
-        raise _fail(str(error)) from None
+        raise fail(str(error)) from None
     _print_summary(summary)

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.text import Text
 
+from recbandits.console import fail
 from recbandits.data import (
     RELEASES,
     FetchError,
@@ -25,12 +25,6 @@ data_app = typer.Typer(
     no_args_is_help=True,
 )
 
-
-def _fail(message: str) -> typer.Exit:
-    # Text rather than markup: messages contain paths and brackets that rich would try to interpret;
-    # soft_wrap keeps long messages on one line so they stay greppable.
-    Console(stderr=True).print(Text(message, style="red"), soft_wrap=True)
-    return typer.Exit(code=1)
 
 
 @data_app.command("fetch")
@@ -59,7 +53,7 @@ def fetch_command(
                 progress=lambda done, total: progress.update(task, completed=done, total=total),
             )
     except FetchError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     Console().print(str(path), soft_wrap=True, highlight=False)
 
 
@@ -78,7 +72,7 @@ def info_command(
         data = load_movielens(directory)
     except (ValueError, OSError) as exc:  # MovieLensFormatError is a ValueError
         where = f" {path}" if path is not None else ""
-        raise _fail(f"cannot load MovieLens data{where}: {exc}") from None
+        raise fail(f"cannot load MovieLens data{where}: {exc}") from None
     Console().print(format_summary(summarize(data)))
 
 
@@ -97,7 +91,7 @@ def synth_command(
             out_dir, num_users=users, num_items=items, num_ratings=ratings, rank=rank, seed=seed
         )
     except (ValueError, OSError) as exc:
-        raise _fail(f"cannot write a synthetic dataset to {out_dir}: {exc}") from None
+        raise fail(f"cannot write a synthetic dataset to {out_dir}: {exc}") from None
     Console().print(
         f"wrote {ratings} ratings by {users} users on {items} movies to {path}",
         soft_wrap=True,

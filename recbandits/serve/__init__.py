@@ -7,8 +7,11 @@
 | ``policy`` | ``ServingPolicy``: a ``LinearBanditModule`` scored over any candidate set |
 | ``eventlog`` / ``store`` | the durable JSONL event log, policy snapshots on disk |
 | ``schemas`` | request/response models and validation against the feature spec |
-| ``runner`` / ``cli`` | ``recbandits serve`` / ``python -m recbandits.serve``, ``recbandits loadtest`` |
-| ``loadtest`` / ``testing`` | the load test (simulated MovieLens users), service subprocess helpers |
+| ``runner`` / ``cli`` | ``recbandits serve`` / ``python -m recbandits.serve`` |
+| ``limits`` | admission in front of Ray Serve: in-flight and connection limits, body size, header timeout |
+| ``state`` / ``config`` | the state dir's checks and preparation, the service's settings |
+
+The load generator (``recbandits loadtest``) and the service-subprocess helpers are ``recbandits.loadgen``.
 """
 
 import os

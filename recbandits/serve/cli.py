@@ -1,12 +1,5 @@
-"""``recbandits serve`` and ``recbandits loadtest``: typer commands (registered in recbandits/cli.py).
-
-    from recbandits.serve.cli import loadtest_command, serve_command
-    app.command("serve")(serve_command)
-    app.command("loadtest")(loadtest_command)
-
-``python -m recbandits.serve`` runs ``serve_command`` on its own, ``python -m recbandits.serve.loadtest``
-``loadtest_command``.
-"""
+"""``recbandits serve``: the typer command (registered in recbandits/cli.py; ``python -m recbandits.serve`` runs
+it on its own)."""
 
 from __future__ import annotations
 
@@ -16,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from recbandits.console import fail
 from recbandits.serve.config import POLICY_FIELDS, ServeConfig
 
 
@@ -26,13 +20,6 @@ def _default(name: str, scale: float = 1.0) -> str:
         value = round(value * scale, 6)
     return f" \\[default: {value}]"
 
-
-def _fail(message: str) -> typer.Exit:
-    from rich.console import Console
-    from rich.text import Text
-
-    Console(stderr=True).print(Text(message, style="red"), soft_wrap=True)
-    return typer.Exit(code=2)
 
 
 def build_config(options: dict[str, Any], config_file: Path | None = None) -> tuple[ServeConfig, set[str]]:
@@ -159,46 +146,4 @@ def serve_command(
             return
         run_service(service_config, address=address, explicit=explicit, repair_log=repair_log)
     except (ValueError, ConnectionError, RuntimeError) as error:
-        raise _fail(str(error)) from None
-
-
-def loadtest_command(
-    url: Annotated[list[str], typer.Option(
-        help="Service URL (repeat for several replicas' fast-path URLs; requests are spread over them).")] = [  # noqa: B006
-        "http://127.0.0.1:8001"],
-    rate: Annotated[float, typer.Option(help="Rank requests per second offered (0: closed loop).")] = 450.0,
-    concurrency: Annotated[int, typer.Option(help="Closed loop: simulated users at once; open loop: max in flight.")] = 64,
-    requests: Annotated[int, typer.Option(help="Stop after this many rank requests.")] = 20_000,
-    duration: Annotated[float, typer.Option(help="Stop after this many seconds.")] = 40.0,
-    reward_delay: Annotated[str, typer.Option(help="Reward delay range in seconds, MIN,MAX (uniform).")] = "0.05,0.5",
-    data_dir: Annotated[str | None, typer.Option(help="MovieLens directory of the simulated users.")] = None,
-    rank: Annotated[int | None, typer.Option(help="Env factorization rank (default: the service's context_dim).")] = None,
-    reward_noise: Annotated[float, typer.Option(help="Std of Gaussian noise on the env's rating reward.")] = 0.0,
-    drift_rate: Annotated[float, typer.Option(
-        help="Radians per arrival that the users' shared taste rotation turns (0: tastes stand still).")] = 0.0,
-    seed: Annotated[int, typer.Option(help="Seed of the simulated users.")] = 0,
-    warmup: Annotated[float, typer.Option(help="Seconds excluded from the throughput/latency figures.")] = 2.0,
-    top_k: Annotated[int, typer.Option(help="Ranking length asked for (0: the whole ranking).")] = 5,
-    reward_batch_ms: Annotated[float, typer.Option(
-        help="0: one /v1/reward call per reward; > 0: rewards due are posted to /v1/rewards every this many ms.")] = 0.0,
-    admin_token_file: Annotated[Path | None, typer.Option(
-        help="The service's admin token (it reads the policy's state): STATE_DIR/admin.token by default.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Write the report (JSON) here.")] = None,
-) -> None:
-    """Load-test a running service with simulated MovieLens users; report throughput, latency, regret."""
-    from recbandits.serve.loadtest import LoadTestSpec, format_report, run_loadtest
-
-    try:
-        low, high = (float(part) for part in reward_delay.split(","))
-        token = admin_token_file.read_text().strip() if admin_token_file else None
-        spec = LoadTestSpec(urls=list(url), rate=rate, concurrency=concurrency, max_requests=requests,
-                            duration_s=duration, reward_delay=(low, high), data_dir=data_dir, rank=rank,
-                            reward_noise=reward_noise, drift_rate=drift_rate, seed=seed, warmup_s=warmup,
-                            top_k=top_k or None, reward_batch_s=reward_batch_ms / 1000.0, admin_token=token)
-        report = run_loadtest(spec)
-    except (ValueError, OSError) as error:
-        raise _fail(str(error)) from None
-    print(format_report(report))
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2))
+        raise fail(str(error)) from None

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from recbandits.serve.http_client import REQUEST_ERRORS, KeepAliveClient, parse_base_url
+from recbandits.loadgen.http_client import REQUEST_ERRORS, KeepAliveClient, parse_base_url
 
 PROBE_INTERVAL_S = 0.01  # decisions probed after the load, to time the last rewards' click-to-policy
 PROBE_TIMEOUT_S = 5.0  # give up on covering the last rewards this long after the last one was acknowledged
@@ -494,7 +494,7 @@ def format_report(report: dict[str, Any]) -> str:
 def main() -> None:
     import typer
 
-    from recbandits.serve.cli import loadtest_command
+    from recbandits.loadgen.cli import loadtest_command
 
     typer.run(loadtest_command)
 
