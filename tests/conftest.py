@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from recbandits.cluster import WORKER_ENV_VARS  # imports ray only, not ray.rllib
+from recbandits.worker_env import set_worker_env
 
 # Before anything imports ray.rllib: RLlib would otherwise import TensorFlow in graph mode with Keras 3,
-# after which TF-Agents cannot run in this process (see recbandits.cluster).
-for _name, _value in WORKER_ENV_VARS.items():
-    os.environ.setdefault(_name, _value)
+# after which TF-Agents cannot run in this process (recbandits.worker_env).
+set_worker_env()
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

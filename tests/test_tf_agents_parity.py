@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
@@ -16,8 +14,9 @@ RANK, NUM_MOVIES = 20, 20
 
 @pytest.fixture(scope="module")
 def tf_agents_env(ml100k_dir):
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from recbandits.worker_env import set_worker_env
+
+    set_worker_env()  # before TensorFlow is first imported
     from tf_agents.bandits.environments import movielens_py_environment
 
     return movielens_py_environment.MovieLensPyEnvironment(

@@ -10,14 +10,12 @@
 """
 
 import logging
-import os
 
-from recbandits.cluster import WORKER_ENV_VARS
 from recbandits.verbosity import quiet_libraries
+from recbandits.worker_env import set_worker_env
 
-for _name, _value in WORKER_ENV_VARS.items():  # before RLlib is imported (see recbandits.cluster)
-    os.environ.setdefault(_name, _value)
-# RLlib warns at every import that it skips TensorFlow: intended here (see recbandits.cluster).
+set_worker_env()  # before RLlib is imported
+# RLlib warns at every import that it skips TensorFlow: intended here (recbandits.worker_env).
 logging.getLogger("ray.rllib.utils.framework").setLevel(logging.ERROR)
 quiet_libraries()
 

@@ -20,7 +20,6 @@ TensorFlow and TF-Agents are imported lazily, inside the functions that need the
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from collections.abc import Callable
@@ -30,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-# Must be set before TensorFlow is first imported: TF-Agents 0.19 needs Keras 2 (tf_keras).
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from recbandits.worker_env import set_worker_env
+
+set_worker_env()  # before TensorFlow is first imported
 
 TF_AGENTS_ALGOS = ("tfa-linucb", "tfa-lints", "tfa-neural-eps-greedy", "tfa-neural-linucb")
 

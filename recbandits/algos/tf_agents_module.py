@@ -24,8 +24,8 @@ TensorFlow next to torch (what must hold in every process that builds this modul
 
 - ``TF_USE_LEGACY_KERAS=1`` before TensorFlow is first imported: TF-Agents 0.19 needs Keras 2 (``tf_keras``);
   TF 2.21's default ``tf.keras`` is Keras 3. ``import recbandits.algos`` and this module set it
-  (``os.environ.setdefault``); ``configure_tensorflow`` raises a clear error if TensorFlow was imported
-  before without it. ``recbandits.cluster.WORKER_ENV_VARS`` puts it into every Ray worker's environment.
+  (``recbandits.worker_env.set_worker_env``); ``configure_tensorflow`` raises a clear error if TensorFlow was imported
+  before without it. ``recbandits.worker_env.WORKER_ENV_VARS`` puts it into every Ray worker's environment.
 - ``RLLIB_TEST_NO_TF_IMPORT=1`` before ``ray.rllib`` is first imported: RLlib's new API stack is torch-only,
   but without it importing RLlib imports TensorFlow, switches it to TF1 graph mode (``disable_v2_behavior``)
   and resolves ``tf.keras`` to Keras 3: TF-Agents cannot run in that process any more
@@ -46,7 +46,6 @@ restored one) would share, and ``NeuralLinUCBAgent`` ignores the constructor arg
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -57,9 +56,9 @@ import torch
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.torch import TorchRLModule
 
-# Must be set before TensorFlow is first imported (see the module docstring).
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from recbandits.worker_env import set_worker_env
+
+set_worker_env()  # before TensorFlow is first imported (see the module docstring)
 
 AGENTS = ("linucb", "lints", "neural-eps-greedy", "neural-linucb")
 POLICIES = ("greedy", "policy", "collect")
@@ -105,8 +104,7 @@ def configure_tensorflow(num_threads: int | None = None):
     """
     from recbandits.verbosity import native_stderr_silenced
 
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    set_worker_env()
     with native_stderr_silenced():
         import tensorflow as tf
 
@@ -118,7 +116,7 @@ def configure_tensorflow(num_threads: int | None = None):
     if problems:
         raise RuntimeError(
             f"TF-Agents cannot run in this process: {'; '.join(problems)}. Import recbandits.algos before "
-            "ray.rllib and tensorflow, or export recbandits.cluster.WORKER_ENV_VARS (RLLIB_TEST_NO_TF_IMPORT=1, "
+            "ray.rllib and tensorflow, or export recbandits.worker_env.WORKER_ENV_VARS (RLLIB_TEST_NO_TF_IMPORT=1, "
             "TF_USE_LEGACY_KERAS=1) in the environment of the driver and of every Ray worker"
         )
     if num_threads:

@@ -6,15 +6,10 @@ this machine belongs to), ``"host:port"`` (a cluster's GCS) or ``"ray://host:por
 
 from __future__ import annotations
 
-import os
-
 import ray
 
 from recbandits.verbosity import ray_init_options
-
-# RLlib's new API stack is torch-only, yet it imports TensorFlow when installed (seconds per worker process);
-# recbandits' TF-Agents bridge imports TensorFlow itself where it needs it.
-WORKER_ENV_VARS = {"RLLIB_TEST_NO_TF_IMPORT": "1", "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+from recbandits.worker_env import WORKER_ENV_VARS, set_worker_env
 
 
 def bind_local_ray_to_loopback() -> None:
@@ -34,8 +29,7 @@ def bind_local_ray_to_loopback() -> None:
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: bool = True) -> dict:
     """Connect to (or start) Ray once per process; return ``ray.init``'s context as a dict."""
-    for name, value in WORKER_ENV_VARS.items():
-        os.environ.setdefault(name, value)
+    set_worker_env()
     if ray.is_initialized():
         return {"address": ray.get_runtime_context().gcs_address}
     kwargs: dict = {"runtime_env": {"env_vars": dict(WORKER_ENV_VARS)}, "log_to_driver": not quiet,

@@ -14,10 +14,6 @@
 The load generator (``recbandits loadtest``) and the service-subprocess helpers are ``recbandits.loadgen``.
 """
 
-import os
+from recbandits.worker_env import set_worker_env
 
-# Serving is torch-only: keep RLlib from importing TensorFlow (seconds) wherever a policy is loaded. The same
-# variables as recbandits.cluster.WORKER_ENV_VARS (not imported: that imports ray, and `recbandits --help` would
-# pay for it).
-for _name, _value in {"RLLIB_TEST_NO_TF_IMPORT": "1", "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}.items():
-    os.environ.setdefault(_name, _value)
+set_worker_env()  # serving is torch-only: RLlib must not import TensorFlow wherever a policy is loaded

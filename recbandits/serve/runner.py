@@ -29,8 +29,8 @@ APP_NAME = "recbandits"
 
 def serve_environment(config: ServeConfig) -> dict[str, str]:
     """Environment of the Ray processes: quiet RLlib imports, and Ray Serve's throughput-optimized fast path."""
-    from recbandits.cluster import WORKER_ENV_VARS
     from recbandits.serve import limits
+    from recbandits.worker_env import WORKER_ENV_VARS
 
     env = dict(WORKER_ENV_VARS)
     # Ray starts workers at niceness 15 (background work); a serving replica must not yield to everything else.
