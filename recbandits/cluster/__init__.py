@@ -27,18 +27,28 @@ def bind_local_ray_to_loopback() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
-def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: bool = True) -> dict:
-    """Connect to (or start) Ray once per process; return ``ray.init``'s context as a dict."""
+def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: bool = True,
+            env_vars: dict[str, str] | None = None, namespace: str | None = None,
+            metrics_export_port: int | None = None) -> dict:
+    """Connect to (or start) Ray once per process; return ``ray.init``'s context as a dict.
+
+    Every worker gets ``WORKER_ENV_VARS`` and ``env_vars``; ``quiet`` keeps the workers' output from the driver;
+    ``metrics_export_port`` is a local Ray's Prometheus port (the service's ``--metrics-port``).
+    """
     set_worker_env()
     if ray.is_initialized():
         return {"address": ray.get_runtime_context().gcs_address}
-    kwargs: dict = {"runtime_env": {"env_vars": dict(WORKER_ENV_VARS)}, "log_to_driver": not quiet,
+    kwargs: dict = {"runtime_env": {"env_vars": {**WORKER_ENV_VARS, **(env_vars or {})}}, "log_to_driver": not quiet,
                     **ray_init_options()}
+    if namespace:
+        kwargs["namespace"] = namespace
     if address:
         kwargs["address"] = address
     else:
         # "local": always a new Ray of our own, even when a `ray start` cluster runs on this machine.
         kwargs.update(address="local", num_cpus=num_cpus, include_dashboard=False)
+        if metrics_export_port:
+            kwargs["_metrics_export_port"] = metrics_export_port
         bind_local_ray_to_loopback()
     try:
         context = ray.init(**kwargs)

@@ -107,26 +107,15 @@ def start_ray_serve(config: ServeConfig, address: str | None = None) -> None:
     import ray
     from ray import serve
 
-    from recbandits.cluster import bind_local_ray_to_loopback
-    from recbandits.verbosity import quiet_libraries, ray_init_options
+    from recbandits.cluster import connect
+    from recbandits.verbosity import quiet_libraries
 
     quiet_libraries()  # after Ray Serve's import, which sets up its driver-side logger
     env = serve_environment(config)
     os.environ.update(env)  # a local Ray inherits them (Ray Serve reads its flags at import, in each process)
     if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "namespace": "recbandits", "log_to_driver": True,
-                                  **ray_init_options()}
-        if address:
-            kwargs["address"] = address
-        else:
-            # "local": a new Ray of our own, even when `ray start` left a cluster on this machine (ray.init()
-            # alone would join that one).
-            kwargs.update(address="local", include_dashboard=False)
-            if config.metrics_port:
-                kwargs["_metrics_export_port"] = config.metrics_port
-            bind_local_ray_to_loopback()
         stop_handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-        ray.init(**kwargs)
+        connect(address, quiet=False, env_vars=env, namespace="recbandits", metrics_export_port=config.metrics_port)
         # ray.init installs Ray's C++ failure handler for SIGTERM (a stack dump, then death): a stop signal
         # during the rest of the start-up must reach the service's own handler.
         if threading.current_thread() is threading.main_thread():
