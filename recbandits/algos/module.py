@@ -35,7 +35,7 @@ import torch
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.torch import TorchRLModule
 
-EXPLORATIONS = ("ucb", "thompson", "eps_greedy", "greedy", "random")
+from recbandits.algos.options import EXPLORATIONS
 
 DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     "exploration": "ucb",

@@ -10,6 +10,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+# How a linear-bandit module picks among the candidates (``LinearBanditModule``; the service's ``--exploration``).
+EXPLORATIONS = ("ucb", "thompson", "eps_greedy", "greedy", "random")
+
 # Which hyperparameters each algorithm reads.
 USES: dict[str, tuple[str, ...]] = {
     "linucb": ("alpha", "lambda", "gamma", "interaction"),

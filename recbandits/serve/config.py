@@ -14,10 +14,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from recbandits.algos.options import EXPLORATIONS
+
 LEARNING_MODES = ("in_process", "learner")
 REWARD_RULES = ("first", "sum")
 SHAPES = ("disjoint", "shared")
-EXPLORATIONS = ("ucb", "thompson", "eps_greedy", "greedy", "random")
 MODEL_KEYS = ("exploration", "alpha", "lambda_", "epsilon", "posterior_scale", "noise_prior", "seed")
 
 # The fields that define the policy: fixed for the lifetime of a state directory.
