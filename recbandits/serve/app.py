@@ -574,7 +574,7 @@ def config_from_args(args: dict[str, Any]) -> tuple[ServeConfig, set[str]]:
     """A ServeConfig from application-builder args (``serve run ... key=value`` strings, or a RayService's YAML)."""
     from dataclasses import fields
 
-    from recbandits.serve.config import MODEL_KEYS, POLICY_FIELDS
+    from recbandits.serve.config import MODEL_KEYS
 
     text_fields = {"state_dir", "host", "checkpoint", "shape", "learning", "reward_rule", "user_table", "item_titles",
                    "exploration"}
@@ -592,12 +592,7 @@ def config_from_args(args: dict[str, Any]) -> tuple[ServeConfig, set[str]]:
                 except json.JSONDecodeError:
                     raise ValueError(f"{key}={value!r} is not a valid value") from None
         data[key] = value
-    model = {key: data.pop(key) for key in MODEL_KEYS if key in data}  # exploration=..., alpha=... at top level
-    if model:
-        data["model_config"] = {**data.get("model_config", {}), **model}
-    if data.get("arm_ids") and "num_arms" not in data:
-        data["num_arms"] = len(data["arm_ids"])
-    return ServeConfig.from_dict(data), {name for name in POLICY_FIELDS if name in data}
+    return ServeConfig.from_settings(data)
 
 
 def build_app(args: ServeConfig | dict[str, Any] | None = None):

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from recbandits.console import fail
-from recbandits.serve.config import POLICY_FIELDS, ServeConfig
+from recbandits.serve.config import ServeConfig
 
 
 def _default(name: str, scale: float = 1.0) -> str:
@@ -25,20 +25,7 @@ def _default(name: str, scale: float = 1.0) -> str:
 def build_config(options: dict[str, Any], config_file: Path | None = None) -> tuple[ServeConfig, set[str]]:
     """A ServeConfig from a JSON file (optional) and CLI options (None: not given); also the policy fields given."""
     data: dict[str, Any] = json.loads(config_file.read_text()) if config_file else {}
-    model_config = dict(data.pop("model_config", {}) or {})
-    for key in ("exploration", "alpha", "lambda_", "epsilon", "seed"):
-        value = options.pop(key, None)
-        if value is not None:
-            model_config[key] = value
-    if model_config:
-        data["model_config"] = model_config
-    for key, value in options.items():
-        if value is not None:
-            data[key] = value
-    if data.get("arm_ids") and "num_arms" not in data:
-        data["num_arms"] = len(data["arm_ids"])
-    explicit = {name for name in POLICY_FIELDS if name in data}
-    return ServeConfig.from_dict(data), explicit
+    return ServeConfig.from_settings({**data, **{key: value for key, value in options.items() if value is not None}})
 
 
 def serve_command(

@@ -200,6 +200,19 @@ class ServeConfig:
         return cls(**data)
 
     @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> tuple[ServeConfig, set[str]]:
+        """A ServeConfig from flat settings (the CLI's, a config file's, Serve's builder args), and the policy
+        fields they give. Model settings may be at the top level (``exploration=...``, winning) or under
+        ``model_config``; ``arm_ids`` implies ``num_arms``."""
+        data = dict(settings)
+        model = {**(data.pop("model_config", None) or {}), **{key: data.pop(key) for key in MODEL_KEYS if key in data}}
+        if model:
+            data["model_config"] = model
+        if data.get("arm_ids") and "num_arms" not in data:
+            data["num_arms"] = len(data["arm_ids"])
+        return cls.from_dict(data), {name for name in POLICY_FIELDS if name in data}
+
+    @classmethod
     def from_file(cls, path: str | Path) -> ServeConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
