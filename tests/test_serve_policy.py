@@ -258,6 +258,29 @@ def test_cli_options_override_the_config_file_only_when_given(tmp_path):
     assert resolved("--no-fsync")["fsync"] is False
 
 
+def test_the_cli_a_config_file_and_serves_builder_args_resolve_the_same_settings(tmp_path):
+    """`recbandits serve ...`, a --config file and `serve run recbandits.serve.app:build_app key=value` (strings)
+    go through one parser: model settings at the top level or under model_config, arm_ids implying num_arms."""
+    from recbandits.serve.app import config_from_args
+    from recbandits.serve.cli import build_config
+
+    expected_model = {"exploration": "greedy", "alpha": 0.5}
+    builder, builder_given = config_from_args({"state_dir": str(tmp_path), "context_dim": "3", "arm_ids": "a,b",
+                                               "exploration": "greedy", "alpha": "0.5", "fsync": "false"})
+    settings = tmp_path / "serve.json"
+    settings.write_text(json.dumps({"state_dir": str(tmp_path), "context_dim": 3, "arm_ids": ["a", "b"],
+                                    "model_config": {"exploration": "ucb", "alpha": 0.5}, "fsync": False}))
+    cli, cli_given = build_config({"exploration": "greedy", "alpha": None, "port": None}, settings)
+    for config, given in ((builder, builder_given), (cli, cli_given)):
+        assert config.model_config == expected_model and config.arm_ids == ["a", "b"] and config.num_arms == 2
+        assert config.context_dim == 3 and config.fsync is False
+        assert given == {"context_dim", "arm_ids", "num_arms", "model_config"}
+    with pytest.raises(ValueError, match=r"unknown service setting 'colour'"):
+        config_from_args({"colour": "blue"})
+    with pytest.raises(ValueError, match=r"context_dim='three' is not a valid value"):
+        config_from_args({"context_dim": "three"})
+
+
 def test_metrics_interval_reaches_ray_and_is_checked():
     from recbandits.serve.runner import serve_environment
 
