@@ -91,7 +91,8 @@ def simulate(
         help="Per-arm envs: learn on the outer product of user and movie features too \\[default: on there]")] = None,
     rank: Annotated[int | None, typer.Option(help="Rank of the rating factorization \\[default: 20]")] = None,
     num_movies: Annotated[int | None, typer.Option(help="movielens: movies to recommend \\[default: 20]")] = None,
-    num_actions: Annotated[int | None, typer.Option(help="movielens-per-arm: candidates per step \\[default: 20]")] = None,
+    num_actions: Annotated[int | None, typer.Option(
+        help="movielens-per-arm: candidates per step \\[default: 20]")] = None,
     num_candidates: Annotated[int | None, typer.Option(
         help="movielens-ranking: candidates per step \\[default: 20]")] = None,
     slate_size: Annotated[int | None, typer.Option(help="movielens-ranking: slots per slate \\[default: 5]")] = None,
@@ -148,7 +149,8 @@ def compare(
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/compare"),
     address: Address = None,
     alpha: Annotated[float, typer.Option(help="UCB/TS exploration scale (TF-Agents example: 10).")] = 10.0,
-    lambda_: Annotated[float, typer.Option("--lambda", help="Ridge regularization (TF-Agents example: 0.001).")] = 0.001,
+    lambda_: Annotated[float, typer.Option(
+        "--lambda", help="Ridge regularization (TF-Agents example: 0.001).")] = 0.001,
 ) -> None:
     """Compare recbandits bandits with TF-Agents baselines: table (mean +- 95% CI), regret.png, config.json."""
     from rich.console import Console

@@ -17,12 +17,14 @@ def loadtest_command(
         help="Service URL (repeat for several replicas' fast-path URLs; requests are spread over them).")] = [  # noqa: B006
         "http://127.0.0.1:8001"],
     rate: Annotated[float, typer.Option(help="Rank requests per second offered (0: closed loop).")] = 450.0,
-    concurrency: Annotated[int, typer.Option(help="Closed loop: simulated users at once; open loop: max in flight.")] = 64,
+    concurrency: Annotated[int, typer.Option(
+        help="Closed loop: simulated users at once; open loop: max in flight.")] = 64,
     requests: Annotated[int, typer.Option(help="Stop after this many rank requests.")] = 20_000,
     duration: Annotated[float, typer.Option(help="Stop after this many seconds.")] = 40.0,
     reward_delay: Annotated[str, typer.Option(help="Reward delay range in seconds, MIN,MAX (uniform).")] = "0.05,0.5",
     data_dir: Annotated[str | None, typer.Option(help="MovieLens directory of the simulated users.")] = None,
-    rank: Annotated[int | None, typer.Option(help="Env factorization rank (default: the service's context_dim).")] = None,
+    rank: Annotated[int | None, typer.Option(
+        help="Env factorization rank (default: the service's context_dim).")] = None,
     reward_noise: Annotated[float, typer.Option(help="Std of Gaussian noise on the env's rating reward.")] = 0.0,
     drift_rate: Annotated[float, typer.Option(
         help="Radians per arrival that the users' shared taste rotation turns (0: tastes stand still).")] = 0.0,
