@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/compare-targets"))
     options = parser.parse_args()
 
-    from recbandits.algos.compare import ComparisonSpec, compare, target_checks
+    from recbandits.jobs.compare import ComparisonSpec, compare, target_checks
 
     spec = ComparisonSpec(algos=options.algos.split(","), steps=options.steps, seeds=options.seeds,
                           data_dir=str(options.data_dir))

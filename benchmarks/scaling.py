@@ -6,11 +6,11 @@ Weak scaling: every runner samples ``--num-envs`` sub-envs x ``--fragment`` vect
 iteration with n runners makes n times the env steps. All algorithms (one per runner count) are built first,
 then their ``train()`` calls alternate, so every runner count sees the same machine load. Throughput is the
 median over the timed iterations, the speed-up the median ratio of adjacent iterations; the time split is the
-mean over the middle half of them by wall time (so its parts add up). Each iteration is split (``recbandits.cluster.scaling.TimedAlgorithm``) into
+mean over the middle half of them by wall time (so its parts add up). Each iteration is split (``benchmarks/scaling_model.py``'s ``TimedAlgorithm``) into
 the slowest runner's own sampling time and the synchronization cost: gather (dispatch and results of the
 runners' calls beyond the slowest runner), the Learner adding the deltas, ``sync_weights``, and the rest of
 ``train()``. The projection for ``--nodes`` (default 10 and 100 nodes of ``--runners-per-node`` runners) uses
-the model of ``recbandits.cluster.scaling``: T(n) = t_s + c0 + c1 n + (n B_delta + m B_state) / W, with t_s,
+the model of ``scaling_model``: T(n) = t_s + c0 + c1 n + (n B_delta + m B_state) / W, with t_s,
 c0 and c1 measured here and W = ``--bandwidth-gbit``.
 
 On a laptop or a small machine every runner count shares the same cores: the measured efficiency there is a
@@ -37,8 +37,9 @@ def _default_data() -> Path | None:
 
 
 def build(args, runners: int, num_envs: int, fragment: int):
-    from recbandits.algos.simulate import SimulationSpec, build_config
-    from recbandits.cluster.scaling import TimedAlgorithm
+    from scaling_model import TimedAlgorithm
+
+    from recbandits.jobs.simulate import SimulationSpec, build_config
 
     spec = SimulationSpec(
         env=args.env,
@@ -119,8 +120,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
 
+    from scaling_model import ScalingModel, fit_model, statistics_bytes, typical_timing
+
     from recbandits.cluster import connect
-    from recbandits.cluster.scaling import ScalingModel, fit_model, statistics_bytes, typical_timing
 
     counts, probes = _counts(args.runners), _counts(args.probe_runners)
     # All algorithms' runners exist at once (they take turns): enough logical CPUs to place them all.

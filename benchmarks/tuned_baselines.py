@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/tuned"))
     options = parser.parse_args()
 
-    from recbandits.algos.compare import ComparisonSpec, compare, confidence_interval
+    from recbandits.jobs.compare import ComparisonSpec, compare, confidence_interval
 
     sweep = [f"{algo}:{name}={value:g}" for algo, (name, values) in GRIDS.items() for value in values]
     spec = ComparisonSpec(algos=sweep, steps=options.tune_steps, seeds=options.tune_seeds,

@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from recbandits.cluster.tune import tune_command
 from recbandits.console import fail
 from recbandits.data.cli import data_app
+from recbandits.jobs.tune import tune_command
 from recbandits.loadgen.cli import loadtest_command
 from recbandits.serve.cli import serve_command
 
@@ -113,8 +113,8 @@ def simulate(
 ) -> None:
     """Train a bandit on a simulated MovieLens env; write metrics.csv, TensorBoard events, regret.png, a checkpoint."""
     from recbandits.algos.options import training_options
-    from recbandits.algos.simulate import SimulationSpec, env_options
-    from recbandits.algos.simulate import simulate as run_simulation
+    from recbandits.jobs.simulate import SimulationSpec, env_options
+    from recbandits.jobs.simulate import simulate as run_simulation
 
     try:
         env_config = env_options(env, {
@@ -155,8 +155,8 @@ def compare(
     """Compare recbandits bandits with TF-Agents baselines: table (mean +- 95% CI), regret.png, config.json."""
     from rich.console import Console
 
-    from recbandits.algos.compare import ComparisonSpec
-    from recbandits.algos.compare import compare as run_comparison
+    from recbandits.jobs.compare import ComparisonSpec
+    from recbandits.jobs.compare import compare as run_comparison
 
     try:
         spec = ComparisonSpec(algos=[name for name in algos.split(",") if name.strip()], steps=steps, seeds=seeds,
@@ -185,10 +185,10 @@ def demo(
     """The main job on the default data: the data set, then LinUCB against random and oracle on the MovieLens env."""
     from rich.console import Console
 
-    from recbandits.algos.simulate import SimulationSpec
-    from recbandits.algos.simulate import simulate as run_simulation
     from recbandits.data import load_movielens, resolve_data_dir
     from recbandits.data.summary import format_summary, summarize
+    from recbandits.jobs.simulate import SimulationSpec
+    from recbandits.jobs.simulate import simulate as run_simulation
 
     Console().print(format_summary(summarize(load_movielens(resolve_data_dir(data_dir)))))
     spec = SimulationSpec(env="movielens", algo="linucb", steps=steps, data_dir=data_dir)

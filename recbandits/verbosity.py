@@ -28,6 +28,7 @@ def quiet_libraries() -> None:
     """Raise the libraries' loggers to ERROR (a no-op in verbose mode)."""
     if verbose():
         return
+    import ray  # noqa: F401 - first: importing ray applies Ray's logging config, which resets these levels
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
 
@@ -60,4 +61,50 @@ def native_stderr_silenced():
     finally:
         sys.stderr.flush()
         os.dup2(saved, 2)
+        os.close(saved)
+
+
+# Ray's core worker logs this at ERROR whenever RLlib creates an env runner with restarts: RLlib passes every
+# runner its config by object reference (by design, and it holds the reference for the runners' lifetime), so
+# the warning of ray-project/ray#53727 never applies to recbandits' runners.
+RAY_ACTOR_ARGUMENTS_NOTICE = b"has constructor arguments in the object store and max_restarts > 0"
+
+
+@contextlib.contextmanager
+def native_stderr_filtered(dropped: tuple[bytes, ...] = (RAY_ACTOR_ARGUMENTS_NOTICE,)):
+    """Inside the block, the lines written to file descriptor 2 (by native code too) that contain one of
+    ``dropped`` are left out; every other line passes through unchanged. A no-op in verbose mode.
+
+    Never around code that starts processes (``ray.init``): a child would inherit the pipe as its stderr."""
+    if verbose():
+        yield
+        return
+    import threading
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward() -> None:
+        pending = b""
+        while chunk := os.read(read_end, 65536):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            kept = [line + b"\n" for line in lines if not any(text in line for text in dropped)]
+            if kept:
+                os.write(saved, b"".join(kept))
+        if pending and not any(text in pending for text in dropped):
+            os.write(saved, pending)
+        os.close(read_end)
+
+    forwarder = threading.Thread(target=forward, name="stderr-filter", daemon=True)
+    forwarder.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # closes the pipe's last write end: the forwarder reads to its end and stops
+        forwarder.join(timeout=5.0)
         os.close(saved)

@@ -65,18 +65,9 @@ LIBRARY_LINE = re.compile("|".join([
     r"^Traceback|^\*\*\* SIGTERM",
 ]))
 
-KNOWN = {
-    # Ray 2.60's core worker logs this (C++, error level) whenever an actor with max_restarts > 0 gets an
-    # ObjectRef argument, which RLlib's EnvRunnerGroup always passes (ray-project/ray#53727); recbandits keeps
-    # env runner restarts.
-    "constructor arguments in the object store and max_restarts > 0",
-}
-
-
 def library_lines(text: str) -> list[str]:
     """The lines of a command's output that are a library's log lines, not recbandits' own."""
-    return [line for line in text.splitlines()
-            if LIBRARY_LINE.search(line) and not any(known in line for known in KNOWN)]
+    return [line for line in text.splitlines() if LIBRARY_LINE.search(line)]
 
 
 _session_exit_status: list[int] = []

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from recbandits.algos import LinTSConfig, LinUCBConfig
 from recbandits.algos.linear import LinTS
-from recbandits.algos.simulate import SimulationSpec, build_config, summary_rows, train_policy
 from recbandits.cli import app
+from recbandits.jobs.simulate import SimulationSpec, build_config, summary_rows, train_policy
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -25,10 +26,13 @@ import pandas as pd
 import pytest
 import typer
 import yaml
+from conftest import REPO_ROOT
 from typer.testing import CliRunner
 
-from recbandits.cluster.scaling import IterationTiming, TimedAlgorithm, fit_model, typical_timing
-from recbandits.cluster.tune import Range, SweepSpec, parse_values, run_sweep, tune_command
+from recbandits.jobs.tune import Range, SweepSpec, parse_values, run_sweep, tune_command
+
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))  # the scaling model is the scaling benchmark's
+from scaling_model import IterationTiming, TimedAlgorithm, fit_model, typical_timing  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,7 +152,7 @@ def cluster():
 
 def _two_runner_algo(resource: str):
     """LinTS (random draws per decision: tests the per-runner RNG seeding), 2 runners, raw transitions."""
-    from recbandits.algos.simulate import SimulationSpec, build_config
+    from recbandits.jobs.simulate import SimulationSpec, build_config
 
     spec = SimulationSpec(
         env="movielens",

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recbandits.algos.compare import ComparisonSpec, Contender, compare, confidence_interval
+from recbandits.jobs.compare import ComparisonSpec, Contender, compare, confidence_interval
 
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.tf_agents]
 
@@ -75,7 +75,7 @@ def test_compare_runs_every_contender_on_every_seed(small_data_dir, tmp_path):
 def test_verdicts_say_what_was_tested():
     import pandas as pd
 
-    from recbandits.algos.compare import BUDGETS, compare_means, target_checks
+    from recbandits.jobs.compare import BUDGETS, compare_means, target_checks
 
     assert compare_means(10.0, 1.0, 20.0, 1.0) == "lower mean, intervals disjoint"
     assert compare_means(10.0, 6.0, 20.0, 5.0) == "lower mean, intervals overlap"

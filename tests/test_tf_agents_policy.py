@@ -213,7 +213,7 @@ def test_agents_are_selected_by_name_with_their_hyperparameters():
 
 
 def _learns_at_the_default_simulate_layout(data_dir, name):
-    from recbandits.algos.simulate import SimulationSpec, train_policy
+    from recbandits.jobs.simulate import SimulationSpec, train_policy
 
     default = SimulationSpec(algo=name)
     assert (default.num_env_runners, default.num_envs_per_env_runner, default.rollout_fragment_length) == (1, 256, 8)
@@ -227,7 +227,7 @@ def _learns_at_the_default_simulate_layout(data_dir, name):
 @pytest.fixture(scope="module")
 def random_regret_at_the_default_layout(ml100k_dir):
     """Random's per-step regret in the last iteration of the same run (the same for every algorithm)."""
-    from recbandits.algos.simulate import SimulationSpec, train_policy
+    from recbandits.jobs.simulate import SimulationSpec, train_policy
 
     spec = SimulationSpec(algo="random", steps=10_240, data_dir=str(ml100k_dir), num_env_runners=0)
     return train_policy(spec, "random").rows[-1]["per_step_regret"]

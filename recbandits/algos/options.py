@@ -13,6 +13,11 @@ from collections.abc import Iterable
 # How a linear-bandit module picks among the candidates (``LinearBanditModule``; the service's ``--exploration``).
 EXPLORATIONS = ("ucb", "thompson", "eps_greedy", "greedy", "random")
 
+# Every algorithm's name: recbandits' own RLlib algorithms (algos.linear), and TF-Agents' agents, both as RLlib
+# algorithms (the bridge, algos.tf_agents_policy) and as TF-Agents runs them (algos.tf_agents_baseline).
+LINEAR_ALGOS = ("linucb", "lints", "eps-greedy", "random", "oracle")
+TF_AGENTS_ALGOS = ("tfa-linucb", "tfa-lints", "tfa-neural-eps-greedy", "tfa-neural-linucb")
+
 # Which hyperparameters each algorithm reads.
 USES: dict[str, tuple[str, ...]] = {
     "linucb": ("alpha", "lambda", "gamma", "interaction"),

@@ -29,11 +29,10 @@ from typing import Any
 
 import numpy as np
 
+from recbandits.algos.options import TF_AGENTS_ALGOS
 from recbandits.worker_env import set_worker_env
 
 set_worker_env()  # before TensorFlow is first imported
-
-TF_AGENTS_ALGOS = ("tfa-linucb", "tfa-lints", "tfa-neural-eps-greedy", "tfa-neural-linucb")
 
 
 def _check_algo(algo: str) -> None:

@@ -73,7 +73,7 @@ def with_run_catalogue(config: ServeConfig, first_start: bool) -> ServeConfig:
     users_file, titles_file = state_dir / RUN_USERS_FILE, state_dir / RUN_TITLES_FILE
     updates: dict = {}
     if first_start and config.checkpoint:
-        from recbandits.algos.recommend import run_catalogue, run_directory
+        from recbandits.jobs.recommend import run_catalogue, run_directory
 
         run = run_directory(config.checkpoint)
         if run is not None:

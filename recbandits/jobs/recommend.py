@@ -48,9 +48,9 @@ def run_catalogue(run_dir: str | Path) -> Catalogue:
     """The users and movies of a simulate run's env, rebuilt from its ``config.json`` (a cached load)."""
     import gymnasium as gym
 
-    from recbandits.algos.simulate import env_settings, recorded_spec
     from recbandits.envs import ENV_IDS
     from recbandits.envs.factorization import load_cached
+    from recbandits.jobs.simulate import env_settings, recorded_spec
 
     spec = recorded_spec(run_dir)
     env = gym.make(ENV_IDS[spec.env], **env_settings(spec), episode_length=None)

@@ -8,6 +8,7 @@ Writes into ``out``: ``metrics.csv`` (one row per policy and training iteration)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -186,7 +187,14 @@ def train_policy(spec: SimulationSpec, algo: str, *, checkpoint_dir: Path | None
     ``resume_from``: a checkpoint of the same run to continue from; ``previous`` are its metrics rows, which
     the new rows continue (iteration, env steps, cumulative regret and wall time count on from the last one).
     """
-    algorithm = build_config(spec, algo).build_algo()
+    import ray
+
+    from recbandits.verbosity import native_stderr_filtered
+
+    # Ray's core worker notice of ray-project/ray#53727 at every env runner's creation is not ours to print; a
+    # Ray started by RLlib itself inside would inherit the filter's pipe, so only around an existing one.
+    with native_stderr_filtered() if ray.is_initialized() else contextlib.nullcontext():
+        algorithm = build_config(spec, algo).build_algo()
     rows: list[dict[str, float]] = list(previous or [])
     last = rows[-1] if rows else {"iteration": 0, "env_steps": 0, "cumulative_regret": 0.0, "wall_time_s": 0.0}
     started = time.perf_counter()

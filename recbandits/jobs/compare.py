@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from recbandits.algos.linear import ALGORITHM_CONFIGS
-from recbandits.algos.tf_agents_baseline import TF_AGENTS_ALGOS
+from recbandits.algos.options import TF_AGENTS_ALGOS, USES
 
 BUDGETS = (1_000, 5_000, 20_000, 100_000)
 
@@ -48,9 +48,14 @@ CONTENDER_HYPERPARAMETERS = {
     "recbandits": {"alpha": "alpha", "lambda": "lambda_", "epsilon": "epsilon", "posterior_scale": "posterior_scale"},
     "TF-Agents": {"alpha": "alpha", "lambda": "tikhonov_weight", "epsilon": "epsilon"},
 }
-_APPLIES = {"linucb": ("alpha", "lambda"), "lints": ("lambda", "posterior_scale"), "eps-greedy": ("epsilon", "lambda"),
-            "random": (), "oracle": (), "tfa-linucb": ("alpha", "lambda"), "tfa-lints": ("alpha", "lambda"),
-            "tfa-neural-eps-greedy": ("epsilon",), "tfa-neural-linucb": ("alpha", "epsilon")}
+
+
+def _applies(algo: str) -> tuple[str, ...]:
+    """The hyperparameters a contender entry of ``algo`` may set: what it reads (``options.USES``) and its
+    library's runs take."""
+    library = "TF-Agents" if algo in TF_AGENTS_ALGOS else "recbandits"
+    fixed_v = ("posterior_scale",) if algo == "lints" else ()  # not a CLI option: compare's LinTS sweeps use it
+    return tuple(name for name in USES[algo] if name in CONTENDER_HYPERPARAMETERS[library]) + fixed_v
 
 
 @dataclass(frozen=True)
@@ -89,8 +94,8 @@ class Contender:
             if key in ("batch", "runners") and value.isdigit():
                 layout[key] = int(value)
                 continue
-            if key not in _APPLIES[algo]:
-                takes = ", ".join(f"{name}=X" for name in _APPLIES[algo])
+            if key not in _applies(algo):
+                takes = ", ".join(f"{name}=X" for name in _applies(algo))
                 raise ValueError(f"--algos entry {text!r}: options are batch=N and runners=N"
                                  f"{' (recbandits only)' if algo in TF_AGENTS_ALGOS else ''}"
                                  f"{', ' + takes if takes else ''}; got {option!r}")
@@ -133,7 +138,7 @@ class ComparisonSpec:
 def _run_recbandits(contender: Contender, spec: ComparisonSpec, seed: int, data_dir: str) -> dict[str, Any]:
     import time
 
-    from recbandits.algos.simulate import SimulationSpec, build_config
+    from recbandits.jobs.simulate import SimulationSpec, build_config
 
     per_vector_step = contender.batch * max(contender.runners, 1)
     # ~64k decisions per iteration, and no more than the budget needs. A runner updates its own posterior after

@@ -39,6 +39,7 @@ from typing import Annotated, Any
 
 import typer
 
+from recbandits.algos.options import LINEAR_ALGOS, TF_AGENTS_ALGOS
 from recbandits.console import fail
 
 METRIC = "env_runners/cumulative_regret"
@@ -47,8 +48,6 @@ STEPS_KEY = "num_env_steps_sampled_lifetime"
 EXPERIMENT_DIR = "experiment"
 CONFIG_ID = "sweep_config_id"
 
-TF_AGENTS_ALGOS = ("tfa-linucb", "tfa-lints", "tfa-neural-eps-greedy", "tfa-neural-linucb")
-RLLIB_ALGOS = ("linucb", "lints", "eps-greedy", "random", "oracle")
 
 # The hyperparameters a sweep can vary; ranges of the first three are sampled log-uniformly.
 PARAMETERS = ("alpha", "lambda", "gamma", "epsilon", "layers")
@@ -293,9 +292,9 @@ def config_key(spec: SweepSpec, name: str) -> str:
 
 def algorithm_config(spec: SweepSpec):
     """The algorithm's config for the sweep's env and sampling layout (``build_config`` of ``simulate``)."""
-    from recbandits.algos.simulate import ENV_DEFAULTS, SimulationSpec, build_config
     from recbandits.data import DATA_DIR_ENV, resolve_data_dir
     from recbandits.envs import ENV_IDS
+    from recbandits.jobs.simulate import ENV_DEFAULTS, SimulationSpec, build_config
 
     if spec.uses_tf_agents:  # the same settings as build_config, which knows the linear bandits only
         config = (
@@ -451,7 +450,7 @@ def run_sweep(
                 f"{out} already holds a sweep: pass --resume to continue it, or choose another --out"
             )
         configurations = spec.configurations()
-        from recbandits.algos.simulate import SimulationSpec, preflight
+        from recbandits.jobs.simulate import SimulationSpec, preflight
 
         # Data, env settings and the algorithm checked here, before Ray: one line instead of failing trials.
         preflight(SimulationSpec(env=spec.env, algo=spec.algo, steps=spec.steps, data_dir=spec.data_dir,
@@ -811,7 +810,7 @@ Values = Annotated[str | None, typer.Option(help="Comma list (1,5,10) or range l
 def tune_command(
     env: Annotated[str, typer.Option(help="movielens | movielens-per-arm | movielens-ranking")] = "movielens",
     algo: Annotated[
-        str, typer.Option(help=f"{' | '.join(RLLIB_ALGOS)} | {' | '.join(TF_AGENTS_ALGOS)}")
+        str, typer.Option(help=f"{' | '.join(LINEAR_ALGOS)} | {' | '.join(TF_AGENTS_ALGOS)}")
     ] = "linucb",
     steps: Annotated[int, typer.Option(help="Env steps per trial.")] = 100_000,
     num_samples: Annotated[
