@@ -2,9 +2,10 @@
 
     .venv/bin/python benchmarks/env_throughput.py [--data-dir PATH] [--batch 1024] [--seconds 5]
 
-Random actions (sampled from the action space every step) at the given batch size; everything runs in one process pinned to one core. The SyncVectorEnv
-row steps the same single env once per sub-env in a Python loop: the side-by-side ratio is what native
-vectorization buys. Default data: $RECBANDITS_ML100K, else ../shared/data/ml-100k, else the embedded default.
+Random actions (sampled from the action space every step) at the given batch size; everything runs in one process
+pinned to one core. The SyncVectorEnv row steps the same single env once per sub-env in a Python loop: the
+side-by-side ratio is what native vectorization buys. Default data: $RECBANDITS_ML100K, else
+../shared/data/ml-100k, else the embedded default.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from recbandits.envs import (  # noqa: E402
 
 
 def default_data_dir() -> str | None:
-    candidate = Path(os.environ.get("RECBANDITS_ML100K", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ml-100k"))
+    candidate = Path(
+        os.environ.get("RECBANDITS_ML100K", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ml-100k")
+    )
     return str(candidate) if (candidate / "u.data").exists() else None
 
 
@@ -62,7 +65,8 @@ def main() -> None:
         ("MovieLens MF, native vector", MovieLensVectorEnv(num_envs=args.batch, **mf)),
         ("MovieLens MF, Gymnasium SyncVectorEnv", gym.vector.SyncVectorEnv([lambda: MovieLensEnv(**mf)] * args.batch)),
         ("MovieLens MF, single env", MovieLensEnv(**mf)),
-        ("Per-arm (20 of all movies), native vector", MovieLensPerArmVectorEnv(num_envs=args.batch, data_dir=data, rank=20)),
+        ("Per-arm (20 of all movies), native vector",
+         MovieLensPerArmVectorEnv(num_envs=args.batch, data_dir=data, rank=20)),
         ("Ranking (5 of 20, cascade), native vector",
          MovieLensRankingVectorEnv(num_envs=args.batch, data_dir=data, rank=20)),
     ]

@@ -12,7 +12,8 @@ the ratios of adjacent blocks (a shared machine's CPU speed can drift by tens of
 measured moments apart compare). The machine's own scaling is measured in the same turns: the runner's
 sampling loop in one and in two plain processes without Ray (skip with ``--no-plain``), so the Ray speed-up
 reads against what two processes doing the same work get on this machine. Wall time of ``train()`` only:
-actor start-up is excluded, as TF-Agents' environment construction is. Default data: $RECBANDITS_ML100K, else ../shared/data/ml-100k.
+actor start-up is excluded, as TF-Agents' environment construction is. Default data: $RECBANDITS_ML100K, else
+../shared/data/ml-100k.
 """
 
 from __future__ import annotations

@@ -6,12 +6,12 @@ Weak scaling: every runner samples ``--num-envs`` sub-envs x ``--fragment`` vect
 iteration with n runners makes n times the env steps. All algorithms (one per runner count) are built first,
 then their ``train()`` calls alternate, so every runner count sees the same machine load. Throughput is the
 median over the timed iterations, the speed-up the median ratio of adjacent iterations; the time split is the
-mean over the middle half of them by wall time (so its parts add up). Each iteration is split (``benchmarks/scaling_model.py``'s ``TimedAlgorithm``) into
-the slowest runner's own sampling time and the synchronization cost: gather (dispatch and results of the
-runners' calls beyond the slowest runner), the Learner adding the deltas, ``sync_weights``, and the rest of
-``train()``. The projection for ``--nodes`` (default 10 and 100 nodes of ``--runners-per-node`` runners) uses
-the model of ``scaling_model``: T(n) = t_s + c0 + c1 n + (n B_delta + m B_state) / W, with t_s,
-c0 and c1 measured here and W = ``--bandwidth-gbit``.
+mean over the middle half of them by wall time (so its parts add up). Each iteration is split
+(``benchmarks/scaling_model.py``'s ``TimedAlgorithm``) into the slowest runner's own sampling time and the
+synchronization cost: gather (dispatch and results of the runners' calls beyond the slowest runner), the Learner
+adding the deltas, ``sync_weights``, and the rest of ``train()``. The projection for ``--nodes`` (default 10 and
+100 nodes of ``--runners-per-node`` runners) uses the model of ``scaling_model``:
+T(n) = t_s + c0 + c1 n + (n B_delta + m B_state) / W, with t_s, c0 and c1 measured here and W = ``--bandwidth-gbit``.
 
 On a laptop or a small machine every runner count shares the same cores: the measured efficiency there is a
 floor. ``--address auto`` runs on a real cluster (pass ``--runners`` up to the cluster's CPUs). Default data:
@@ -89,8 +89,8 @@ def _timing_table(counts, typical, rates, speedups, nodes_used) -> None:
             f"| {count} | {nodes_used[count]} | {rates[count]:,.0f} | "
             f"{speedups[count]:.2f}x | "
             f"{speedups[count] * min(counts) / count:.0%} | {_ms(m.total_s)} | {_ms(m.sample_max_s)} | "
-            f"{_ms(m.sample_cpu_mean_s)} | {_ms(m.sync_cost_s)} | {_ms(m.gather_s)} | {_ms(m.learn_s)} | {_ms(m.sync_s)} | "
-            f"{_ms(m.other_s)} |"
+            f"{_ms(m.sample_cpu_mean_s)} | {_ms(m.sync_cost_s)} | {_ms(m.gather_s)} | {_ms(m.learn_s)} | "
+            f"{_ms(m.sync_s)} | {_ms(m.other_s)} |"
         )
 
 

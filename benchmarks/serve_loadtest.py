@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="0: one /v1/reward per reward; > 0: rewards posted to /v1/rewards every this many ms")
     parser.add_argument("--sync-wait-ms", type=float, default=None, help="learner mode: see recbandits serve")
     parser.add_argument("--through-proxy", action="store_true", help="Load Ray Serve's proxy port, not the replicas'")
-    parser.add_argument("--service-args", default="", help="Extra `recbandits serve` options, e.g. \"--batch-wait-ms 8\".")
+    parser.add_argument("--service-args", default="",
+                        help="Extra `recbandits serve` options, e.g. \"--batch-wait-ms 8\".")
     parser.add_argument("--out", type=Path, default=None, help="Write the report (JSON) here.")
     args = parser.parse_args(argv)
     if args.learning == "in_process" and args.num_replicas != 1:

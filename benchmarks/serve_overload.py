@@ -67,7 +67,8 @@ def summarize(results: list[tuple], lags: dict[str, float], phases: list[tuple[s
         refused = np.array([latency for _, _, latency, status in mine if status == 503])
         other = sum(1 for row in mine if row[3] not in (200, 503))
         rows.append({
-            "phase": name, "offered_per_s": rate, "sent": len(mine), "accepted_per_s": round(len(accepted) / seconds, 1),
+            "phase": name, "offered_per_s": rate, "sent": len(mine),
+            "accepted_per_s": round(len(accepted) / seconds, 1),
             "refused_share": round(len(refused) / max(len(mine), 1), 4), "other_errors": other,
             "accepted_p50_ms": round(float(np.percentile(accepted, 50)) * 1e3, 1) if len(accepted) else None,
             "accepted_p99_ms": round(float(np.percentile(accepted, 99)) * 1e3, 1) if len(accepted) else None,

@@ -32,10 +32,12 @@ app.command("serve")(serve_command)
 app.command("loadtest")(loadtest_command)
 
 DataDir = Annotated[
-    str | None, typer.Option("--data-dir", help="MovieLens directory (default: $RECBANDITS_DATA_DIR or the embedded data).")
+    str | None,
+    typer.Option("--data-dir", help="MovieLens directory (default: $RECBANDITS_DATA_DIR or the embedded data)."),
 ]
 Address = Annotated[
-    str | None, typer.Option("--address", help="Ray cluster: auto, host:port or ray://host:port (default: a local Ray).")
+    str | None,
+    typer.Option("--address", help="Ray cluster: auto, host:port or ray://host:port (default: a local Ray)."),
 ]
 
 
@@ -160,7 +162,8 @@ def compare(
 
     try:
         spec = ComparisonSpec(algos=[name for name in algos.split(",") if name.strip()], steps=steps, seeds=seeds,
-                              first_seed=first_seed, data_dir=data_dir, env=env, hyperparameters={"alpha": alpha, "lambda_": lambda_})
+                              first_seed=first_seed, data_dir=data_dir, env=env,
+                              hyperparameters={"alpha": alpha, "lambda_": lambda_})
         table, _ = run_comparison(spec, out, address=address)
     except (ValueError, ConnectionError) as error:
         raise fail(str(error)) from None

@@ -275,7 +275,9 @@ def test_simulate_command_writes_every_artifact(small_data_dir, tmp_path):
                                            "epsilon": 0.05, "posterior_scale": None, "noise_prior": 1.0,
                                            "interaction": None, "seed": 5}
     assert recorded["env_settings"] == {"rank": 20, "num_movies": 20, "data_dir": str(small_data_dir)}
-    again = CliRunner().invoke(app, ["simulate", "--steps", "2048", "--data-dir", str(small_data_dir), "--out", str(out)])
+    again = CliRunner().invoke(
+        app, ["simulate", "--steps", "2048", "--data-dir", str(small_data_dir), "--out", str(out)]
+    )
     assert again.exit_code == 2
     assert f"--out {out} already holds a run (config.json, metrics.csv" in again.output
     assert "pass --overwrite to replace it" in again.output
@@ -293,7 +295,9 @@ def test_simulate_command_writes_every_artifact(small_data_dir, tmp_path):
     assert ours["iteration"].tolist() == list(range(1, 9))  # 512 steps per iteration
     assert ours["env_steps"].tolist() == [512 * i for i in range(1, 9)]
     rows = ours.to_dict("records")
-    assert rows[4]["cumulative_regret"] == pytest.approx(rows[3]["cumulative_regret"] + 512 * rows[4]["per_step_regret"])
+    assert rows[4]["cumulative_regret"] == pytest.approx(
+        rows[3]["cumulative_regret"] + 512 * rows[4]["per_step_regret"]
+    )
     assert rows[4]["per_step_regret"] < 0.5 * rows[0]["per_step_regret"]  # it did not start learning again
     assert metrics.query("policy == 'random'")["env_steps"].max() == 4096
     assert json.loads((out / "config.json").read_text())["steps"] == 4096

@@ -24,7 +24,9 @@ def test_contenders_parse_and_reject_bad_entries():
     assert Contender.parse("tfa-lints:alpha=0.3:lambda=1").settings() == {"alpha": 0.3, "tikhonov_weight": 1.0}
     assert Contender.parse("lints:posterior_scale=0.3").settings() == {"posterior_scale": 0.3}
     assert Contender.parse("linucb:batch=64:alpha=1").settings() == {"alpha": 1.0}
-    with pytest.raises(ValueError, match=r"options are batch=N and runners=N, lambda=X, posterior_scale=X; got 'alpha=1'"):
+    with pytest.raises(
+        ValueError, match=r"options are batch=N and runners=N, lambda=X, posterior_scale=X; got 'alpha=1'"
+    ):
         Contender.parse("lints:alpha=1")
     with pytest.raises(ValueError, match=r"--alpha -1 must be >= 0"):
         Contender.parse("tfa-lints:alpha=-1")
@@ -64,8 +66,10 @@ def test_compare_runs_every_contender_on_every_seed(small_data_dir, tmp_path):
     assert [column for column in table.columns if column.startswith("regret@")] == ["regret@480"]
     assert not table.isin(["not run"]).any().any()
     assert table.loc[1, "hyperparameters"] == "alpha 10.0, tikhonov 0.001 (as its example ships); batch 8, 2 steps/loop"
-    assert table.loc[3, "hyperparameters"] == ("alpha 0.0, tikhonov 0.001 (alpha 0 set, the rest as its example ships); "
-                                               "batch 8, 2 steps/loop")
+    assert table.loc[3, "hyperparameters"] == (
+        "alpha 0.0, tikhonov 0.001 (alpha 0 set, the rest as its example ships); "
+        "batch 8, 2 steps/loop"
+    )
     text = (tmp_path / "table.md").read_text()
     assert "| contender" in text and "MISSED" not in text and ">= 1000x" not in text  # no project targets
     assert (tmp_path / "regret.png").stat().st_size > 10_000

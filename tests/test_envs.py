@@ -30,7 +30,8 @@ SINGLE_AND_VECTOR = [
     (
         MovieLensRankingEnv,
         MovieLensRankingVectorEnv,
-        dict(rank=6, num_candidates=8, slate_size=3, choice_model="position_based", feedback="score_vector", drift_rate=0.05),
+        dict(rank=6, num_candidates=8, slate_size=3, choice_model="position_based", feedback="score_vector",
+             drift_rate=0.05),
     ),
 ]
 

@@ -281,7 +281,9 @@ def test_ray_agent_runs_at_idle_priority(service):
         assert process_argv(pid)[0].startswith("ray::DashboardAgent")
         threads = [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]
         assert threads and all(os.sched_getscheduler(tid) == os.SCHED_IDLE for tid in threads)
-    replicas = [pid for pid in session_pids(service["process"].process.pid) if "ServeReplica" in " ".join(process_argv(pid))]
+    replicas = [
+        pid for pid in session_pids(service["process"].process.pid) if "ServeReplica" in " ".join(process_argv(pid))
+    ]
     assert replicas and all(os.sched_getscheduler(pid) == os.SCHED_OTHER for pid in replicas)
 
 

@@ -212,10 +212,14 @@ def test_kill_9_under_traffic_loses_nothing_acknowledged(service):
     rewards = ours[ours["kind"] == "reward"]
     learned = ours[(ours["kind"] == "expire") & (ours["outcome"] == "rewarded")].set_index("event_id")
     assert learned.index.is_unique and set(learned.index) == set(rewards["event_id"])
-    np.testing.assert_array_equal(learned["total"].sort_index(), rewards.groupby("event_id")["reward"].sum().sort_index())
+    np.testing.assert_array_equal(
+        learned["total"].sort_index(), rewards.groupby("event_id")["reward"].sum().sort_index()
+    )
     expected = {key: np.array(value, dtype=np.float64) for key, value in start["state"].items()}
     for event_id, row in learned.iterrows():
-        x, model = np.asarray(decisions.loc[event_id, "context"], dtype=np.float64), int(decisions.loc[event_id, "model"])
+        x, model = (
+            np.asarray(decisions.loc[event_id, "context"], dtype=np.float64), int(decisions.loc[event_id, "model"])
+        )
         expected["data_precision"][model] += np.outer(x, x)
         expected["data_response"][model] += row["total"] * x
         expected["counts"][model] += 1

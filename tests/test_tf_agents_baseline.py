@@ -115,8 +115,9 @@ def test_every_baseline_runs_with_the_hyperparameters_its_tf_agents_example_ship
 
     constants, calls = _example_settings("train_eval_movielens")
     linucb = calls["LinearUCBAgent"]
-    assert (config("tfa-linucb").alpha, config("tfa-linucb").tikhonov_weight) == (linucb["alpha"],
-                                                                                   linucb["tikhonov_weight"]) == (10.0, 0.001)
+    assert (config("tfa-linucb").alpha, config("tfa-linucb").tikhonov_weight) == (
+        linucb["alpha"], linucb["tikhonov_weight"]
+    ) == (10.0, 0.001)
     # The example builds LinTS without alpha or tikhonov_weight: the agent's own defaults.
     assert not {"alpha", "tikhonov_weight"} & set(calls["LinearThompsonSamplingAgent"])
     defaults = inspect.signature(linear_thompson_sampling_agent.LinearThompsonSamplingAgent).parameters

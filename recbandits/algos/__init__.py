@@ -4,7 +4,7 @@
 |---|---|---|
 | ``linucb`` | ``LinUCBConfig`` / ``LinUCB`` | upper confidence bound on a ridge regression |
 | ``lints`` | ``LinTSConfig`` / ``LinTS`` | Thompson sampling from the Bayesian linear regression posterior |
-| ``eps-greedy`` | ``LinEpsGreedyConfig`` / ``LinEpsGreedy`` | greedy on the ridge estimate, random with probability epsilon |
+| ``eps-greedy`` | ``LinEpsGreedyConfig`` / ``LinEpsGreedy`` | greedy on the ridge estimate, random with prob. epsilon |
 | ``random`` | ``RandomPolicyConfig`` / ``RandomPolicy`` | uniformly random arms (regret floor) |
 | ``oracle`` | ``OraclePolicyConfig`` / ``OraclePolicy`` | the env's optimal action (zero regret) |
 """

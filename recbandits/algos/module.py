@@ -9,10 +9,11 @@ statistics in ``refresh()``, so the statistics alone are the state that is synch
 served. Statistics are float64 throughout: the combined result of many env runners must equal the
 closed-form ridge solution to 1e-6.
 
-| Shape | Observation | Models | Features of arm k |
-|---|---|---|---|
-| ``disjoint`` | ``Box((d,))`` context, ``Discrete(K)`` actions | one per arm (K) | the context |
-| ``shared`` | ``Dict(global=(g,), per_arm=(K, p))`` | one | ``[global, per_arm[k]]`` and, with ``interaction`` (the default), their outer product |
+Shapes (observation; models; features of arm k):
+
+- ``disjoint``: ``Box((d,))`` context, ``Discrete(K)`` actions; one per arm (K); the context.
+- ``shared``: ``Dict(global=(g,), per_arm=(K, p))``; one; ``[global, per_arm[k]]`` and, with ``interaction``
+  (the default), their outer product.
 
 | Exploration | Action of a row |
 |---|---|
@@ -79,7 +80,9 @@ def covariance_factor(covariance: torch.Tensor) -> torch.Tensor:
     if len(failed):
         symmetric = 0.5 * (covariance[failed] + covariance[failed].transpose(-1, -2))
         eigenvalues, eigenvectors = torch.linalg.eigh(symmetric)
-        factor[failed] = (eigenvectors * eigenvalues.clamp_min(0.0).sqrt().unsqueeze(-2)) @ eigenvectors.transpose(-1, -2)
+        factor[failed] = (
+            (eigenvectors * eigenvalues.clamp_min(0.0).sqrt().unsqueeze(-2)) @ eigenvectors.transpose(-1, -2)
+        )
     return factor
 
 
@@ -125,7 +128,8 @@ class LinearBanditModule(TorchRLModule):
         ranking = isinstance(self.action_space, gym.spaces.MultiDiscrete)
         self.slate_size = len(self.action_space.nvec) if ranking else 0
         self.shape, self.num_arms, self.global_dim, self.arm_dim = _observation_layout(
-            self.observation_space, gym.spaces.Discrete(int(self.action_space.nvec[0])) if ranking else self.action_space
+            self.observation_space,
+            gym.spaces.Discrete(int(self.action_space.nvec[0])) if ranking else self.action_space,
         )
         interaction = config["interaction"]
         self.interaction = self.shape == "shared" if interaction is None else bool(interaction)

@@ -4,12 +4,13 @@
 and checkpoints handle it like any module) that owns a TF-Agents agent. Its state is the agent's variables
 as numpy arrays; the torch side has no parameters.
 
-| ``agent`` | TF-Agents class | network (``Box`` context / per-arm ``Dict`` observation) |
-|---|---|---|
-| ``linucb`` | ``LinearUCBAgent`` | none |
-| ``lints`` | ``LinearThompsonSamplingAgent`` | none |
-| ``neural-eps-greedy`` | ``NeuralEpsilonGreedyAgent`` | ``QNetwork(layers)`` / dot product of a global and an arm tower |
-| ``neural-linucb`` | ``NeuralLinUCBAgent`` | ``EncodingNetwork(layers + (encoding_dim,))`` / common tower ending in ``encoding_dim`` |
+Agents (``agent``: TF-Agents class; network for a ``Box`` context / a per-arm ``Dict`` observation):
+
+- ``linucb``: ``LinearUCBAgent``; none
+- ``lints``: ``LinearThompsonSamplingAgent``; none
+- ``neural-eps-greedy``: ``NeuralEpsilonGreedyAgent``; ``QNetwork(layers)`` / dot product of a global and an arm tower
+- ``neural-linucb``: ``NeuralLinUCBAgent``; ``EncodingNetwork(layers + (encoding_dim,))`` / common tower ending in
+  ``encoding_dim``
 
 Three policies share the agent's variables:
 

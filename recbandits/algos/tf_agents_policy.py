@@ -90,9 +90,10 @@ class TFAgentsBanditConfig(LinearBanditConfig):
     | ``common_layers`` | per-arm NeuralLinUCB's common tower (None: the last of ``layers``) | NeuralLinUCB |
     | ``learning_rate`` | Adam's learning rate | neural |
     | ``encoding_dim`` | width of the encoding LinUCB works on | NeuralLinUCB |
-    | ``encoding_network_num_train_steps`` | ``agent.train`` calls that train the encoding network before LinUCB | NeuralLinUCB |
+    | ``encoding_network_num_train_steps`` | ``agent.train`` calls that train the encoder before LinUCB | NeuralLinUCB |
     | ``gradient_clipping`` | gradient norm clip (None: off) | neural |
-    | ``local_updates`` | runners train their copy on every vector step (default True; False: TF-Agents' loop, the policy fixed per fragment) | all |
+    | ``local_updates`` | runners train their copy on every vector step (default True) | all |
+    | ``local_updates=False`` | TF-Agents' loop, the policy fixed per fragment | all |
     | ``minibatch_size`` | rows per ``agent.train`` call (default 16; RLlib's own option) | neural |
     | ``combine_runner_batches`` | train on all runners' step k at once (default: runner by runner) | all |
     | ``tf_num_threads`` | TensorFlow intra/inter-op threads in env runner processes (None: TF's default) | all |

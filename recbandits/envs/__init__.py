@@ -1,10 +1,13 @@
 """Gymnasium simulators of recommendation on MovieLens.
 
-| id | class | vectorized |
-|---|---|---|
-| ``recbandits/MovieLens-v0`` | ``MovieLensEnv``: matrix factorization, arm-index actions (TF-Agents parity) | ``MovieLensVectorEnv`` |
-| ``recbandits/MovieLensPerArm-v0`` | ``MovieLensPerArmEnv``: candidates with per-arm features | ``MovieLensPerArmVectorEnv`` |
-| ``recbandits/MovieLensRanking-v0`` | ``MovieLensRankingEnv``: slates under a cascade or position-based click model | ``MovieLensRankingVectorEnv`` |
+Ids (id: class, what it simulates; vectorized class):
+
+- ``recbandits/MovieLens-v0``: ``MovieLensEnv``, matrix factorization, arm-index actions (TF-Agents parity);
+  ``MovieLensVectorEnv``
+- ``recbandits/MovieLensPerArm-v0``: ``MovieLensPerArmEnv``, candidates with per-arm features;
+  ``MovieLensPerArmVectorEnv``
+- ``recbandits/MovieLensRanking-v0``: ``MovieLensRankingEnv``, slates under a cascade or position-based click model;
+  ``MovieLensRankingVectorEnv``
 
 Importing this package registers the ids: ``gym.make("recbandits/MovieLens-v0", data_dir=...)`` and
 ``gym.make_vec("recbandits/MovieLens-v0", num_envs=1024, vectorization_mode="vector_entry_point")``.

@@ -71,7 +71,8 @@ def sample_without_replacement(
     if size > population:
         raise ValueError(f"cannot draw {size} distinct items from {population}")
     if size * size > population:
-        # Dense case (a repeat would be likely, birthday bound): the `size` smallest of i.i.d. random keys, in the order of their keys.
+        # Dense case (a repeat would be likely, birthday bound): the `size` smallest of i.i.d. random keys, in the order
+        # of their keys.
         random_keys = uniform(keys, counters, stream, population)
         chosen = np.argpartition(random_keys, size - 1, axis=1)[:, :size]
         order = np.argsort(np.take_along_axis(random_keys, chosen, axis=1), axis=1)

@@ -165,8 +165,13 @@ class BatchSimulator:
         except Exception as error:  # noqa: BLE001 - any unconvertible input is the caller's mistake
             raise ValueError(f"action {actions!r} is not an array of integers: {error}") from None
         if array.size != int(np.prod(expected_shape)):
-            raise ValueError(f"action has shape {array.shape}; expected {expected_shape} for {self.single_action_space}")
-        if not (np.issubdtype(array.dtype, np.integer) or (array.dtype.kind == "f" and np.all(array == np.round(array)))):
+            raise ValueError(
+                f"action has shape {array.shape}; expected {expected_shape} for {self.single_action_space}"
+            )
+        if not (
+            np.issubdtype(array.dtype, np.integer)
+            or (array.dtype.kind == "f" and np.all(array == np.round(array)))
+        ):
             raise ValueError(f"action {actions!r} must be integers for {self.single_action_space}")
         array = array.reshape(expected_shape).astype(np.int64)
         self._validate_actions(array)

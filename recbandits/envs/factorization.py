@@ -97,7 +97,9 @@ def _selected_matrix(data: MovieLensData, selection: MovieSelection, num_movies:
         # then the users without any rating among them are dropped.
         full = ratings_matrix(data)
         if num_movies is None or not 1 <= num_movies <= full.shape[1]:
-            raise ValueError(f"num_movies={num_movies} must be between 1 and {full.shape[1]} (the movies in {data.path})")
+            raise ValueError(
+                f"num_movies={num_movies} must be between 1 and {full.shape[1]} (the movies in {data.path})"
+            )
         matrix = full[:, :num_movies]
         kept_users = np.nonzero(np.sum(matrix, axis=1) > 0.0)[0]
         return matrix[kept_users, :], kept_users + 1, np.arange(1, num_movies + 1)
@@ -105,7 +107,9 @@ def _selected_matrix(data: MovieLensData, selection: MovieSelection, num_movies:
     if selection == "most_rated":
         counts = ratings.groupby("item_id").size()
         if num_movies is None or not 1 <= num_movies <= len(counts):
-            raise ValueError(f"num_movies={num_movies} must be between 1 and {len(counts)} (the rated movies in {data.path})")
+            raise ValueError(
+                f"num_movies={num_movies} must be between 1 and {len(counts)} (the rated movies in {data.path})"
+            )
         # Most ratings first, ties broken by the smaller id so the choice is deterministic.
         ranked = counts.reset_index(name="count").sort_values(["count", "item_id"], ascending=[False, True])
         item_ids = np.sort(ranked["item_id"].to_numpy()[:num_movies])

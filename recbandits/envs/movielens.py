@@ -47,7 +47,9 @@ class MovieLensSimulator(BatchSimulator):
         self.single_action_space = spaces.Discrete(self.num_movies)
 
     def _draw_contexts(self) -> None:
-        self.users = _random.integers(self.keys, self.counters, _random.STREAM_CONTEXT, self.factorization.num_users)[:, 0]
+        self.users = _random.integers(
+            self.keys, self.counters, _random.STREAM_CONTEXT, self.factorization.num_users
+        )[:, 0]
 
     def observations(self) -> np.ndarray:
         return self._observation_table[self.users]
@@ -124,8 +126,10 @@ class MovieLensEnv(BanditEnv):
 
     | Observation | ``Box(-inf, inf, (rank,), float32)``: the user's factor vector ``u_i`` (their profile) |
     | Action | ``Discrete(num_movies)``: index of the recommended movie among the kept movies |
-    | Reward | ``rating``: ``u_i . v_j`` (+ Gaussian noise of std ``reward_noise_std``); ``click``: 1 with probability ``clip(u_i . v_j / 5, 0, 1)``, else 0 |
-    | Episode end | never terminates; truncated after ``episode_length`` steps (a session); ``reset()`` continues the same world |
+    | Reward (``rating``) | ``u_i . v_j`` (+ Gaussian noise of std ``reward_noise_std``) |
+    | Reward (``click``) | 1 with probability ``clip(u_i . v_j / 5, 0, 1)``, else 0 |
+    | Episode end | never terminates; truncated after ``episode_length`` steps (a session) |
+    | ``reset()`` | continues the same world |
 
     Info keys after ``step``: ``user_id`` (MovieLens id of the user just served), ``expected_reward`` (of the
     action taken), ``optimal_action``, ``optimal_reward`` (the oracle for that user), ``regret``

@@ -76,7 +76,8 @@ class CandidateSimulator(BatchSimulator):
         factorization = features.factorization
         if not 1 <= num_candidates <= factorization.num_items:
             raise ValueError(
-                f"num_candidates={num_candidates} must be between 1 and the {factorization.num_items} movies in the catalogue"
+                f"num_candidates={num_candidates} must be between 1 and the {factorization.num_items} movies "
+                "in the catalogue"
             )
         drift = PreferenceDrift.for_rate(factorization.rank, drift_rate)
         super().__init__(num_envs, reward_model, drift)
@@ -95,7 +96,9 @@ class CandidateSimulator(BatchSimulator):
         )
 
     def _draw_contexts(self) -> None:
-        self.users = _random.integers(self.keys, self.counters, _random.STREAM_CONTEXT, self.factorization.num_users)[:, 0]
+        self.users = _random.integers(
+            self.keys, self.counters, _random.STREAM_CONTEXT, self.factorization.num_users
+        )[:, 0]
         self.candidates = _random.sample_without_replacement(
             self.keys, self.counters, _random.STREAM_CANDIDATES, self.factorization.num_items, self.num_candidates
         )
@@ -171,20 +174,22 @@ class MovieLensPerArmEnv(BanditEnv):
     (``rating(i, j) = u_i . v_j``); the agent sees the user's features and every candidate's features.
 
     | Observation | ``Dict(global=Box((global_dim,)), per_arm=Box((num_actions, arm_dim)))``, float32 |
-    | ``global`` | user factor vector ``u_i`` (rank), then, with ``user_demographics``, standardized age, one-hot gender and one-hot occupation |
-    | ``per_arm`` | per candidate: movie factor vector ``v_j`` (rank), then, with ``movie_genres``, its 0/1 genre flags |
+    | ``global`` | user factor vector ``u_i`` (rank), then, with ``user_demographics``, the user's demographics |
+    | demographics | standardized age, one-hot gender and one-hot occupation |
+    | ``per_arm`` | per candidate: movie factor vector ``v_j`` (rank), then, with ``movie_genres``, 0/1 genre flags |
     | Action | ``Discrete(num_actions)``: index of the chosen candidate |
     | Reward | ``rating``: ``u_i . v_j`` (+ noise); ``click``: Bernoulli(``clip(u_i . v_j / 5, 0, 1)``) |
     | Episode end | never terminates; truncated after ``episode_length`` steps |
 
-    Info keys after ``step``: ``user_id``, ``candidate_ids``, ``movie_id`` (of the chosen candidate), ``expected_reward``,
-    ``optimal_action`` (best candidate), ``optimal_reward``, ``regret``. ``reset`` returns the oracle of the
-    first context plus ``candidate_ids``.
+    Info keys after ``step``: ``user_id``, ``candidate_ids``, ``movie_id`` (of the chosen candidate),
+    ``expected_reward``, ``optimal_action`` (best candidate), ``optimal_reward``, ``regret``. ``reset`` returns the
+    oracle of the first context plus ``candidate_ids``.
 
     | Parameter | Meaning |
     | ``data_dir``, ``rank`` | as in ``MovieLensEnv`` |
     | ``num_actions`` | candidates per step |
-    | ``movie_selection``, ``num_movies`` | catalogue: ``"all"`` movies (default) or the ``num_movies`` ``"most_rated"`` / ``"first"`` |
+    | ``movie_selection`` | catalogue: ``"all"`` movies (default), ``"most_rated"`` or ``"first"`` (``num_movies``) |
+    | ``num_movies`` | movies kept by ``"most_rated"`` / ``"first"`` |
     | ``user_demographics`` | add demographics to the global features (None: when the release has them) |
     | ``movie_genres`` | add genre flags to the arm features |
     | ``reward_type``, ``reward_noise_std``, ``drift_rate``, ``episode_length`` | as in ``MovieLensEnv`` |

@@ -1,4 +1,5 @@
-"""The ranking bandit: place a slate of ``slate_size`` movies out of ``num_candidates``; users click by a choice model."""
+"""The ranking bandit: place a slate of ``slate_size`` movies out of ``num_candidates``; users click by a choice model.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ Feedback = Literal["cascading", "score_vector"]
 DEFAULT_FEEDBACK: dict[str, str] = {"cascade": "cascading", "position_based": "score_vector"}
 
 
-def slate_expected_clicks(slate_attraction: np.ndarray, choice_model: ChoiceModel, examination: np.ndarray) -> np.ndarray:
+def slate_expected_clicks(
+    slate_attraction: np.ndarray, choice_model: ChoiceModel, examination: np.ndarray
+) -> np.ndarray:
     """Expected clicks of slates, given the attraction probability of the movie in each slot, shape (n, L)."""
     if choice_model == "cascade":
         # The user scans down and clicks the first attractive movie: at most one click.
@@ -178,7 +181,9 @@ class RankingSimulator(CandidateSimulator):
         optimal_reward = slate_expected_clicks(
             np.take_along_axis(attraction, optimal_slate, axis=1), self.choice_model, self.examination
         )
-        return {"optimal_action": optimal_slate, "optimal_reward": optimal_reward, "candidate_ids": self.candidate_ids()}
+        return {
+            "optimal_action": optimal_slate, "optimal_reward": optimal_reward, "candidate_ids": self.candidate_ids()
+        }
 
 
 def _ranking_simulator(num_envs, data_dir, rank, num_candidates, slate_size, choice_model, eta, feedback,
@@ -201,8 +206,10 @@ class MovieLensRankingEnv(BanditEnv):
     - ``"position_based"``: examine slot k with probability ``1 / k**eta`` and click an examined movie with its
       attraction probability, independently per slot; expected clicks ``sum_k a_k / k**eta``.
 
-    | Observation | ``Dict(global=Box((global_dim,)), per_arm=Box((num_candidates, arm_dim)))``, as in ``MovieLensPerArmEnv`` |
-    | Action | ``SlateSpace(num_candidates, slate_size)`` (a ``MultiDiscrete([num_candidates] * slate_size)`` without repeats): candidate indices from top to bottom |
+    | Observation | ``Dict(global=Box((global_dim,)), per_arm=Box((num_candidates, arm_dim)))`` |
+    | ``global``, ``per_arm`` | as in ``MovieLensPerArmEnv`` |
+    | Action | ``SlateSpace(num_candidates, slate_size)``: candidate indices from top to bottom |
+    | ``SlateSpace`` | a ``MultiDiscrete([num_candidates] * slate_size)`` without repeats |
     | Reward | number of clicks on the slate (0 is the no-click outcome) |
     | Episode end | never terminates; truncated after ``episode_length`` steps |
 
@@ -219,7 +226,8 @@ class MovieLensRankingEnv(BanditEnv):
     | Parameter | Meaning |
     | ``num_candidates``, ``slate_size`` | candidates per step, slots per slate (``slate_size <= num_candidates``) |
     | ``choice_model``, ``eta`` | ``"cascade"`` or ``"position_based"``; examination decay exponent of the latter |
-    | ``feedback`` | ``"cascading"`` or ``"score_vector"``; None: the choice model's own (``DEFAULT_FEEDBACK``); the position-based model has no cascading feedback |
+    | ``feedback`` | ``"cascading"`` or ``"score_vector"``; None: the choice model's own (``DEFAULT_FEEDBACK``) |
+    | ``feedback`` (position-based) | ``"score_vector"`` only: the position-based model has no cascading feedback |
     | others | as in ``MovieLensPerArmEnv`` |
     """
 

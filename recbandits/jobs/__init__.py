@@ -2,7 +2,7 @@
 
 | module | what |
 |---|---|
-| ``simulate`` | ``recbandits simulate`` / ``demo``: train a policy on an env next to the random and oracle references, checkpoint it |
+| ``simulate`` | ``recbandits simulate`` / ``demo``: train a policy beside random and oracle references, checkpoint it |
 | ``compare`` | ``recbandits compare``: recbandits against TF-Agents' own agents on the same seeds and budgets |
 | ``tune`` | ``recbandits tune``: Ray Tune sweeps over hyperparameters and seeds |
 | ``recommend`` | a finished run's policy read back: ``recbandits.load_policy(RUN_DIR).recommend(user_id=42, k=5)`` |

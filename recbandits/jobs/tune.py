@@ -822,7 +822,8 @@ def tune_command(
     lambda_: Annotated[
         str | None,
         typer.Option(
-            "--lambda", help="Ridge regularization (TF-Agents: tikhonov_weight): list or range (log-uniform)." + NOT_SWEPT
+            "--lambda",
+            help="Ridge regularization (TF-Agents: tikhonov_weight): list or range (log-uniform)." + NOT_SWEPT,
         ),
     ] = None,
     gamma: Annotated[

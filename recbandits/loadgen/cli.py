@@ -14,7 +14,8 @@ from recbandits.console import fail
 
 def loadtest_command(
     url: Annotated[list[str], typer.Option(
-        help="Service URL (repeat for several replicas' fast-path URLs; requests are spread over them).")] = [  # noqa: B006
+        help="Service URL (repeat for several replicas' fast-path URLs; "
+             "requests are spread over them).")] = [  # noqa: B006
         "http://127.0.0.1:8001"],
     rate: Annotated[float, typer.Option(help="Rank requests per second offered (0: closed loop).")] = 450.0,
     concurrency: Annotated[int, typer.Option(
@@ -32,7 +33,8 @@ def loadtest_command(
     warmup: Annotated[float, typer.Option(help="Seconds excluded from the throughput/latency figures.")] = 2.0,
     top_k: Annotated[int, typer.Option(help="Ranking length asked for (0: the whole ranking).")] = 5,
     reward_batch_ms: Annotated[float, typer.Option(
-        help="0: one /v1/reward call per reward; > 0: rewards due are posted to /v1/rewards every this many ms.")] = 0.0,
+        help="0: one /v1/reward call per reward; "
+             "> 0: rewards due are posted to /v1/rewards every this many ms.")] = 0.0,
     admin_token_file: Annotated[Path | None, typer.Option(
         help="The service's admin token (it reads the policy's state): STATE_DIR/admin.token by default.")] = None,
     out: Annotated[Path | None, typer.Option(help="Write the report (JSON) here.")] = None,

@@ -326,7 +326,9 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
                 if status == 200:
                     tail.append((time.perf_counter(), int(orjson.loads(payload)["policy_watermark"])))
                     covered = max(covered, tail[-1][1])
-                if rewards_done.is_set() and (covered >= last_seq or time.perf_counter() > rewards_done_at + PROBE_TIMEOUT_S):
+                if rewards_done.is_set() and (
+                    covered >= last_seq or time.perf_counter() > rewards_done_at + PROBE_TIMEOUT_S
+                ):
                     return
                 await asyncio.sleep(PROBE_INTERVAL_S)
 
@@ -406,7 +408,8 @@ def _report(spec, users, frozen, score_job, ranks, rewards, tail, errors, starte
             "latency_ms": _percentiles(rank_latency, 1e3), "drain_s": rank_done - stopped,
         },
         "reward": {"ok": len(reward_ok), "sent": len(rewards),
-                   "requests_per_s": len(reward_latency) / steady_span, "latency_ms": _percentiles(reward_latency, 1e3)},
+                   "requests_per_s": len(reward_latency) / steady_span,
+                   "latency_ms": _percentiles(reward_latency, 1e3)},
         "errors": errors,
         "click_to_policy_s": {**_percentiles(delays), "observed": len(delays), "not_observed": unseen},
         "regret": {
@@ -481,7 +484,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"({click['observed']} observed, {click['not_observed']} not)",
         f"regret   online {regret['online_cumulative']:.1f}  frozen {regret['frozen_cumulative']:.1f}  "
         f"over {regret['decisions']} decisions{drift} (per decision, second half: online "
-        f"{regret['online_second_half_per_decision'] or 0:.4f}, frozen {regret['frozen_second_half_per_decision'] or 0:.4f})",
+        f"{regret['online_second_half_per_decision'] or 0:.4f}, "
+        f"frozen {regret['frozen_second_half_per_decision'] or 0:.4f})",
         f"policy   version {report['policy_version']['start']} -> {report['policy_version']['end']}  "
         f"({report['policy_version']['observations_end']:.0f} observations)  duration {report['duration_s']:.1f} s, "
         f"max schedule lag {report['max_schedule_lag_ms']:.1f} ms",

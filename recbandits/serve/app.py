@@ -340,7 +340,9 @@ class Recommender:
             "excluded": job.excluded,
             "action": ids[decision.chosen],
             "model": decision.model,
-            "chosen_features": None if job.score.arm_features is None else job.score.arm_features[decision.chosen].tolist(),
+            "chosen_features": (
+                None if job.score.arm_features is None else job.score.arm_features[decision.chosen].tolist()
+            ),
             "ranking": ranking,
             "scores": decision.scores,
             "propensity": None if decision.probabilities is None else decision.probabilities[decision.chosen],

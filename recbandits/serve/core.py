@@ -498,7 +498,8 @@ class BanditCore:
     def _open_event(self, row: dict[str, Any]) -> None:
         chosen = row.get("chosen_features")
         features = self.policy.learning_features(
-            np.asarray(row["context"], dtype=np.float64), None if chosen is None else np.asarray(chosen, dtype=np.float64)
+            np.asarray(row["context"], dtype=np.float64),
+            None if chosen is None else np.asarray(chosen, dtype=np.float64),
         )
         deadline = row["ts"] + self.window
         self.open[row["event_id"]] = OpenEvent(row["ts"], deadline, int(row["model"]), features)
@@ -539,7 +540,8 @@ class BanditCore:
             return Rejection(409, "event_id", f"event {event_id!r} already has its reward (reward_rule=first)",
                              "duplicate_reward")
         what = {"default": f"the default reward {self.config.default_reward} was applied",
-                "dropped": "it was dropped without reward", "rewarded": "its rewards were summed"}.get(closed.outcome, "")
+                "dropped": "it was dropped without reward",
+                "rewarded": "its rewards were summed"}.get(closed.outcome, "")
         return Rejection(409, "event_id", f"event {event_id!r} expired: its {self.window:g} s join window has "
                          f"closed ({what})", "expired")
 

@@ -10,8 +10,8 @@ cached once per policy version:
 |---|---|---|
 | ``ucb`` | theta.f_k + alpha * sqrt(f_k^T A^-1 f_k) | 1/#ties for the argmax set, 0 otherwise |
 | ``greedy`` | theta.f_k | as ucb |
-| ``eps_greedy`` | theta.f_k; a uniform candidate with probability epsilon | epsilon/n + (1 - epsilon)/#ties on the argmax set |
-| ``thompson`` | theta~.f_k, theta~ ~ N(theta, v^2 A^-1) drawn per request (and per arm's model) | none (no closed form) |
+| ``eps_greedy`` | theta.f_k; uniform with probability epsilon | epsilon/n + (1 - epsilon)/#ties on the argmax set |
+| ``thompson`` | theta~.f_k, theta~ ~ N(theta, v^2 A^-1) drawn per request (and per arm model) | none (no closed form) |
 | ``random`` | a uniform draw | 1/n |
 
 Disjoint: f_k = x and theta, A belong to arm k's model. Shared: f_k = [x, a_k] (+ x (outer) a_k with
@@ -87,7 +87,9 @@ def build_module(fields: dict[str, Any]):
     if fields["shape"] == "disjoint":
         observation_space, action_space = box((fields["context_dim"],)), gym.spaces.Discrete(fields["num_arms"])
     else:
-        observation_space = gym.spaces.Dict({"global": box((fields["context_dim"],)), "per_arm": box((1, fields["arm_dim"]))})
+        observation_space = gym.spaces.Dict(
+            {"global": box((fields["context_dim"],)), "per_arm": box((1, fields["arm_dim"]))}
+        )
         action_space = gym.spaces.Discrete(1)
     model_config = {**DEFAULT_MODEL_CONFIG, **fields["model_config"], "interaction": fields["interaction"]}
     return LinearBanditModule(observation_space=observation_space, action_space=action_space, inference_only=False,

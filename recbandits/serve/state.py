@@ -116,7 +116,9 @@ def prepare_state_dir(config: ServeConfig, explicit: set[str] | None = None) -> 
     service = read_service_file(state_dir)
     config = with_run_catalogue(config, first_start=service is None)
     if service is not None:
-        config = reconcile_with_state(config, service["policy"], explicit if explicit is not None else set(POLICY_FIELDS))
+        config = reconcile_with_state(
+            config, service["policy"], explicit if explicit is not None else set(POLICY_FIELDS)
+        )
         _check_lookup_files(config)
         return config
     fields, state, origin = initial_policy(config)

@@ -35,7 +35,9 @@ def write_npz_atomic(path: Path, state: dict[str, np.ndarray], meta: dict[str, A
     fd, temporary = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, meta=np.array(json.dumps(meta)), **{key: np.asarray(value) for key, value in state.items()})
+            np.savez(
+                handle, meta=np.array(json.dumps(meta)), **{key: np.asarray(value) for key, value in state.items()}
+            )
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
