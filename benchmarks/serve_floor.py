@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     from recbandits.loadgen.loadtest import LoadTestSpec, simulated_users
 
-    bodies = simulated_users(LoadTestSpec(data_dir=args.data_dir), context_dim=20, num_arms=20).bodies
+    bodies = simulated_users(LoadTestSpec(data_dir=args.data_dir), 20, [str(arm) for arm in range(20)]).bodies
     rates = [float(rate) for rate in args.rates.split(",")]
     apps = args.apps.split(",")
     if not set(apps) <= {"constant", "recbandits"} or not apps:

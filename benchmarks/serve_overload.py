@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON")
     args = parser.parse_args(argv)
 
-    bodies = simulated_users(LoadTestSpec(data_dir=args.data_dir), context_dim=20, num_arms=20).bodies
+    bodies = simulated_users(LoadTestSpec(data_dir=args.data_dir), 20, [str(arm) for arm in range(20)]).bodies
     rows = []
     with tempfile.TemporaryDirectory() as state:
         port = free_port_block(12)
