@@ -14,16 +14,14 @@ Default data: $RECBANDITS_ML100K, else ../shared/data/ml-100k.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmark_data import ml100k_dir
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path,
-                        default=Path(os.environ.get("RECBANDITS_ML100K", REPO.parent / "shared" / "data" / "ml-100k")))
+    parser.add_argument("--data-dir", type=Path, default=ml100k_dir())
     parser.add_argument("--steps", type=int, default=20_000)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--algos", default="linucb,lints,tfa-linucb,tfa-lints,random")

@@ -20,9 +20,9 @@ if hasattr(os, "sched_setaffinity"):
 
 import argparse  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import gymnasium as gym  # noqa: E402
+from benchmark_data import ml100k_or_none  # noqa: E402
 
 from recbandits.envs import (  # noqa: E402
     MovieLensEnv,
@@ -33,10 +33,8 @@ from recbandits.envs import (  # noqa: E402
 
 
 def default_data_dir() -> str | None:
-    candidate = Path(
-        os.environ.get("RECBANDITS_ML100K", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ml-100k")
-    )
-    return str(candidate) if (candidate / "u.data").exists() else None
+    path = ml100k_or_none()
+    return None if path is None else str(path)
 
 
 def steps_per_second(env, seconds: float) -> float:

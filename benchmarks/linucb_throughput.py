@@ -25,12 +25,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
+from benchmark_data import ml100k_dir
 
 
 def _default_data() -> Path:
-    return Path(os.environ.get("RECBANDITS_ML100K", REPO.parent / "shared" / "data" / "ml-100k"))
+    return ml100k_dir()
 
 
 def tf_agents_rates(data_dir: Path, samples: int) -> tuple[float, float]:

@@ -27,13 +27,11 @@ import platform
 from pathlib import Path
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
+from benchmark_data import ml100k_or_none
 
 
 def _default_data() -> Path | None:
-    path = Path(os.environ.get("RECBANDITS_ML100K", REPO.parent / "shared" / "data" / "ml-100k"))
-    return path if (path / "u.data").is_file() else None
+    return ml100k_or_none()
 
 
 def build(args, runners: int, num_envs: int, fragment: int):

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmark_data import ml100k_dir
+
 TUNING_FIRST_SEED = 100  # tuning seeds are never judging seeds
 # algo -> (contender option, values): the same values for both libraries' counterparts.
 GRIDS = {
@@ -35,8 +35,7 @@ GRIDS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path,
-                        default=Path(os.environ.get("RECBANDITS_ML100K", REPO.parent / "shared" / "data" / "ml-100k")))
+    parser.add_argument("--data-dir", type=Path, default=ml100k_dir())
     parser.add_argument("--steps", type=int, default=20_000)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--tune-steps", type=int, default=10_000)
