@@ -364,6 +364,26 @@ def test_serving_a_simulate_run_answers_with_movielens_ids_and_knows_its_users(s
     np.testing.assert_allclose(validator.users[user], policy._contexts[5])
 
 
+def test_a_user_table_round_trips_and_a_wrong_one_is_named(tmp_path):
+    import os
+
+    from recbandits.serve.schemas import load_user_table, write_user_table
+
+    features = np.array([[0.5, -1.0], [2.0, 3.0]])
+    path = write_user_table(tmp_path / "users.npz", [7, "u8"], features)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    table = load_user_table(path, 2)
+    assert sorted(table) == ["7", "u8"]
+    np.testing.assert_array_equal(table["u8"], [2.0, 3.0])
+    (tmp_path / "users.csv").write_text("id,a,b\n7,0.5,-1.0\n")
+    np.testing.assert_array_equal(load_user_table(tmp_path / "users.csv", 2)["7"], [0.5, -1.0])
+    with pytest.raises(ValueError, match=r"users.npz: features of shape \(2, 2\), expected \(users, 3\)"):
+        load_user_table(path, 3)
+    write_user_table(tmp_path / "bad.npz", ["x"], [[float("nan"), 1.0]])
+    with pytest.raises(ValueError, match="bad.npz has non-finite features"):
+        load_user_table(tmp_path / "bad.npz", 2)
+
+
 def test_item_titles_come_from_json_or_csv_and_an_unreadable_file_is_named_before_ray(tmp_path):
     from recbandits.serve.schemas import load_item_titles
     from recbandits.serve.state import StateDirError

@@ -11,6 +11,7 @@ Ids (event, candidate, user) are strings; integer ids are accepted and used as t
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -240,15 +241,12 @@ def load_item_titles(path: str | Path) -> dict[str, str]:
     return {str(item): str(title) for item, title in titles.items()}
 
 
-def write_movielens_user_table(path: str | Path, data_dir: str | None = None, rank: int = 20,
-                               num_movies: int = 20) -> Path:
-    """The users of the MovieLens env (their factor vectors, keyed by MovieLens user id) as a .npz user table."""
-    from recbandits.envs.factorization import factorize_movielens
-
-    factorization = factorize_movielens(data_dir, rank, num_movies=num_movies)
+def write_user_table(path: str | Path, ids, features) -> Path:
+    """A .npz user table (``load_user_table`` reads it): each user's id and context features, private (0600)."""
     path = Path(path)
-    np.savez(path, ids=np.asarray([str(user) for user in factorization.user_ids]),
-             features=factorization.user_factors.astype(np.float64))
+    with open(path, "wb") as handle:  # np.savez on a path would append .npz to a name without it
+        np.savez(handle, ids=np.asarray([str(user) for user in ids]), features=np.asarray(features, dtype=np.float64))
+    os.chmod(path, 0o600)
     return path
 
 

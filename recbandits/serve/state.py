@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 
 from recbandits.serve.config import POLICY_FIELDS, SERVICE_FILE, ServeConfig
@@ -74,6 +73,7 @@ def with_run_catalogue(config: ServeConfig, first_start: bool) -> ServeConfig:
     updates: dict = {}
     if first_start and config.checkpoint:
         from recbandits.jobs.recommend import run_catalogue, run_directory
+        from recbandits.serve.schemas import write_user_table
 
         run = run_directory(config.checkpoint)
         if run is not None:
@@ -81,9 +81,7 @@ def with_run_catalogue(config: ServeConfig, first_start: bool) -> ServeConfig:
             if catalogue.env == "movielens" and config.arm_ids is None:
                 updates.update(arm_ids=[str(movie) for movie in catalogue.movie_ids], num_arms=len(catalogue.movie_ids))
             if config.user_table is None:
-                np.savez(users_file, ids=np.asarray([str(user) for user in catalogue.user_ids]),
-                         features=catalogue.contexts.astype(np.float64))
-                os.chmod(users_file, FILE_MODE)
+                write_user_table(users_file, catalogue.user_ids, catalogue.contexts)
             if config.item_titles is None:
                 titles = {str(movie): str(title) for movie, title in zip(catalogue.movie_ids, catalogue.titles,
                                                                          strict=True)}
