@@ -804,9 +804,6 @@ def _print_summary(summary: dict[str, Any]) -> None:
     )
 
 
-Values = Annotated[str | None, typer.Option(help="Comma list (1,5,10) or range low:high.")]
-
-
 def tune_command(
     env: Annotated[str, typer.Option(help="movielens | movielens-per-arm | movielens-ranking")] = "movielens",
     algo: Annotated[
