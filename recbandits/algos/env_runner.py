@@ -28,6 +28,7 @@ import torch
 from ray.rllib.core import COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
 from ray.rllib.env import INPUT_ENV_SINGLE_SPACES, INPUT_ENV_SPACES
 from ray.rllib.env.env_runner import EnvRunner
+from ray.rllib.utils.annotations import override
 from ray.rllib.utils.checkpoints import Checkpointable
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED, NUM_ENV_STEPS_SAMPLED_LIFETIME, WEIGHTS_SEQ_NO
 
@@ -67,6 +68,7 @@ class BanditEnvRunner(EnvRunner, Checkpointable):
         """Index of this runner among the remote ones (0 for the only, local, runner)."""
         return max((self.worker_index or 1) - 1, 0)
 
+    @override(EnvRunner)
     def make_env(self) -> None:
         env_config = dict(self.config.env_config)
         env_config.setdefault("episode_length", None)  # bandit contexts never end an episode
@@ -83,6 +85,7 @@ class BanditEnvRunner(EnvRunner, Checkpointable):
         self._env_seed = int(base_seed) + self._runner_offset * self.num_envs
         self._observations = None
 
+    @override(EnvRunner)
     def make_module(self) -> None:
         spec = self.config.get_rl_module_spec(spaces=self.get_spaces(), inference_only=True)
         model_config = dict(spec.model_config or {})
@@ -91,6 +94,7 @@ class BanditEnvRunner(EnvRunner, Checkpointable):
         spec.model_config = model_config
         self.module = spec.build()
 
+    @override(EnvRunner)
     def get_spaces(self) -> dict[str, tuple[gym.Space, gym.Space]]:
         if self.env is None:
             return self.spaces
@@ -100,6 +104,7 @@ class BanditEnvRunner(EnvRunner, Checkpointable):
             DEFAULT_MODULE_ID: (self.env.single_observation_space, self.env.single_action_space),
         }
 
+    @override(EnvRunner)
     def assert_healthy(self):
         assert self.env is not None and self.module is not None, "BanditEnvRunner has no env or module"
 
@@ -152,6 +157,7 @@ class BanditEnvRunner(EnvRunner, Checkpointable):
         self._reset_delta()
         return None if delta is None else [value.numpy() for value in delta]
 
+    @override(EnvRunner)
     def sample(self, **kwargs) -> dict[str, Any]:  # the EnvRunner API name
         return self.sample_statistics(**kwargs)
 
@@ -238,6 +244,7 @@ class BanditEnvRunner(EnvRunner, Checkpointable):
         self.metrics.log_value(bandit_metrics.SAMPLE_CPU_TIME, cpu_time, reduce="sum")
         self.num_env_steps_sampled_lifetime += tracker.steps
 
+    @override(EnvRunner)
     def get_metrics(self) -> dict[str, Any]:
         return self.metrics.reduce()
 
@@ -255,6 +262,7 @@ class BanditEnvRunner(EnvRunner, Checkpointable):
     # State (weights sync, checkpoints)
     # ----------------------------------------------------------------------------------------------
 
+    @override(Checkpointable)
     def get_state(self, components=None, *, not_components=None, **kwargs) -> dict[str, Any]:
         state: dict[str, Any] = {NUM_ENV_STEPS_SAMPLED_LIFETIME: self.num_env_steps_sampled_lifetime}
         if self._check_component(COMPONENT_RL_MODULE, components, not_components):
@@ -262,6 +270,7 @@ class BanditEnvRunner(EnvRunner, Checkpointable):
             state[WEIGHTS_SEQ_NO] = self._weights_seq_no
         return state
 
+    @override(Checkpointable)
     def set_state(self, state: dict[str, Any]) -> None:
         if COMPONENT_RL_MODULE in state:
             module_state = state[COMPONENT_RL_MODULE]
@@ -276,12 +285,15 @@ class BanditEnvRunner(EnvRunner, Checkpointable):
         if NUM_ENV_STEPS_SAMPLED_LIFETIME in state:
             self.num_env_steps_sampled_lifetime = state[NUM_ENV_STEPS_SAMPLED_LIFETIME]
 
+    @override(Checkpointable)
     def get_ctor_args_and_kwargs(self):
         return (), {"config": self.config}
 
+    @override(Checkpointable)
     def get_checkpointable_components(self):
         return [(COMPONENT_RL_MODULE, self.module)]
 
+    @override(EnvRunner)
     def stop(self) -> None:
         if self.env is not None:
             self.env.close()

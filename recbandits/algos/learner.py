@@ -16,15 +16,19 @@ from typing import Any
 import numpy as np
 import torch
 from ray.rllib.core import DEFAULT_MODULE_ID
+from ray.rllib.core.learner.learner import Learner
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
+from ray.rllib.utils.annotations import override
 
 from recbandits.algos.module import LinearBanditModule
 
 
 class LinearBanditLearner(TorchLearner):
+    @override(TorchLearner)
     def configure_optimizers_for_module(self, module_id, config=None) -> None:
         """Closed-form posterior updates: nothing to optimize."""
 
+    @override(Learner)
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
         raise NotImplementedError("linear bandits have no loss; the Learner absorbs sufficient statistics")
 

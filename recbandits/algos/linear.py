@@ -26,6 +26,7 @@ from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.utils.annotations import override
+from ray.rllib.utils.checkpoints import Checkpointable
 from ray.rllib.utils.metrics import (
     ENV_RUNNER_RESULTS,
     ENV_RUNNER_SAMPLING_TIMER,
@@ -80,6 +81,7 @@ class LinearBanditConfig(AlgorithmConfig):
         self.record_transitions = False
         self.record_regret_trace = False
 
+    @override(AlgorithmConfig)
     def training(self, *, alpha=NotProvided, lambda_=NotProvided, gamma=NotProvided, epsilon=NotProvided,
                  posterior_scale=NotProvided, noise_prior=NotProvided, interaction=NotProvided,
                  record_transitions=NotProvided, record_regret_trace=NotProvided, **kwargs):
@@ -92,6 +94,7 @@ class LinearBanditConfig(AlgorithmConfig):
                 setattr(self, name, value)
         return self
 
+    @override(AlgorithmConfig)
     def get_default_rl_module_spec(self) -> RLModuleSpec:
         return RLModuleSpec(module_class=LinearBanditModule, model_config=self.bandit_model_config())
 
@@ -108,9 +111,11 @@ class LinearBanditConfig(AlgorithmConfig):
             "seed": self.seed or 0,
         }
 
+    @override(AlgorithmConfig)
     def get_default_learner_class(self):
         return LinearBanditLearner
 
+    @override(AlgorithmConfig)
     def validate(self) -> None:
         super().validate()
         if self.num_envs_per_env_runner < 1 or self.get_rollout_fragment_length() < 1:
@@ -175,6 +180,7 @@ class LinearBandit(Algorithm):
     """Sample statistics on every runner, add them up in the Learner, sync the posterior back."""
 
     @classmethod
+    @override(Algorithm)
     def get_default_config(cls) -> LinearBanditConfig:
         return LinearBanditConfig()
 
@@ -184,16 +190,20 @@ class LinearBandit(Algorithm):
         super().setup(config)
 
     # Checkpoint paths relative to the working directory (RLlib hands them to pyarrow, which needs absolute ones).
+    @override(Checkpointable)
     def save_to_path(self, path=None, **kwargs):
         return super().save_to_path(local_path(path), **kwargs)
 
+    @override(Algorithm)
     def restore_from_path(self, path, **kwargs):
         return super().restore_from_path(local_path(path), **kwargs)
 
     @classmethod
+    @override(Algorithm)
     def from_checkpoint(cls, path, filesystem=None, **kwargs):
         return super().from_checkpoint(local_path(path), filesystem, **kwargs)
 
+    @override(Algorithm)
     def training_step(self) -> None:
         started = time.perf_counter()
         runners = self.env_runner_group
@@ -255,6 +265,7 @@ class LinUCB(LinearBandit):
     """LinUCB (Li et al., 2010): argmax theta.x + alpha sqrt(x^T A^-1 x)."""
 
     @classmethod
+    @override(LinearBandit)
     def get_default_config(cls) -> LinUCBConfig:
         return LinUCBConfig()
 
@@ -270,6 +281,7 @@ class LinTS(LinearBandit):
     """Linear Thompson Sampling (Agrawal & Goyal, 2013): theta~ ~ N(theta, v^2 A^-1) per decision."""
 
     @classmethod
+    @override(LinearBandit)
     def get_default_config(cls) -> LinTSConfig:
         return LinTSConfig()
 
@@ -285,6 +297,7 @@ class LinEpsGreedy(LinearBandit):
     """Greedy on the ridge estimate, a uniformly random arm with probability epsilon."""
 
     @classmethod
+    @override(LinearBandit)
     def get_default_config(cls) -> LinEpsGreedyConfig:
         return LinEpsGreedyConfig()
 
@@ -300,6 +313,7 @@ class RandomPolicy(LinearBandit):
     """Uniformly random arms: the floor of every regret curve (learns nothing)."""
 
     @classmethod
+    @override(LinearBandit)
     def get_default_config(cls) -> RandomPolicyConfig:
         return RandomPolicyConfig()
 
@@ -316,6 +330,7 @@ class OraclePolicy(LinearBandit):
     """The env's optimal action every step: zero regret, the ceiling of every reward curve."""
 
     @classmethod
+    @override(LinearBandit)
     def get_default_config(cls) -> OraclePolicyConfig:
         return OraclePolicyConfig()
 

@@ -34,7 +34,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.rl_module import RLModule
 from ray.rllib.core.rl_module.torch import TorchRLModule
+from ray.rllib.utils.annotations import override
 
 from recbandits.algos.options import EXPLORATIONS
 
@@ -104,6 +106,7 @@ def _observation_layout(observation_space: gym.Space, action_space: gym.Space) -
 class LinearBanditModule(TorchRLModule):
     """Linear bandit policy over sufficient statistics (see the module docstring for the tables)."""
 
+    @override(RLModule)
     def setup(self):
         config = {**DEFAULT_MODEL_CONFIG, **(self.model_config or {})}
         if config["exploration"] not in EXPLORATIONS:
@@ -344,20 +347,25 @@ class LinearBanditModule(TorchRLModule):
     # RLModule API
     # ----------------------------------------------------------------------------------------------
 
+    @override(TorchRLModule)
     def _forward_inference(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         actions, scores, _ = self.act(batch[Columns.OBS], explore=False)
         return {Columns.ACTIONS: actions, SCORES: scores, Columns.ACTION_DIST_INPUTS: scores}
 
+    @override(TorchRLModule)
     def _forward_exploration(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         actions, scores, _ = self.act(batch[Columns.OBS], explore=True)
         return {Columns.ACTIONS: actions, SCORES: scores, Columns.ACTION_DIST_INPUTS: scores}
 
+    @override(RLModule)
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         raise NotImplementedError("linear bandits learn from sufficient statistics, not from a training forward pass")
 
+    @override(TorchRLModule)
     def get_state(self, *args, **kwargs) -> dict[str, Any]:
         return {name: buffer.detach().cpu().numpy().copy() for name, buffer in self.named_buffers()}
 
+    @override(TorchRLModule)
     def set_state(self, state: dict[str, Any]) -> None:
         # RLlib's default converts float64 to float32; the statistics must stay float64 to remain exact.
         for name, buffer in self.named_buffers():

@@ -55,7 +55,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.rl_module import RLModule
 from ray.rllib.core.rl_module.torch import TorchRLModule
+from ray.rllib.utils.annotations import override
 
 from recbandits.worker_env import set_worker_env
 
@@ -225,6 +227,7 @@ def _rows(payload: dict[str, Any], rows: slice) -> dict[str, Any]:
 class TFAgentsBanditModule(TorchRLModule):
     """A TF-Agents bandit agent as an RLlib module (see the module docstring)."""
 
+    @override(RLModule)
     def setup(self):
         self.agent_config = resolve_model_config(self.model_config)
         self.agent_name = self.agent_config["agent"]
@@ -454,15 +457,18 @@ class TFAgentsBanditModule(TorchRLModule):
         actions, info = self.act(observations, "greedy")
         return actions, np.asarray(info.predicted_rewards_mean)
 
+    @override(TorchRLModule)
     def _forward_inference(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         actions, scores = self.greedy_actions(batch[Columns.OBS])
         scores = torch.from_numpy(scores)
         return {Columns.ACTIONS: torch.from_numpy(actions), SCORES: scores, Columns.ACTION_DIST_INPUTS: scores}
 
+    @override(TorchRLModule)
     def _forward_exploration(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         actions, _ = self.act(batch[Columns.OBS], "collect")
         return {Columns.ACTIONS: torch.from_numpy(actions)}
 
+    @override(RLModule)
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         raise NotImplementedError("TF-Agents agents train with agent.train on trajectories (TFAgentsBanditLearner)")
 
@@ -555,11 +561,13 @@ class TFAgentsBanditModule(TorchRLModule):
                 named[f"optimizer/{index:03d}"] = variable
         return named
 
+    @override(TorchRLModule)
     def get_state(self, components=None, *, not_components=None, inference_only: bool = False,
                   **kwargs) -> dict[str, Any]:
         variables = self._state_variables(inference_only or self.inference_only)
         return {name: np.array(variable.numpy()) for name, variable in variables.items()}
 
+    @override(TorchRLModule)
     def set_state(self, state: dict[str, Any]) -> None:
         for name, variable in self._state_variables(self.inference_only).items():
             if name not in state:

@@ -55,8 +55,10 @@ import numpy as np
 import torch
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
 from ray.rllib.core import DEFAULT_MODULE_ID
+from ray.rllib.core.learner.learner import Learner
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.utils.annotations import override
 
 from recbandits.algos.env_runner import ORACLE, BanditEnvRunner
 from recbandits.algos.linear import LinearBandit, LinearBanditConfig
@@ -118,6 +120,7 @@ class TFAgentsBanditConfig(LinearBanditConfig):
         self.minibatch_size = 16
         self.tf_num_threads = 1
 
+    @override(LinearBanditConfig)
     def training(self, *, agent=NotProvided, alpha=NotProvided, tikhonov_weight=NotProvided, lambda_=NotProvided,
                  gamma=NotProvided, epsilon=NotProvided, layers=NotProvided, global_layers=NotProvided,
                  arm_layers=NotProvided, common_layers=NotProvided, learning_rate=NotProvided,
@@ -140,9 +143,11 @@ class TFAgentsBanditConfig(LinearBanditConfig):
                 setattr(self, name, tuple(value) if name.endswith("layers") and value is not None else value)
         return self
 
+    @override(LinearBanditConfig)
     def get_default_rl_module_spec(self) -> RLModuleSpec:
         return RLModuleSpec(module_class=TFAgentsBanditModule, model_config=self.bandit_model_config())
 
+    @override(LinearBanditConfig)
     def bandit_model_config(self) -> dict:
         config = {name: getattr(self, name) for name in MODEL_OPTIONS}
         config["seed"] = self.seed or 0
@@ -153,9 +158,11 @@ class TFAgentsBanditConfig(LinearBanditConfig):
         """The module's hyperparameters with TF-Agents' per-agent defaults filled in."""
         return resolve_model_config(self.bandit_model_config())
 
+    @override(LinearBanditConfig)
     def get_default_learner_class(self):
         return TFAgentsBanditLearner
 
+    @override(LinearBanditConfig)
     def validate(self) -> None:
         AlgorithmConfig.validate(self)
         if self.num_envs_per_env_runner < 1 or self.get_rollout_fragment_length() < 1:
@@ -171,9 +178,11 @@ class TFAgentsBandit(LinearBandit):
     """Runners sample with the collect policy and return transitions; the Learner runs ``agent.train``."""
 
     @classmethod
+    @override(LinearBandit)
     def get_default_config(cls) -> TFAgentsBanditConfig:
         return TFAgentsBanditConfig()
 
+    @override(LinearBandit)
     def setup(self, config) -> None:
         super().setup(config)
         # Every runner starts from the Learner's agent (RLlib's setup-time state sync may skip remote runners).
@@ -181,6 +190,7 @@ class TFAgentsBandit(LinearBandit):
             self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
 
     @property
+    @override(LinearBandit)
     def module(self) -> TFAgentsBanditModule:
         """The Learner's (authoritative) module."""
         return self.learner_group._learner.bandit_module
@@ -189,9 +199,11 @@ class TFAgentsBandit(LinearBandit):
 class TFAgentsBanditLearner(TorchLearner):
     """Holds the authoritative TF-Agents agent (in its module) and trains it on the runners' transitions."""
 
+    @override(TorchLearner)
     def configure_optimizers_for_module(self, module_id, config=None) -> None:
         """The TF-Agents agent owns its (TensorFlow) optimizer: nothing for torch to optimize."""
 
+    @override(Learner)
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
         raise NotImplementedError("TF-Agents agents compute their own loss in agent.train")
 
@@ -228,6 +240,7 @@ class TFAgentsBanditLearner(TorchLearner):
 class TFAgentsEnvRunner(BanditEnvRunner):
     """Acts with the module's TF-Agents collect policy on whole batches and returns the transitions."""
 
+    @override(BanditEnvRunner)
     def make_module(self) -> None:
         if self.env is not None and self.config.tf_num_threads:
             # Before this process' TensorFlow runtime starts: 1 thread, like torch in BanditEnvRunner.
@@ -239,19 +252,23 @@ class TFAgentsEnvRunner(BanditEnvRunner):
         spec.model_config = model_config
         self.module = spec.build()
 
+    @override(BanditEnvRunner)
     def _reset_delta(self) -> None:
         self._transitions: list[dict[str, Any]] = []
         self._delta_batches = 0
 
+    @override(BanditEnvRunner)
     def _learns(self, policy: str) -> bool:
         return policy != ORACLE
 
+    @override(BanditEnvRunner)
     def _policy_actions(self, observations, policy: str):
         if policy == ORACLE:
             return super()._policy_actions(observations, policy)
         actions, info = self.module.act(observations, "collect")
         return torch.from_numpy(actions), info
 
+    @override(BanditEnvRunner)
     def _learn(self, observations, info, actions, rewards, infos, acted) -> None:
         rows = np.flatnonzero(acted)
         if len(rows):
@@ -261,6 +278,7 @@ class TFAgentsEnvRunner(BanditEnvRunner):
             self._transitions.append(step)
         self._delta_batches += 1
 
+    @override(BanditEnvRunner)
     def _take_learning_payload(self):
         """The fragment's training batches: one per vector step with ``local_updates``, else one in all."""
         steps = self._transitions
@@ -269,6 +287,7 @@ class TFAgentsEnvRunner(BanditEnvRunner):
             return None
         return steps if self.config.local_updates else [self.module.concatenate(steps)]
 
+    @override(BanditEnvRunner)
     def recorded_transitions(self) -> dict[str, np.ndarray]:
         raise NotImplementedError("TF-Agents runners return their transitions to the Learner every iteration")
 
@@ -284,6 +303,7 @@ class TFALinUCB(TFAgentsBandit):
     """TF-Agents' ``LinearUCBAgent`` on RLlib."""
 
     @classmethod
+    @override(TFAgentsBandit)
     def get_default_config(cls) -> TFALinUCBConfig:
         return TFALinUCBConfig()
 
@@ -299,6 +319,7 @@ class TFALinTS(TFAgentsBandit):
     """TF-Agents' ``LinearThompsonSamplingAgent`` on RLlib."""
 
     @classmethod
+    @override(TFAgentsBandit)
     def get_default_config(cls) -> TFALinTSConfig:
         return TFALinTSConfig()
 
@@ -314,6 +335,7 @@ class TFANeuralEpsGreedy(TFAgentsBandit):
     """TF-Agents' ``NeuralEpsilonGreedyAgent`` on RLlib."""
 
     @classmethod
+    @override(TFAgentsBandit)
     def get_default_config(cls) -> TFANeuralEpsGreedyConfig:
         return TFANeuralEpsGreedyConfig()
 
@@ -329,6 +351,7 @@ class TFANeuralLinUCB(TFAgentsBandit):
     """TF-Agents' ``NeuralLinUCBAgent`` on RLlib."""
 
     @classmethod
+    @override(TFAgentsBandit)
     def get_default_config(cls) -> TFANeuralLinUCBConfig:
         return TFANeuralLinUCBConfig()
 
