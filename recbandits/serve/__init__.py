@@ -2,7 +2,8 @@
 
 | module | what |
 |---|---|
-| ``app`` | the Serve application (``build_app``): FastAPI ingress ``Recommender``, ``Learner`` deployment |
+| ``app`` | the Serve application (``build_app``): the FastAPI ingress ``Recommender`` |
+| ``learner`` | the ``Learner`` deployment (``learning=learner``): one BanditCore for every replica |
 | ``core`` | ``BanditCore``: event log, reward joins, online learning, policy versions, restart replay |
 | ``policy`` | ``ServingPolicy``: a ``LinearBanditModule`` scored over any candidate set |
 | ``eventlog`` / ``store`` | the durable JSONL event log, policy snapshots on disk |

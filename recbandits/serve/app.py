@@ -38,6 +38,7 @@ from starlette.routing import Route
 from recbandits.serve.config import ServeConfig
 from recbandits.serve.core import BanditCore, Rejection
 from recbandits.serve.eventlog import LogWriteError, dumps
+from recbandits.serve.learner import Learner, joined, raise_if_rejected, single_threaded_math
 from recbandits.serve.limits import error_response_bytes
 from recbandits.serve.policy import Decision, ServingPolicy
 from recbandits.serve.schemas import (
@@ -205,31 +206,11 @@ async def _learner_unavailable(request: Request, error: RayError) -> Response:
                   headers={"Retry-After": "1"})
 
 
-async def _joined(core: BanditCore, event_id: str, reward: float, reward_id: str | None) -> dict[str, Any]:
-    try:
-        return await core.record_reward(event_id, reward, reward_id)
-    except Rejection as rejection:
-        return {"rejection": rejection.to_dict()}
-
-
-def _single_threaded_math() -> None:
-    """Posterior updates are tiny (K d x d matrices): torch's thread pool only adds spinning and contention."""
-    import torch
-
-    torch.set_num_threads(1)
-
-
 def _signature_once(method):
     """Give a ``serve.batch`` method its signature once: ``serve.batch`` looks it up on every call, and
     ``inspect.signature`` returns a precomputed ``__signature__`` instead of rebuilding it from the code."""
     method.__signature__ = inspect.signature(method)
     return method
-
-
-def _raise_if_rejected(result: Any) -> Any:
-    if isinstance(result, dict) and "rejection" in result:
-        raise Rejection.from_dict(result["rejection"])
-    return result
 
 
 LOGGING = {"enable_access_log": False, "log_level": "WARNING"}
@@ -255,7 +236,7 @@ class Recommender:
     """The HTTP API. Owns the BanditCore (in-process learning) or serves copies of the Learner's versions."""
 
     async def __init__(self, config: dict[str, Any], learner=None):
-        _single_threaded_math()
+        single_threaded_math()
         self.config = ServeConfig.from_dict(config)
         self.validator = RequestValidator(self.config)
         self.titles = load_item_titles(self.config.item_titles) if self.config.item_titles else {}
@@ -384,7 +365,7 @@ class Recommender:
     async def rank(self, http: Request) -> Response:
         """Choose an action among the candidates and rank them; the decision is logged before the answer."""
         job = self.validator.rank_job(await _parse(http, RankRequest))
-        return _json(_raise_if_rejected(await self._rank_batch(job)))
+        return _json(raise_if_rejected(await self._rank_batch(job)))
 
     # ----------------------------------------------------------------------------------------------
     # Rewards
@@ -403,7 +384,7 @@ class Recommender:
         if self.core is not None:
             result = await self.core.record_reward(request.event_id, request.reward, request.reward_id)
         else:
-            result = _raise_if_rejected(await self._forward(("reward", (request.event_id, request.reward,
+            result = raise_if_rejected(await self._forward(("reward", (request.event_id, request.reward,
                                                                     request.reward_id))))
         return _json(result)
 
@@ -417,7 +398,7 @@ class Recommender:
         if self.core is not None:
             # Tasks start in order and each joins before its first await: a second reward for an event sees the
             # first; the log writes them all in one group commit.
-            results = list(await asyncio.gather(*(_joined(self.core, *item) for item in items)))
+            results = list(await asyncio.gather(*(joined(self.core, *item) for item in items)))
         else:
             results = list(await asyncio.gather(*(self._forward(("reward", item)) for item in items)))
         answer, rejected = [], 0
@@ -446,10 +427,12 @@ class Recommender:
             raise Rejection(403, "authorization", "this is not the admin token", "forbidden", location="header")
 
     async def _call(self, method: str, *args):
+        """The BanditCore's ``method`` in-process, or the learner deployment's method of that name (a handle
+        call; its Rejections travel as dicts)."""
         if self.core is not None:
             result = getattr(self.core, method)(*args)
             return await result if asyncio.iscoroutine(result) else result
-        return _raise_if_rejected(await self.learner.call.remote(method, *args))
+        return raise_if_rejected(await getattr(self.learner, method).remote(*args))
 
     @api.get("/v1/policy", responses=ADMIN_ERRORS)
     async def policy_info(self, http: Request) -> Response:
@@ -485,10 +468,7 @@ class Recommender:
     async def version_state(self, http: Request, version: int) -> Response:
         """Admin: the sufficient statistics of a version (nested lists), e.g. to rebuild a frozen copy of it."""
         self._authorize(http)
-        if self.core is not None:
-            state = await self.core.version_state(version)
-        else:
-            state = _raise_if_rejected(await self.learner.call.remote("version_state", version))
+        state = await self._call("version_state", version)
         return _json({"version": version, "state": {key: value.tolist() for key, value in state.items()}})
 
     @api.post("/v1/policy/rollback", responses={**ERRORS, **ADMIN_ERRORS}, openapi_extra=_body(RollbackRequest))
@@ -519,57 +499,6 @@ class Recommender:
     @api.get("/", include_in_schema=False)
     async def root(self) -> Response:
         return _json({"service": "recbandits", "docs": "/docs", "openapi": "/openapi.json"})
-
-
-@serve.deployment(name="Learner", num_replicas=1, max_ongoing_requests=100_000, health_check_period_s=5.0,
-                  graceful_shutdown_timeout_s=10.0)
-class Learner:
-    """``learning=learner``: the BanditCore; learns from the joined events and publishes versions."""
-
-    async def __init__(self, config: dict[str, Any]):
-        _single_threaded_math()
-        self.core = BanditCore(ServeConfig.from_dict(config), name="learner")
-        self.core.start()
-
-    async def sync(self, items: list[tuple[str, Any]]) -> list[dict[str, Any]]:
-        """Decisions (logged first) and rewards (joined) from a replica; one result per item, in order."""
-        results: list[dict[str, Any]] = [{} for _ in items]
-        decisions = [index for index, (kind, _) in enumerate(items) if kind == "decision"]
-        if decisions:
-            logged = await self.core.log_decisions([items[index][1] for index in decisions])
-            for index, result in zip(decisions, logged, strict=True):
-                results[index] = result
-
-        rewards = [index for index, (kind, _) in enumerate(items) if kind == "reward"]
-        joined = await asyncio.gather(*(_joined(self.core, *items[index][1]) for index in rewards))
-        for index, result in zip(rewards, joined, strict=True):
-            results[index] = result
-        return results
-
-    async def wait_for_version(self, known: int, timeout_s: float) -> dict[str, Any] | None:
-        return await self.core.wait_for_version(known, timeout_s)
-
-    def published(self) -> dict[str, Any]:
-        return self.core.published()
-
-    async def call(self, method: str, *args) -> Any:
-        """info, list_versions, version_info, version_state, rollback, learning_problem, log_problem (Rejections
-        travel as dicts)."""
-        if method not in ("info", "list_versions", "version_info", "version_state", "rollback", "learning_problem",
-                          "log_problem"):
-            raise ValueError(f"unknown method {method}")
-        try:
-            result = getattr(self.core, method)(*args)
-            return await result if asyncio.iscoroutine(result) else result
-        except Rejection as rejection:
-            return {"rejection": rejection.to_dict()}
-
-    def check_health(self) -> None:
-        if not self.core.healthy():
-            raise RuntimeError(self.core.log_problem())
-
-    async def __del__(self):
-        await self.core.close()
 
 
 def config_from_args(args: dict[str, Any]) -> tuple[ServeConfig, set[str]]:
