@@ -28,19 +28,17 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import json
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from recbandits.serve.config import ServeConfig
-from recbandits.serve.eventlog import LOG_FILE, EventLog, repair_log, scan_log
+from recbandits.serve.eventlog import LOG_FILE, EventLog
 from recbandits.serve.policy import LearningRecord, ServingPolicy
+from recbandits.serve.replay import COUNTERS, ClosedEvent, ClosedEvents, OpenEvent, replay_log, reward_result
 from recbandits.serve.state import StateLock, prepare_state_dir, read_service_file
 from recbandits.serve.store import SnapshotStore, read_npz
 
@@ -49,8 +47,6 @@ logger = logging.getLogger("recbandits.serve")
 MAX_VERSIONS_IN_MEMORY = 20_000  # older versions are in the log (not listed, not rolled back to)
 RECENT_QUARANTINED = 100  # quarantined records listed in GET /v1/policy (all are in the log)
 LEARNING_STUCK_S = 30.0  # a learning record waiting longer than this turns /healthz degraded
-COUNTERS = ("decisions", "rewards", "expired_default", "expired_dropped", "expired_rewarded", "learning_records",
-            "quarantined")
 
 
 class Rejection(Exception):
@@ -73,90 +69,6 @@ class Rejection(Exception):
 # --------------------------------------------------------------------------------------------------
 # Events
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class OpenEvent:
-    ts: float
-    deadline: float
-    model: int
-    features: np.ndarray = field(repr=False)
-    total: float = 0.0
-    count: int = 0
-    reward_ids: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-class ClosedEvent(NamedTuple):
-    reason: str  # "rewarded" (rule first) or "expired"
-    outcome: str | None  # expire outcome: default, dropped, rewarded
-    total: float | None
-    closed_at: float
-    reward_ids: dict[str, dict[str, Any]]  # reward_id -> its answer, for idempotent retries
-
-
-class ClosedEvents:
-    """Closed events by id, oldest first, at most ``retention`` of them (None: all).
-
-    Kept as plain tuples of numbers and strings (``reward_ids`` only when there are any): CPython's garbage
-    collector stops tracking such tuples, so the many events remembered cost its full collections nothing.
-    Kept as objects, every full collection walked them all: under load the serving loop stopped every ~2 s,
-    for longer and longer (5 to 48 ms within the first 10,000 events).
-    """
-
-    def __init__(self, retention: int | None = None):
-        self.retention = retention
-        self._events: OrderedDict[str, tuple] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._events)
-
-    def __contains__(self, event_id: str) -> bool:
-        return event_id in self._events
-
-    def get(self, event_id: str) -> ClosedEvent | None:
-        stored = self._events.get(event_id)
-        return None if stored is None else ClosedEvent(*stored[:4], stored[4] or {})
-
-    def add(self, event_id: str, event: ClosedEvent) -> None:
-        # A dict, even an empty one, keeps its tuple tracked: store None instead of no reward ids.
-        self._events[event_id] = (*event[:4], event.reward_ids or None)
-        self.trim()
-
-    def trim(self) -> None:
-        if self.retention is not None:
-            while len(self._events) > self.retention:
-                self._events.popitem(last=False)
-
-
-@dataclass
-class Replay:
-    """What a scan of the log rebuilds."""
-
-    records: list[LearningRecord] = field(default_factory=list)
-    open: dict[str, OpenEvent] = field(default_factory=dict)
-    closed: ClosedEvents = field(default_factory=ClosedEvents)
-    versions: list[dict[str, Any]] = field(default_factory=list)
-    last_seq: int = 0
-    rows: int = 0
-    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
-    quarantine_rows: list[dict[str, Any]] = field(default_factory=list)
-
-
-def index_log(path: Path) -> tuple[list[dict[str, Any]], int, int]:
-    """(version rows, last seq, number of rows) of a log, after cutting off a torn last line."""
-    repair_log(path)
-    marker = b'"kind":"version"'
-    versions, last, count = [], b"", 0
-    if not path.exists():
-        return versions, 0, 0
-    with open(path, "rb") as handle:
-        for line in handle:
-            if len(line) > 1:
-                count += 1
-                last = line
-                if marker in line:
-                    versions.append(json.loads(line))
-    return versions, (json.loads(last)["seq"] if last else 0), count
 
 
 # --------------------------------------------------------------------------------------------------
@@ -208,7 +120,7 @@ class BanditCore:
     def _open_state(self) -> None:
         log_path = self.state_dir / LOG_FILE
         started = time.perf_counter()
-        replay = self._scan(log_path, after=None)
+        replay = replay_log(log_path, self.fields, self.window, after=None)
         logged = {row["policy_version"]: row for row in replay.versions}
         for row in replay.versions[-MAX_VERSIONS_IN_MEMORY:]:
             self.versions[row["policy_version"]] = row
@@ -234,7 +146,7 @@ class BanditCore:
         else:
             base, watermark = None, 0
             state, _ = read_npz(self.snapshots.initial_path)
-        tail = self._scan(log_path, after=watermark, policy_state=state)
+        tail = replay_log(log_path, self.fields, self.window, after=watermark, policy_state=state)
         self.policy = ServingPolicy(self.fields, state)
         marked = {int(row["record_seq"]) for row in tail.quarantine_rows}
         self.counters.update(tail.counters)
@@ -261,72 +173,6 @@ class BanditCore:
             "seconds": round(time.perf_counter() - started, 3),
         }
         logger.info("restored %s", self.restore_info)
-
-    def _scan(self, path: Path, after: int | None, until: int | None = None,
-              policy_state: dict[str, np.ndarray] | None = None) -> Replay:
-        """Rebuild open/closed events and the learning records with ``after < seq <= until`` from the log.
-
-        ``after=None``: only version rows are collected (and the last seq).
-        """
-        replay = Replay()
-        if after is None:
-            replay.versions, replay.last_seq, replay.rows = index_log(path)
-            return replay
-        helper = ServingPolicy(self.fields, policy_state)
-        window = self.window
-        for row in scan_log(path, repair=True):
-            seq = row["seq"]
-            if until is not None and seq > until:
-                break
-            replay.last_seq = seq
-            replay.rows += 1
-            kind = row["kind"]
-            counters = replay.counters
-            if kind == "decision":
-                counters["decisions"] += 1
-                chosen = row.get("chosen_features")
-                features = helper.learning_features(
-                    np.asarray(row["context"], dtype=np.float64),
-                    None if chosen is None else np.asarray(chosen, dtype=np.float64),
-                )
-                replay.open[row["event_id"]] = OpenEvent(row["ts"], row["ts"] + window, int(row["model"]), features)
-            elif kind == "reward":
-                event = replay.open.get(row["event_id"])
-                if event is None:
-                    continue  # its decision precedes a truncated history: nothing to learn
-                counters["rewards"] += 1
-                counters["learning_records"] += 1
-                if seq > after:
-                    replay.records.append(LearningRecord(seq, event.model, event.features, float(row["reward"]),
-                                                         full=bool(row["first"]), previous=float(row["previous_total"]),
-                                                         event_id=row["event_id"]))
-                event.total, event.count = float(row["total"]), int(row["reward_count"])
-                result = _reward_result(row)
-                if row.get("reward_id") is not None:
-                    event.reward_ids[row["reward_id"]] = result
-                if row.get("closes"):
-                    del replay.open[row["event_id"]]
-                    replay.closed.add(row["event_id"], ClosedEvent("rewarded", None, event.total, row["ts"],
-                                                                   event.reward_ids))
-            elif kind == "expire":
-                event = replay.open.pop(row["event_id"], None)
-                if event is None:
-                    continue
-                counters[f"expired_{row['outcome']}"] += 1
-                if row["outcome"] == "default":
-                    counters["learning_records"] += 1
-                    if seq > after:
-                        replay.records.append(LearningRecord(seq, event.model, event.features, float(row["reward"]),
-                                                             event_id=row["event_id"]))
-                replay.closed.add(row["event_id"], ClosedEvent("expired", row["outcome"], row.get("total"), row["ts"],
-                                                               event.reward_ids))
-            elif kind == "version":
-                replay.versions.append(row)
-            elif kind == "quarantine":
-                counters["quarantined"] += 1
-                counters["learning_records"] -= 1
-                replay.quarantine_rows.append(row)
-        return replay
 
     # ----------------------------------------------------------------------------------------------
     # Versions
@@ -442,7 +288,8 @@ class BanditCore:
             state, watermark = self.snapshots.load(base)[0], int(self.versions[base]["watermark"])
         else:
             state, watermark = read_npz(self.snapshots.initial_path)[0], 0
-        replay = self._scan(self.state_dir / LOG_FILE, after=watermark, until=int(meta["watermark"]))
+        replay = replay_log(self.state_dir / LOG_FILE, self.fields, self.window, after=watermark,
+                            until=int(meta["watermark"]))
         policy = ServingPolicy(self.fields, state)
         policy.absorb([record for record in replay.records if record.seq <= int(meta["watermark"])])
         return policy.get_state()
@@ -570,7 +417,7 @@ class BanditCore:
         row = {"kind": "reward", "event_id": event_id, "reward": reward, "total": event.total,
                "previous_total": previous, "reward_count": event.count, "first": first, "closes": closes,
                "reward_id": reward_id}
-        result_holder = _reward_result(row)  # filled with seq below
+        result_holder = reward_result(row)  # filled with seq below
         if reward_id is not None:
             event.reward_ids[reward_id] = result_holder
         if closes:
@@ -585,7 +432,7 @@ class BanditCore:
             self.counters["rewards"] += 1
 
         await self.log.append([row], on_durable=durable)
-        result_holder.update(_reward_result(row))
+        result_holder.update(reward_result(row))
         return dict(result_holder)
 
     def expire_due(self, now: float | None = None) -> int:
@@ -716,8 +563,3 @@ class BanditCore:
         finally:
             self.log.close()
             self._lock.release()
-
-
-def _reward_result(row: dict[str, Any]) -> dict[str, Any]:
-    return {"event_id": row["event_id"], "status": "joined" if row["first"] else "added",
-            "reward_total": row["total"], "reward_count": row["reward_count"], "seq": row.get("seq")}
