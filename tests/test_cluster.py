@@ -29,7 +29,8 @@ import yaml
 from conftest import REPO_ROOT
 from typer.testing import CliRunner
 
-from recbandits.jobs.tune import Range, SweepSpec, parse_values, run_sweep, tune_command
+from recbandits.jobs.sweep import Range, SweepSpec, parse_values
+from recbandits.jobs.tune import run_sweep, tune_command
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))  # the scaling model is the scaling benchmark's
 from scaling_model import IterationTiming, TimedAlgorithm, fit_model, typical_timing  # noqa: E402
