@@ -10,6 +10,7 @@ A SIGKILL loses nothing acknowledged: the next start on the same state dir resto
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -102,8 +103,17 @@ def replica_urls(config: ServeConfig, timeout_s: float = 30.0) -> list[str]:
     return sorted(found.values())
 
 
-def start_ray_serve(config: ServeConfig, address: str | None = None) -> None:
-    """Ray (local, or the cluster at ``address``) and Ray Serve's HTTP options, with ``serve_environment``."""
+# Ray Serve's controller logs its settings at INFO at every start, before Serve applies its own log level
+# ("Throughput optimized Ray Serve enabled with the following configurations:", then a bullet per setting).
+SERVE_SETTINGS_NOTICE = (b"Throughput optimized Ray Serve enabled with the following configurations", b"\xe2\x80\xa2 ")
+
+
+def start_ray_serve(config: ServeConfig, address: str | None = None,
+                    output: contextlib.ExitStack | None = None) -> None:
+    """Ray (local, or the cluster at ``address``) and Ray Serve's HTTP options, with ``serve_environment``.
+
+    ``output``: where the filter of Ray Serve's settings notice is entered once Ray runs (its processes must
+    not inherit the filter's pipe); closing it ends the filter."""
     import ray
     from ray import serve
 
@@ -121,6 +131,10 @@ def start_ray_serve(config: ServeConfig, address: str | None = None) -> None:
         if threading.current_thread() is threading.main_thread():
             for signum, handler in stop_handlers.items():
                 signal.signal(signum, handler)
+    if output is not None:
+        from recbandits.verbosity import RAY_ACTOR_ARGUMENTS_NOTICE, native_stderr_filtered
+
+        output.enter_context(native_stderr_filtered((*SERVE_SETTINGS_NOTICE, RAY_ACTOR_ARGUMENTS_NOTICE)))
     serve.start(
         http_options={"host": config.host, "port": config.port, "keep_alive_timeout_s": config.keep_alive_timeout_s},
         logging_config={"enable_access_log": False, "log_level": "WARNING"},
@@ -208,7 +222,7 @@ def deployment_failure(app_name: str = APP_NAME) -> str | None:
 
 
 def start_service(config: ServeConfig, address: str | None = None, explicit: set[str] | None = None,
-                  repair_log: bool = False) -> dict[str, Any]:
+                  repair_log: bool = False, output: contextlib.ExitStack | None = None) -> dict[str, Any]:
     """Check and prepare the state dir, start Ray and Serve, deploy; return what ``run_service`` prints.
 
     The state dir is checked here, before Ray starts (``state.check_state_dir``: one line naming the file);
@@ -223,7 +237,7 @@ def start_service(config: ServeConfig, address: str | None = None, explicit: set
     for note in check_state_dir(config, repair_log=repair_log):
         print(note, file=sys.stderr, flush=True)
     config = prepare_state_dir(config, explicit)
-    start_ray_serve(config, address)
+    start_ray_serve(config, address, output)
     try:
         serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
     except RuntimeError as error:
@@ -261,11 +275,13 @@ def run_service(config: ServeConfig, address: str | None = None, explicit: set[s
             signal.signal(signum, lambda *_: stop.set())
 
     handle_stop_signals()
+    output = contextlib.ExitStack()  # the stderr filter, from Ray's start to the end of the stop
     try:
-        ready = start_service(config, address, explicit, repair_log=repair_log)
+        ready = start_service(config, address, explicit, repair_log=repair_log, output=output)
     except BaseException:
         if ray.is_initialized():
             ray.shutdown()
+        output.close()
         raise
     # ray.init installs Ray's C++ failure signal handler for SIGTERM, which dumps stack traces and makes the
     # graceful shutdown below end in SIGABRT (no final snapshot): a stop signal is ours to handle.
@@ -285,6 +301,7 @@ def run_service(config: ServeConfig, address: str | None = None, explicit: set[s
         finally:
             ray.shutdown()
             _end_processes(ray_processes)
+            output.close()
 
 
 ENDPOINTS_FILE = "endpoints.json"
