@@ -276,55 +276,6 @@ def compare_means(ours: float, our_half: float, theirs: float, their_half: float
     return f"{order} mean, intervals {'overlap' if overlap else 'disjoint'}"
 
 
-def _run_budgets(runs: pd.DataFrame) -> list[int]:
-    return sorted(int(column.split("@")[1]) for column in runs.columns if column.startswith("regret@"))
-
-
-def target_checks(runs: pd.DataFrame) -> list[str]:
-    """The project's acceptance targets, each stated as met or missed from the measured runs.
-
-    Printed by ``benchmarks/compare_targets.py`` (docs/BENCHMARKS.md), not by ``recbandits compare``: a
-    user's table shows measurements, not this project's goals.
-    """
-    lines = []
-    names = set(runs["contender"])
-
-    def mean_ci(name: str, column: str) -> tuple[float, float]:
-        return confidence_interval(runs.loc[runs["contender"] == name, column].to_numpy())
-
-    if {"linucb", "tfa-linucb"} <= names:
-        verdicts, relations = [], []
-        for budget in _run_budgets(runs):
-            column = f"regret@{budget}"
-            if runs.loc[runs["contender"].isin(["linucb", "tfa-linucb"]), column].isna().any():
-                continue
-            (ours, our_half), (theirs, their_half) = mean_ci("linucb", column), mean_ci("tfa-linucb", column)
-            relation = compare_means(ours, our_half, theirs, their_half)
-            relations.append(relation)
-            verdicts.append(f"{budget:,}: {ours:,.1f} vs {theirs:,.1f} ({relation})")
-        if not relations:
-            verdict = "not measured (no budget reached)"
-        elif all(relation.startswith(("lower", "equal")) for relation in relations):
-            verdict = "met"
-        elif any(relation == "higher mean, intervals disjoint" for relation in relations):
-            verdict = "MISSED"
-        else:
-            verdict = "not shown (a higher mean within the intervals)"
-        lines.append(f"LinUCB not worse than TF-Agents LinUCB at any budget: {verdict} [{'; '.join(verdicts)}]")
-    if {"lints", "tfa-lints"} <= names and "regret@20000" in runs and not runs["regret@20000"].isna().any():
-        ours, theirs = mean_ci("lints", "regret@20000")[0], mean_ci("tfa-lints", "regret@20000")[0]
-        lines.append(f"LinTS regret at 20k <= half of TF-Agents LinTS: {'met' if ours <= theirs / 2 else 'MISSED'} "
-                     f"({ours:,.1f} vs {theirs:,.1f}, ratio {ours / theirs:.3f})")
-    linucb_names = [name for name in names if name.split(":")[0] == "linucb"]
-    if linucb_names and "tfa-linucb" in names:
-        theirs = runs.loc[runs["contender"] == "tfa-linucb", "samples_per_s"].mean()
-        for name in sorted(linucb_names):
-            ours = runs.loc[runs["contender"] == name, "samples_per_s"].mean()
-            lines.append(f"{name} throughput >= 1000x TF-Agents LinUCB: {'met' if ours >= 1000 * theirs else 'MISSED'} "
-                         f"({ours:,.0f} vs {theirs:,.0f} samples/s = {ours / theirs:,.0f}x)")
-    return lines
-
-
 def plot_curves(runs: pd.DataFrame, spec: ComparisonSpec, path: Path) -> None:
     import matplotlib
 
