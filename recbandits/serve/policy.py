@@ -2,31 +2,25 @@
 
 The module scores a fixed number of arms per observation; a request names its own candidates (a subset of the
 arms for the disjoint shape, any number of feature vectors for the shared shape). ``ServingPolicy`` keeps the
-module as the holder of the sufficient statistics (``absorb``, ``get_state``/``set_state``, ``refresh``) and
-computes scores from its public tensors (``theta``, ``covariance``, ``noise_scale``), as float64 numpy arrays
-cached once per policy version:
+module as the holder of the sufficient statistics (``absorb``, ``get_state``/``set_state``) and scores, chooses
+and reports probabilities with the module's kernel (``recbandits.algos.kernel``, whose table gives every
+exploration's score and probability), on a float64 posterior: the widths it reports are exact.
 
-| exploration | score of candidate k for context x (features f_k) | probability reported |
-|---|---|---|
-| ``ucb`` | theta.f_k + alpha * sqrt(f_k^T A^-1 f_k) | 1/#ties for the argmax set, 0 otherwise |
-| ``greedy`` | theta.f_k | as ucb |
-| ``eps_greedy`` | theta.f_k; uniform with probability epsilon | epsilon/n + (1 - epsilon)/#ties on the argmax set |
-| ``thompson`` | theta~.f_k, theta~ ~ N(theta, v^2 A^-1) drawn per request (and per arm model) | none (no closed form) |
-| ``random`` | a uniform draw | 1/n |
-
-Disjoint: f_k = x and theta, A belong to arm k's model. Shared: f_k = [x, a_k] (+ x (outer) a_k with
-``interaction``) and one model. The chosen candidate comes first in the ranking, the others follow by score.
+Disjoint: the candidates are arms, scored by their own models. Shared: f_k = [x, a_k] (+ x (outer) a_k with
+``interaction``) and one model; the requests of a batch are padded to one candidate count. The chosen candidate
+comes first in the ranking, the others follow by score.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from recbandits.algos import kernel
 from recbandits.algos.checkpoints import load_module
 from recbandits.serve.config import MODEL_KEYS, ServeConfig
 
@@ -152,48 +146,35 @@ class ServingPolicy:
 
     def __init__(self, fields: dict[str, Any], state: dict[str, np.ndarray] | None = None, seed: int | None = None):
         self.fields = fields
-        self.module = build_module(fields)
+        self.module = module = build_module(fields)
+        module.width_dtype = torch.float64  # served scores report exact widths
         if state is not None:
-            self.module.set_state(state)
-        config = self.module
-        self.shape = config.shape
-        self.exploration = config.exploration
-        self.alpha = config.alpha
-        self.epsilon = config.epsilon
+            module.set_state(state)
+        else:
+            module.refresh()
+        self.shape = module.shape
+        self.exploration = module.exploration
+        self.alpha = module.alpha
+        self.epsilon = module.epsilon
         self.context_dim = int(fields["context_dim"])
         self.arm_dim = int(fields["arm_dim"])
-        self.num_models = config.num_models
-        self.feature_dim = config.feature_dim
+        self.num_models = module.num_models
+        self.feature_dim = module.feature_dim
         self.interaction = bool(fields["interaction"])
         self.arm_ids: list[str] | None = fields.get("arm_ids")
         self.arm_index = {arm: k for k, arm in enumerate(self.arm_ids or [])}
         model_seed = fields["model_config"].get("seed", 0) if seed is None else seed
-        self.rng = np.random.default_rng(model_seed)
+        self.generator = torch.Generator().manual_seed(int(model_seed))
         self._cache()
 
     # ----------------------------------------------------------------------------------------------
 
     def _cache(self) -> None:
-        module = self.module
-        self.theta = module.theta.detach().numpy().copy()  # [M, D]
-        self.covariance = module.covariance.detach().numpy().copy()  # [M, D, D]
-        self.noise = module.noise_scale.detach().numpy().copy()  # [M]
-        self.observations = float(module.counts.sum())
-        if self.shape == "disjoint":
-            # Every arm's A_k^-1 side by side [D, K*D]: x^T A_k^-1 for all k is one matrix product.
-            self._stacked = self.covariance.transpose(1, 0, 2).reshape(self.feature_dim, -1)
-        self._factor = None
-
-    @property
-    def factor(self) -> np.ndarray:
-        """Cholesky factor of A^-1 per model (Thompson sampling)."""
-        if self._factor is None:
-            import torch
-
-            from recbandits.algos.module import covariance_factor
-
-            self._factor = covariance_factor(torch.from_numpy(self.covariance)).numpy()
-        return self._factor
+        self.posterior = self.module.posterior
+        self.theta = self.posterior.theta  # [M, D]
+        self.covariance = self.posterior.covariance  # [M, D, D]
+        self.noise = self.posterior.noise_scale  # [M]
+        self.observations = float(self.module.counts.sum())
 
     def get_state(self) -> dict[str, np.ndarray]:
         return self.module.get_state()
@@ -209,15 +190,16 @@ class ServingPolicy:
     def statistics(self) -> dict[str, Any]:
         """A summary of the posterior for ``GET /v1/policy``."""
         counts = self.counts
+        theta, covariance, noise = self.theta.numpy(), self.covariance.numpy(), self.noise.numpy()
         names = self.arm_ids if self.shape == "disjoint" else ["shared"]
         return {
             "observations": float(counts.sum()),
             "num_updates": int(self.module.num_updates.item()),
-            "ill_conditioned_models": int(self.module.ill_conditioned),
+            "ill_conditioned_models": int(self.posterior.ill_conditioned),
             "models": [
-                {"model": name, "observations": float(counts[m]), "noise_scale": float(self.noise[m]),
-                 "theta_norm": float(np.linalg.norm(self.theta[m])),
-                 "mean_uncertainty": float(np.sqrt(max(np.trace(self.covariance[m]) / self.feature_dim, 0.0)))}
+                {"model": name, "observations": float(counts[m]), "noise_scale": float(noise[m]),
+                 "theta_norm": float(np.linalg.norm(theta[m])),
+                 "mean_uncertainty": float(np.sqrt(max(np.trace(covariance[m]) / self.feature_dim, 0.0)))}
                 for m, name in enumerate(names)
             ],
         }
@@ -226,87 +208,55 @@ class ServingPolicy:
 
     def candidate_features(self, context: np.ndarray, arm_features: np.ndarray) -> np.ndarray:
         """Shared shape: [c, D] features of each candidate for this context."""
-        repeated = np.broadcast_to(context, (arm_features.shape[0], context.shape[0]))
-        parts = [repeated, arm_features]
-        if self.interaction:
-            parts.append((repeated[:, :, None] * arm_features[:, None, :]).reshape(arm_features.shape[0], -1))
-        return np.concatenate(parts, axis=1)
+        return kernel.candidate_features(torch.from_numpy(context), torch.from_numpy(arm_features),
+                                         self.interaction).numpy()
 
-    def _scores(self, jobs: list[ScoreJob]) -> list[tuple[np.ndarray, list[np.ndarray] | None]]:
-        """Scores of every job's candidates (and, shared shape, their feature rows)."""
-        exploration = self.exploration
+    def _scores(self, jobs: list[ScoreJob]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(scores [B, C] padded with -inf, valid [B, C], shared shape: candidate features [B, C, D])."""
+        sizes = [len(job.arms) if self.shape == "disjoint" else len(job.arm_features) for job in jobs]
+        width = max(sizes)
+        valid = torch.arange(width).unsqueeze(0) < torch.tensor(sizes).unsqueeze(1)
+        contexts = torch.from_numpy(np.stack([job.context for job in jobs]))
         if self.shape == "disjoint":
-            contexts = np.array([job.context for job in jobs])  # [B, d]
-            if exploration == "random":
-                return [(self.rng.random(len(job.arms)), None) for job in jobs]
-            if exploration == "thompson":
-                normal = self.rng.standard_normal((len(jobs), self.num_models, self.feature_dim))
-                sampled = self.theta[None] + self.noise[None, :, None] * np.einsum("kij,bkj->bki", self.factor, normal)
-                all_scores = np.einsum("bki,bi->bk", sampled, contexts)
-            else:
-                all_scores = contexts @ self.theta.T  # [B, K]
-                if exploration == "ucb" and self.alpha > 0:
-                    projected = (contexts @ self._stacked).reshape(len(jobs), self.num_models, self.feature_dim)
-                    variance = (projected @ contexts[:, :, None])[:, :, 0]  # x^T A_k^-1 x for every arm k
-                    all_scores += self.alpha * np.sqrt(np.maximum(variance, 0.0))
-            return [(all_scores[b, job.arms], None) for b, job in enumerate(jobs)]
-
-        features = [self.candidate_features(job.context, job.arm_features) for job in jobs]
-        if exploration == "random":
-            return [(self.rng.random(len(rows)), rows) for rows in features]
-        if exploration == "thompson":
-            normal = self.rng.standard_normal((len(jobs), self.feature_dim))
-            sampled = self.theta[0][None] + self.noise[0] * normal @ self.factor[0].T  # [B, D]
-            return [(rows @ sampled[b], rows) for b, rows in enumerate(features)]
-        stacked = np.concatenate(features)
-        scores = stacked @ self.theta[0]
-        if exploration == "ucb" and self.alpha > 0:
-            variance = np.maximum(((stacked @ self.covariance[0]) * stacked).sum(-1), 0.0)
-            scores = scores + self.alpha * np.sqrt(variance)
-        bounds = np.cumsum([0] + [len(rows) for rows in features])
-        return [(scores[bounds[b]:bounds[b + 1]], rows) for b, rows in enumerate(features)]
+            arms = torch.zeros(len(jobs), width, dtype=torch.int64)
+            for b, job in enumerate(jobs):
+                arms[b, :sizes[b]] = torch.from_numpy(np.asarray(job.arms, dtype=np.int64))
+            all_arms = self.posterior.scores(contexts, self.exploration, self.alpha, self.generator, self.num_models)
+            scores, features = all_arms.gather(1, arms), None
+        else:
+            arm_features = torch.zeros(len(jobs), width, self.arm_dim, dtype=torch.float64)
+            for b, job in enumerate(jobs):
+                arm_features[b, :sizes[b]] = torch.from_numpy(job.arm_features)
+            features = kernel.candidate_features(contexts, arm_features, self.interaction)
+            scores = self.posterior.scores(features, self.exploration, self.alpha, self.generator, width)
+        return scores.masked_fill(~valid, -torch.inf), valid, features
 
     def decide(self, jobs: list[ScoreJob]) -> list[Decision]:
         """One decision per job (a batch of requests scored together)."""
         if not jobs:
             return []
+        scores, valid, features = self._scores(jobs)
+        if not bool(torch.isfinite(scores[valid]).all()):
+            # Inputs are finite and bounded (schemas.MAX_ABS_VALUE): this is a broken model, never logged.
+            raise FloatingPointError(f"the policy scored candidates {scores[valid].tolist()}: not finite")
+        chosen = kernel.choose(scores, self.exploration, self.epsilon, self.generator, valid=valid).tolist()
+        probabilities = kernel.action_probabilities(scores, self.exploration, self.epsilon, valid)
+        probabilities = probabilities.tolist() if probabilities is not None else None
         decisions = []
-        exploration = self.exploration
-        for job, (scores, rows) in zip(jobs, self._scores(jobs), strict=True):
-            # Plain Python on the few candidates of a request: each numpy call costs more than the work here.
-            values = scores.tolist()
-            if not math.isfinite(sum(values)):  # any NaN or infinity makes the sum so
-                # Inputs are finite and bounded (schemas.MAX_ABS_VALUE): this is a broken model, never logged.
-                raise FloatingPointError(f"the policy scored candidates {values}: not finite")
-            count = len(values)
-            # Best first; the sort is stable (reverse=True included), so tied candidates stay in index order and
-            # the ties are order[:num_ties].
+        for b, (job, row) in enumerate(zip(jobs, scores.tolist(), strict=True)):
+            count = int(valid[b].sum())
+            values = row[:count]
+            # Best first; the sort is stable (reverse=True included), so ties stay in index order.
             order = sorted(range(count), key=values.__getitem__, reverse=True)
-            if exploration == "random":
-                chosen = int(self.rng.integers(count))
-                probabilities = [1.0 / count] * count
-            else:
-                best, num_ties = values[order[0]], 1
-                while num_ties < count and values[order[num_ties]] == best:
-                    num_ties += 1
-                chosen = order[int(self.rng.integers(num_ties))] if num_ties > 1 else order[0]
-                probabilities = None
-                if exploration in ("ucb", "greedy", "eps_greedy"):
-                    probabilities = [0.0] * count
-                    for index in order[:num_ties]:
-                        probabilities[index] = 1.0 / num_ties
-                if exploration == "eps_greedy":
-                    probabilities = [(1.0 - self.epsilon) * p + self.epsilon / count for p in probabilities]
-                    if self.rng.random() < self.epsilon:
-                        chosen = int(self.rng.integers(count))
-            if chosen != order[0]:
-                order.remove(chosen)
-                order.insert(0, chosen)
+            order.remove(chosen[b])
+            order.insert(0, chosen[b])
             if self.shape == "disjoint":
-                model, features = int(job.arms[chosen]), job.context
+                model, chosen_features = int(job.arms[chosen[b]]), job.context
             else:
-                model, features = 0, rows[chosen]
-            decisions.append(Decision(chosen, order, values, probabilities, model, features))
+                model, chosen_features = 0, features[b, chosen[b]].numpy()
+            decisions.append(Decision(chosen[b], order, values,
+                                      probabilities[b][:count] if probabilities is not None else None,
+                                      model, chosen_features))
         return decisions
 
     # ----------------------------------------------------------------------------------------------
@@ -322,7 +272,7 @@ class ServingPolicy:
 
         Returns the records quarantined instead of learned, each with its reason: features or reward not
         finite, or features whose squared norm exceeds the module's ``max_feature_norm_sq`` (a row float64
-        cannot add without rounding away the rest of the model; ``algos.module.max_learnable_norm_sq``). The
+        cannot add without rounding away the rest of the model; ``algos.kernel.max_learnable_norm_sq``). The
         test reads the record alone, so live learning, restart replay and rebuilding an old version quarantine
         exactly the same records. Should absorbing a batch still leave the posterior non-finite, the batch is
         undone and absorbed record by record, and the records that break it are quarantined.
@@ -368,23 +318,13 @@ class ServingPolicy:
         return failure
 
     def _add(self, records: list[LearningRecord]) -> None:
-        import torch
-
-        models, dim = self.num_models, self.feature_dim
-        precision = np.zeros((models, dim, dim))
-        response = np.zeros((models, dim))
-        response_square = np.zeros(models)
-        counts = np.zeros(models)
-        full = [record for record in records if record.full]
-        if full:
-            index = np.array([record.model for record in full])
-            rows = np.stack([record.features for record in full])
-            np.add.at(precision, index, rows[:, :, None] * rows[:, None, :])
-            np.add.at(counts, index, 1.0)
-        index = np.array([record.model for record in records])
-        rewards = np.array([record.reward for record in records])
-        rows = np.stack([record.features for record in records])
-        previous = np.array([0.0 if record.full else record.previous for record in records])
-        np.add.at(response, index, rewards[:, None] * rows)
-        np.add.at(response_square, index, 2.0 * previous * rewards + rewards * rewards)
-        self.module.absorb(*(torch.from_numpy(array) for array in (precision, response, response_square, counts)))
+        as_tensor = lambda values, dtype: torch.tensor(values, dtype=dtype)  # noqa: E731
+        statistics = kernel.sufficient_statistics(
+            torch.from_numpy(np.stack([record.features for record in records]).astype(np.float64)),
+            as_tensor([record.model for record in records], torch.int64),
+            as_tensor([record.reward for record in records], torch.float64),
+            self.num_models,
+            new=as_tensor([record.full for record in records], torch.bool),
+            previous=as_tensor([record.previous for record in records], torch.float64),
+        )
+        self.module.absorb(*statistics)
