@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from recbandits.algos import kernel
-from recbandits.serve.policy import ScoreJob, ServingPolicy, build_module
+from recbandits.algos.candidates import CandidateSet, LinearCandidatePolicy, build_module
 
 SHAPES = {
     "disjoint": {"shape": "disjoint", "context_dim": 4, "num_arms": 5, "arm_dim": 0, "arm_ids": list("abcde"),
@@ -30,9 +30,9 @@ def _observations(fields, rng, batch):
     """(the module's observation batch, the serving jobs of the same decisions over every candidate)."""
     context = rng.normal(size=(batch, fields["context_dim"]))
     if fields["shape"] == "disjoint":
-        return context, [ScoreJob(context=row, arms=np.arange(fields["num_arms"])) for row in context]
+        return context, [CandidateSet(context=row, arms=np.arange(fields["num_arms"])) for row in context]
     arm_features = rng.normal(size=(batch, 6, fields["arm_dim"]))
-    jobs = [ScoreJob(context=context[b], arm_features=arm_features[b]) for b in range(batch)]
+    jobs = [CandidateSet(context=context[b], arm_features=arm_features[b]) for b in range(batch)]
     return {"global": context, "per_arm": arm_features}, jobs
 
 
@@ -47,7 +47,7 @@ def test_the_module_and_the_serving_policy_give_the_same_scores_and_probabilitie
     module.set_state(state)
     module.width_dtype = torch.float64
     module.refresh()
-    policy = ServingPolicy(fields, state)
+    policy = LinearCandidatePolicy(fields, state)
     observation, jobs = _observations(fields, rng, 3)
     # Same seed, same draws: Thompson samples agree exactly too.
     scores = module.scores(module.features(observation), exploration)

@@ -148,7 +148,7 @@ def test_the_posterior_stays_finite_and_positive_definite_for_any_finite_statist
     """A = lambda I + D with D >= 0: refresh must give a finite, positive-definite A^-1 whatever D's scale."""
     import torch
 
-    from recbandits.serve.policy import build_module
+    from recbandits.algos.candidates import build_module
 
     fields = {"shape": shape, "context_dim": 20, "num_arms": 3 if shape == "disjoint" else 0,
               "arm_dim": 0 if shape == "disjoint" else 2, "arm_ids": None, "interaction": False,

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from recbandits.algos.candidates import CandidateSet, LearningRecord, LinearCandidatePolicy, build_module
 from recbandits.serve.config import ServeConfig
 from recbandits.serve.core import BanditCore, Rejection
 from recbandits.serve.eventlog import LOG_FILE, read_event_log, scan_log
-from recbandits.serve.policy import LearningRecord, ScoreJob, ServingPolicy, build_module
 from recbandits.serve.schemas import RankRequest, RequestValidator
 from recbandits.serve.state import prepare_state_dir
 
@@ -38,20 +38,20 @@ def test_disjoint_scores_match_the_module():
               "interaction": False, "model_config": {"exploration": "ucb", "alpha": 0.7}}
     module = build_module(fields)
     state = _random_state(module, np.random.default_rng(0))
-    policy = ServingPolicy(fields, state)
+    policy = LinearCandidatePolicy(fields, state)
     contexts = np.random.default_rng(1).normal(size=(4, 5))
     # float64 from the module's public posterior: theta_k.x + alpha sqrt(x^T A_k^-1 x).
     theta, covariance = module.theta.numpy(), module.covariance.numpy()
     expected = np.array([[theta[k] @ x + 0.7 * np.sqrt(x @ covariance[k] @ x) for k in range(6)] for x in contexts])
     arms = np.arange(6)
-    decisions = policy.decide([ScoreJob(context=row, arms=arms) for row in contexts])
+    decisions = policy.decide([CandidateSet(context=row, arms=arms) for row in contexts])
     np.testing.assert_allclose(np.stack([decision.scores for decision in decisions]), expected, rtol=1e-12)
     assert [decision.chosen for decision in decisions] == list(expected.argmax(1))
     # The module's own UCB scores (its widths are float32 products) agree to float32 precision.
     np.testing.assert_allclose(module.scores(module.features(contexts), "ucb").numpy(), expected, rtol=1e-5)
     # A subset of candidates: the same scores, gathered; the chosen candidate's model is its arm.
     subset = np.array([4, 1])
-    decision = policy.decide([ScoreJob(context=contexts[0], arms=subset)])[0]
+    decision = policy.decide([CandidateSet(context=contexts[0], arms=subset)])[0]
     np.testing.assert_allclose(decision.scores, expected[0, subset], rtol=1e-12)
     assert decision.model == subset[decision.chosen] and decision.order[0] == decision.chosen
     np.testing.assert_array_equal(decision.features, contexts[0])
@@ -64,10 +64,11 @@ def test_shared_scores_match_the_module(interaction):
     module = build_module(fields)
     rng = np.random.default_rng(2)
     state = _random_state(module, rng)
-    policy = ServingPolicy(fields, state)
+    policy = LinearCandidatePolicy(fields, state)
     global_features, arm_features = rng.normal(size=(2, 3)), rng.normal(size=(2, 7, 2))
     expected = module.scores(module.features({"global": global_features, "per_arm": arm_features}), "ucb").numpy()
-    decisions = policy.decide([ScoreJob(context=global_features[b], arm_features=arm_features[b]) for b in range(2)])
+    jobs = [CandidateSet(context=global_features[b], arm_features=arm_features[b]) for b in range(2)]
+    decisions = policy.decide(jobs)
     np.testing.assert_allclose(np.stack([decision.scores for decision in decisions]), expected, rtol=1e-12)
     features = module.features({"global": global_features, "per_arm": arm_features}).numpy()
     for b, decision in enumerate(decisions):
@@ -79,29 +80,29 @@ def test_shared_scores_match_the_module(interaction):
 def test_explorations_and_probabilities():
     base = {"shape": "disjoint", "context_dim": 2, "num_arms": 4, "arm_dim": 0, "arm_ids": list("wxyz"),
             "interaction": False}
-    job = ScoreJob(context=np.array([1.0, 0.5]), arms=np.arange(4))
-    cold = ServingPolicy({**base, "model_config": {"exploration": "greedy"}})
+    job = CandidateSet(context=np.array([1.0, 0.5]), arms=np.arange(4))
+    cold = LinearCandidatePolicy({**base, "model_config": {"exploration": "greedy"}})
     choices = {cold.decide([job])[0].chosen for _ in range(60)}
     assert choices == {0, 1, 2, 3}  # exact ties at a cold start are broken at random
     np.testing.assert_allclose(cold.decide([job])[0].probabilities, 0.25)
-    eps = ServingPolicy({**base, "model_config": {"exploration": "eps_greedy", "epsilon": 0.2}})
+    eps = LinearCandidatePolicy({**base, "model_config": {"exploration": "eps_greedy", "epsilon": 0.2}})
     records = [LearningRecord(1, 2, np.array([1.0, 0.5]), 5.0)]
     eps.absorb(records)
     decision = eps.decide([job])[0]
     np.testing.assert_allclose(decision.probabilities, [0.05, 0.05, 0.85, 0.05])
-    thompson = ServingPolicy({**base, "model_config": {"exploration": "thompson"}})
+    thompson = LinearCandidatePolicy({**base, "model_config": {"exploration": "thompson"}})
     assert thompson.decide([job])[0].probabilities is None
-    random = ServingPolicy({**base, "model_config": {"exploration": "random"}})
+    random = LinearCandidatePolicy({**base, "model_config": {"exploration": "random"}})
     np.testing.assert_allclose(random.decide([job])[0].probabilities, 0.25)
 
 
 def test_order_is_the_chosen_then_the_rest_best_first_and_non_finite_scores_are_refused():
     fields = {"shape": "disjoint", "context_dim": 1, "num_arms": 5, "arm_dim": 0, "arm_ids": list("abcde"),
               "interaction": False, "model_config": {"exploration": "greedy", "lambda_": 1.0}}
-    policy = ServingPolicy(fields)
+    policy = LinearCandidatePolicy(fields)
     # theta_k = r_k / 2 after one record per arm with x = 1 (ridge, lambda 1): scores 1, 3, 3, 0, 2.
     policy.absorb([LearningRecord(k + 1, k, np.array([1.0]), 2.0 * score) for k, score in enumerate([1, 3, 3, 0, 2])])
-    job = ScoreJob(context=np.array([1.0]), arms=np.arange(5))
+    job = CandidateSet(context=np.array([1.0]), arms=np.arange(5))
     orders = set()
     for _ in range(40):
         decision = policy.decide([job])[0]
@@ -117,7 +118,7 @@ def test_order_is_the_chosen_then_the_rest_best_first_and_non_finite_scores_are_
 def test_learning_records_give_the_closed_form_statistics():
     fields = {"shape": "disjoint", "context_dim": 3, "num_arms": 2, "arm_dim": 0, "arm_ids": ["0", "1"],
               "interaction": False, "model_config": {}}
-    policy = ServingPolicy(fields)
+    policy = LinearCandidatePolicy(fields)
     x, y = np.array([1.0, 2.0, 0.5]), np.array([0.0, 1.0, -1.0])
     # Event 1 (model 0): rewards 1.5 then 2.0 under rule "sum"; event 2 (model 1): one reward of -1.
     policy.absorb([LearningRecord(1, 0, x, 1.5), LearningRecord(3, 1, y, -1.0)])

@@ -1,8 +1,8 @@
 """The linear-bandit kernel: statistics, posterior, scores, choices and the probability of each candidate.
 
 One implementation of the math, used by the RLlib module (``LinearBanditModule``, batches of env observations),
-the serving policy (``ServingPolicy``, candidate sets of requests) and offline evaluation. Everything is a
-torch tensor on the CPU; the statistics and the posterior are float64.
+the candidate-set policy of serving and evaluation (``candidates.LinearCandidatePolicy``, requests and logged
+decisions). Everything is a torch tensor on the CPU; the statistics and the posterior are float64.
 
 Statistics of the rows (x_t, r_t) a model learned from, and the posterior they define:
 

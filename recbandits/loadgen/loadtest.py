@@ -174,7 +174,7 @@ async def open_loop(fire: Callable[[int], Awaitable[None]], rate: float, max_req
 
 
 async def _run(spec: LoadTestSpec) -> dict[str, Any]:
-    from recbandits.serve.policy import ScoreJob, ServingPolicy
+    from recbandits.algos.candidates import CandidateSet, LinearCandidatePolicy
 
     clients = {url: KeepAliveClient(url, spec.timeout_s, max_connections=max(spec.concurrency * 2, 64))
                for url in spec.urls}
@@ -186,7 +186,7 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
             raise ValueError("the load test simulates the MovieLens env: it needs a disjoint-shape service")
         start_version = int(info["policy_version"])
         start_state = await _get_json(first, f"/v1/policy/versions/{start_version}/state", spec.admin_token)
-        frozen = ServingPolicy(fields, {key: np.asarray(value) for key, value in start_state["state"].items()},
+        frozen = LinearCandidatePolicy(fields, {key: np.asarray(value) for key, value in start_state["state"].items()},
                                seed=spec.seed + 1)
         users = simulated_users(spec, fields["context_dim"], fields["arm_ids"])
         # Building the users blocks the event loop for longer than the server's keep-alive timeout may last: a
@@ -350,7 +350,7 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
         for client in clients.values():
             await client.close()
 
-    return _report(spec, users, frozen, ScoreJob, ranks, rewards, tail, errors, started, stopped, rank_done, issued,
+    return _report(spec, users, frozen, CandidateSet, ranks, rewards, tail, errors, started, stopped, rank_done, issued,
                    lag, start_version, end_info, generator_cpu_s, fields["arm_ids"])
 
 

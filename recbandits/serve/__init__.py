@@ -5,7 +5,7 @@
 | ``app`` | the Serve application (``build_app``): the FastAPI ingress ``Recommender`` |
 | ``learner`` | the ``Learner`` deployment (``learning=learner``): one BanditCore for every replica |
 | ``core`` | ``BanditCore``: event log, reward joins, online learning, policy versions, restart replay |
-| ``policy`` | ``ServingPolicy``: a ``LinearBanditModule`` scored over any candidate set |
+| ``policy`` | the starting policy: a checkpoint's or a cold start's fields and statistics |
 | ``eventlog`` / ``store`` | the durable JSONL event log, policy snapshots on disk |
 | ``schemas`` | request/response models and validation against the feature spec |
 | ``runner`` / ``cli`` | ``recbandits serve`` / ``python -m recbandits.serve`` |

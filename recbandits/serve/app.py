@@ -35,12 +35,12 @@ from ray.serve.config import BackpressureConfig
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
+from recbandits.algos.candidates import Decision, LinearCandidatePolicy
 from recbandits.serve.config import ServeConfig
 from recbandits.serve.core import BanditCore, Rejection
 from recbandits.serve.eventlog import LogWriteError, dumps
 from recbandits.serve.learner import Learner, joined, raise_if_rejected, single_threaded_math
 from recbandits.serve.limits import error_response_bytes
-from recbandits.serve.policy import Decision, ServingPolicy
 from recbandits.serve.schemas import (
     ErrorResponse,
     RankJob,
@@ -259,7 +259,7 @@ class Recommender:
         else:
             published = await learner.published.remote()
             seed = int(self.config.model_config.get("seed", 0)) + (hash(self.replica) % 100_000)
-            self.policy = ServingPolicy(self.config.policy_fields(), published["state"], seed=seed)
+            self.policy = LinearCandidatePolicy(self.config.policy_fields(), published["state"], seed=seed)
             self.served = published["version"]
             self._learner_seen = time.monotonic()
             self._poller = asyncio.get_running_loop().create_task(self._poll_versions())

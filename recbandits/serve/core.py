@@ -13,7 +13,7 @@ Every event is a row of the log (``eventlog.py``) with a sequence number ``seq``
 * ``version``: a new policy version: ``update`` (learning records absorbed up to ``watermark``), ``rollback``
   (the statistics of an older version, ``source``), ``restore`` (after a restart), ``initial``.
 * ``quarantine``: the learning record at ``record_seq`` was not learned (``reason``: not finite, or too large for
-  float64 statistics; ``ServingPolicy.absorb``). The test reads the record alone, so every replay skips it too;
+  float64 statistics; ``LinearCandidatePolicy.absorb``). The test reads the record alone, so every replay skips it too;
   later records are learned as usual.
 
 Learning records are absorbed in ``seq`` order and only once durable, so a version's statistics are exactly
@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from recbandits.algos.candidates import LearningRecord, LinearCandidatePolicy
 from recbandits.serve.config import ServeConfig
 from recbandits.serve.eventlog import LOG_FILE, EventLog
-from recbandits.serve.policy import LearningRecord, ServingPolicy
 from recbandits.serve.replay import COUNTERS, ClosedEvent, ClosedEvents, OpenEvent, replay_log, reward_result
 from recbandits.serve.state import StateLock, prepare_state_dir, read_service_file
 from recbandits.serve.store import SnapshotStore, read_npz
@@ -130,7 +130,7 @@ class BanditCore:
         if not logged:
             # First start (or a crash before the first version row was durable).
             state, _ = read_npz(self.snapshots.initial_path)
-            self.policy = ServingPolicy(self.fields, state)
+            self.policy = LinearCandidatePolicy(self.fields, state)
             self._install_version({"kind": "initial", "parent": None, "watermark": 0, "learned": 0,
                                    "origin": self.origin}, write=True)
             self.snapshots.save(self.version_id, self.policy.get_state(), self.version)
@@ -147,7 +147,7 @@ class BanditCore:
             base, watermark = None, 0
             state, _ = read_npz(self.snapshots.initial_path)
         tail = replay_log(log_path, self.fields, self.window, after=watermark, policy_state=state)
-        self.policy = ServingPolicy(self.fields, state)
+        self.policy = LinearCandidatePolicy(self.fields, state)
         marked = {int(row["record_seq"]) for row in tail.quarantine_rows}
         self.counters.update(tail.counters)
         self.quarantined = tail.quarantine_rows[-RECENT_QUARANTINED:]
@@ -290,7 +290,7 @@ class BanditCore:
             state, watermark = read_npz(self.snapshots.initial_path)[0], 0
         replay = replay_log(self.state_dir / LOG_FILE, self.fields, self.window, after=watermark,
                             until=int(meta["watermark"]))
-        policy = ServingPolicy(self.fields, state)
+        policy = LinearCandidatePolicy(self.fields, state)
         policy.absorb([record for record in replay.records if record.seq <= int(meta["watermark"])])
         return policy.get_state()
 

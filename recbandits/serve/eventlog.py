@@ -27,7 +27,7 @@ KINDS = ("decision", "reward", "expire", "version", "quarantine")
 
 # orjson: about 20x faster than the json module on a decision row, which every rank request writes; it also
 # takes numpy arrays and scalars as they are. It writes NaN and infinity as null: every float the service logs
-# or answers is finite by construction (requests are validated, scores are checked in ``ServingPolicy.decide``).
+# or answers is finite by construction (requests are validated, scores are checked in ``LinearCandidatePolicy.decide``).
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 

@@ -11,8 +11,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from recbandits.algos.candidates import LearningRecord, LinearCandidatePolicy
 from recbandits.serve.eventlog import repair_log, scan_log
-from recbandits.serve.policy import LearningRecord, ServingPolicy
 
 COUNTERS = ("decisions", "rewards", "expired_default", "expired_dropped", "expired_rewarded", "learning_records",
             "quarantined")
@@ -112,7 +112,7 @@ def replay_log(path: Path, fields: dict[str, Any], window: float, after: int | N
     if after is None:
         replay.versions, replay.last_seq, replay.rows = index_log(path)
         return replay
-    helper = ServingPolicy(fields, policy_state)  # the features each decision's reward teaches
+    helper = LinearCandidatePolicy(fields, policy_state)  # the features each decision's reward teaches
     for row in scan_log(path, repair=True):
         seq = row["seq"]
         if until is not None and seq > until:

@@ -2,7 +2,7 @@
 
 Pydantic checks the shape of a request (types, finite numbers, lengths; FastAPI answers 422 naming the field);
 ``RequestValidator`` then checks it against the policy (context dimension, known arms, per-arm features,
-duplicates, size) and turns it into a ``ScoreJob``, or raises a ``Rejection`` naming the field. Nothing reaches
+duplicates, size) and turns it into a ``CandidateSet``, or raises a ``Rejection`` naming the field. Nothing reaches
 the model before both passed.
 
 Ids (event, candidate, user) are strings; integer ids are accepted and used as their decimal string.
@@ -19,9 +19,9 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
 
+from recbandits.algos.candidates import CandidateSet
 from recbandits.serve.config import ServeConfig
 from recbandits.serve.core import Rejection
-from recbandits.serve.policy import ScoreJob
 
 HARD_MAX_ITEMS = 100_000  # a schema-level bound; the configured max_candidates is checked after
 
@@ -255,7 +255,7 @@ class RankJob:
     """A validated rank request: what to score, and what to log and answer."""
 
     event_id: str | None
-    score: ScoreJob
+    score: CandidateSet
     candidate_ids: list[str]
     excluded: list[str]
     user_id: str | None
@@ -308,7 +308,7 @@ class RequestValidator:
                 ids = [ids[index] for index in keep]
                 arms = arms[keep] if arms is not None else None
                 arm_features = arm_features[keep] if arm_features is not None else None
-        job = ScoreJob(context=context, arms=arms, arm_features=arm_features)
+        job = CandidateSet(context=context, arms=arms, arm_features=arm_features)
         return RankJob(request.event_id, job, list(ids), excluded, request.user_id, request.top_k,
                        explicit_candidates=candidates is not None)
 

@@ -313,11 +313,11 @@ def move_log_tail_aside(path: Path, line_number: int) -> tuple[Path, int]:
 
 
 def _check_policy_file(path: Path, fields: dict[str, Any], what: str) -> None:
-    from recbandits.serve.policy import ServingPolicy
+    from recbandits.algos.candidates import LinearCandidatePolicy
 
     try:
         state, _ = read_npz(path)
-        ServingPolicy(fields, state)
+        LinearCandidatePolicy(fields, state)
     except Exception as error:  # noqa: BLE001 - any failure to load it is what the operator must hear
         raise StateDirError(f"{path} ({what}) cannot be loaded ({type(error).__name__}: {error}): restore it from "
                             "a backup, or move it aside to restore from the snapshot before it") from None
