@@ -196,3 +196,116 @@ def demo(
     Console().print(format_summary(summarize(load_movielens(resolve_data_dir(data_dir)))))
     spec = SimulationSpec(env="movielens", algo="linucb", steps=steps, data_dir=data_dir)
     _print_summary(run_simulation(spec, out, overwrite=True))
+
+
+logs_app = typer.Typer(no_args_is_help=True, help="Logged-feedback datasets: make them from ratings, a simulator or a "
+                                                  "service's event log (docs/logged-data.md).")
+app.add_typer(logs_app, name="logs")
+
+
+@logs_app.command("from-ratings")
+def logs_from_ratings(
+    out: Annotated[Path, typer.Argument(help="Output directory: OUT/train and OUT/test datasets.")],
+    data_dir: DataDir = None,
+    rank: Annotated[int, typer.Option(help="Learned factors (SVD of the train part) per user and movie; 0: none.")]
+    = 10,
+    num_negatives: Annotated[int, typer.Option(help="Unrated movies shown beside the rated one.")] = 9,
+    test_fraction: Annotated[float, typer.Option(help="The last share of the ratings in time: the test set.")] = 0.2,
+    reward: Annotated[str, typer.Option(help="rating | scaled (rating / max) | binary (rating >= 4 of 5).")]
+    = "rating",
+    seed: Annotated[int, typer.Option(help="Seed of the sampled candidates.")] = 0,
+) -> None:
+    """MovieLens ratings as logged decisions (supervised-to-bandit, per-arm features; propensity unknown)."""
+    from recbandits.jobs.from_ratings import from_ratings
+    from recbandits.logs import LogFormatError
+
+    try:
+        summary = from_ratings(data_dir, out, rank=rank, num_negatives=num_negatives, test_fraction=test_fraction,
+                               reward=reward, seed=seed)
+    except (ValueError, LogFormatError) as error:
+        raise fail(str(error)) from None
+    spec = summary["spec"]
+    typer.echo(f"{out}/train: {summary['rows']['train']:,} decisions, {out}/test: {summary['rows']['test']:,} "
+               f"(context {spec['context_dim']} features, {spec['arm_dim']} per movie)")
+
+
+@logs_app.command("collect")
+def logs_collect(
+    out: Annotated[Path, typer.Argument(help="Output dataset directory.")],
+    env: Annotated[str, typer.Option(help="movielens | movielens-per-arm")] = "movielens",
+    policy: Annotated[str, typer.Option(help="uniform | eps-greedy | softmax (on the simulator's expected rewards) "
+                                             "| a checkpoint directory (a linear policy, frozen)")] = "uniform",
+    steps: Annotated[int, typer.Option(help="Decisions to log.")] = 100_000,
+    workers: Annotated[int, typer.Option(help="Parallel Ray tasks (1: in this process).")] = 1,
+    num_envs: Annotated[int, typer.Option(help="Sub-envs per worker (the batch of one vector step).")] = 1024,
+    epsilon: Annotated[float, typer.Option(help="eps-greedy: share of uniform choices.")] = 0.1,
+    temperature: Annotated[float, typer.Option(help="softmax: temperature on the expected rewards.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of the simulators and the logging policy.")] = 0,
+    data_dir: DataDir = None,
+    rank: Annotated[int | None, typer.Option(help="Rank of the rating factorization \\[default: 20]")] = None,
+    num_movies: Annotated[int | None, typer.Option(help="movielens: movies to recommend \\[default: 20]")] = None,
+    num_actions: Annotated[int | None, typer.Option(
+        help="movielens-per-arm: candidates per step \\[default: 20]")] = None,
+    reward_type: Annotated[str | None, typer.Option(help="rating | click \\[default: rating]")] = None,
+    address: Address = None,
+) -> None:
+    """Log a known policy on a simulator: exact propensities and every candidate's expected reward."""
+    from recbandits.jobs.collect import collect
+    from recbandits.jobs.simulate import env_options
+    from recbandits.logs import LogFormatError
+
+    try:
+        env_config = env_options(env, {"rank": rank, "num_movies": num_movies, "num_actions": num_actions,
+                                       "reward_type": reward_type})
+        summary = collect(env, policy, steps, out, data_dir=data_dir, env_config=env_config, workers=workers,
+                          num_envs=num_envs, epsilon=epsilon, temperature=temperature, seed=seed, address=address)
+    except (ValueError, LogFormatError, ConnectionError) as error:
+        raise fail(str(error)) from None
+    value = "" if summary["policy_value"] is None else f", expected reward per decision {summary['policy_value']:.4f}"
+    typer.echo(f"{out}: {summary['rows']:,} decisions in {summary['files']} file(s), mean reward "
+               f"{summary['mean_reward']:.4f}{value}")
+
+
+@logs_app.command("export")
+def logs_export(
+    state_dir: Annotated[Path, typer.Argument(help="The service's --state-dir.")],
+    out: Annotated[Path, typer.Argument(help="Output dataset directory.")],
+) -> None:
+    """A service's event log as a dataset: every decision with the reward the service learned from it."""
+    from recbandits.logs import LogFormatError
+    from recbandits.serve.export import export_log
+
+    try:
+        summary = export_log(state_dir, out)
+    except (ValueError, LogFormatError, OSError) as error:
+        raise fail(str(error)) from None
+    typer.echo(f"{out}: {summary['decisions']:,} decisions, {summary['rewarded']:,} with a learned reward, "
+               f"{summary['quarantined_records']} quarantined learning record(s)")
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="A logged-feedback dataset directory.")],
+    algo: Annotated[str, typer.Option(help="linucb | lints | eps-greedy")] = "linucb",
+    out: Annotated[Path, typer.Option(help="Output directory (checkpoint/, train.json).")] = Path("runs/train"),
+    address: Address = None,
+    alpha: Annotated[float | None, typer.Option(help="UCB width \\[default: 1.0]")] = None,
+    lambda_: Annotated[float | None, typer.Option("--lambda", help="Ridge regularization \\[default: 1.0]")] = None,
+    epsilon: Annotated[float | None, typer.Option(help="Exploration rate of eps-greedy \\[default: 0.05]")] = None,
+    interaction: Annotated[bool | None, typer.Option(
+        "--interaction/--no-interaction",
+        help="Shared datasets: learn on the outer product of context and candidate features \\[default: on]")] = None,
+) -> None:
+    """Train a linear bandit on logged data (Ray Data, exact ridge statistics); `serve --checkpoint OUT` serves it."""
+    from recbandits.algos.options import training_options
+    from recbandits.jobs.train import train as run_training
+    from recbandits.logs import LogFormatError
+
+    try:
+        options = training_options(algo, {"alpha": alpha, "lambda": lambda_, "epsilon": epsilon,
+                                          "interaction": interaction})
+        summary = run_training(data, algo, out, options, address=address)
+    except (ValueError, LogFormatError, ConnectionError) as error:
+        raise fail(str(error)) from None
+    typer.echo(f"learned {summary['learned_rows']:,.0f} of {summary['rows']:,} rows from {summary['files']} file(s) "
+               f"in {summary['reduce_s']:.1f} s; checkpoint in {out}/checkpoint")

@@ -386,15 +386,18 @@ def test_simulate_help_states_every_default_and_fits_80_columns():
     assert max(len(line) for line in result.output.splitlines()) <= 80
 
 
-@pytest.mark.parametrize("name", ["simulate", "serve", "compare", "tune"])
+@pytest.mark.parametrize("name", ["simulate", "serve", "compare", "tune", "train", "logs collect",
+                                  "logs from-ratings"])
 def test_every_option_of_a_command_states_its_default(name):
     import typer
 
     from recbandits.algos.module import DEFAULT_MODEL_CONFIG
 
-    command = typer.main.get_command(app).commands[name]
+    command = typer.main.get_command(app)
+    for part in name.split():
+        command = command.commands[part]
     silent = [param.name for param in command.params
-              if param.default is None and "default:" not in (getattr(param, "help", "") or "")
+              if param.default is None and not param.required and "default:" not in (getattr(param, "help", "") or "")
               and param.name not in ("help", "address", "config", "data_dir", "checkpoint", "user_table",
                                      "arm_ids", "fast_path", "idle_ray_agent", "fsync", "replica_port",
                                      "max_concurrent", "grace_steps")]

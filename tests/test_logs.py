@@ -162,3 +162,121 @@ def test_training_refuses_what_it_cannot_learn_before_ray_starts(tmp_path):
     with pytest.raises(ValueError, match="lambda_=-1.0 must be > 0"):
         train(tmp_path / "data", "linucb", tmp_path / "out", {"lambda_": -1.0})
     assert not (tmp_path / "out").exists()
+
+
+def test_offline_training_on_the_service_export_reproduces_the_service_statistics(tmp_path):
+    """A real BanditCore: rewards (several per event under rule "sum"), defaults on expiry, a quarantined record;
+    its export, trained offline, gives the statistics the service learned."""
+    import asyncio
+
+    from recbandits.jobs.train import train
+    from recbandits.serve.config import ServeConfig
+    from recbandits.serve.core import BanditCore
+    from recbandits.serve.export import export_log
+    from recbandits.serve.state import prepare_state_dir
+
+    config = prepare_state_dir(ServeConfig(
+        state_dir=str(tmp_path / "state"), context_dim=2, num_arms=3, arm_ids=["a", "b", "c"], reward_rule="sum",
+        model_config={"exploration": "greedy", "lambda_": 1.0}, join_window_s=30.0, snapshot_interval_s=60.0,
+        default_reward=-0.5))
+    rng = np.random.default_rng(4)
+
+    async def serve_some():
+        core = BanditCore(config)
+        rows = []
+        for index in range(40):
+            context = [1e8, 1e8] if index == 7 else rng.normal(size=2).tolist()
+            arm = "abc"[index % 3]
+            rows.append({"kind": "decision", "event_id": f"e{index}", "policy_version": core.version_id,
+                         "watermark": core.watermark, "context": context, "candidates": None, "excluded": [],
+                         "action": arm, "model": core.policy.arm_index[arm], "chosen_features": None,
+                         "propensity": 1.0, "exploration": "greedy"})
+        await core.log_decisions(rows)
+        for index in range(40):
+            if index % 4 != 3:
+                await core.record_reward(f"e{index}", float(rng.normal()))
+            if index % 5 == 0:
+                await core.record_reward(f"e{index}", 1.0)  # a second reward of the same event
+        await core.log.drain()
+        core.learn(force=True)
+        # The windows end: e3, e7, e11, ... got no reward and learn the default; the others close as rewarded.
+        assert core.expire_due(max(event.deadline for event in core.open.values()) + 1.0) == 40
+        assert core.counters["expired_default"] == 8  # 10 without a reward, but e15 and e35 got the second one
+        await core.log.drain()
+        core.learn(force=True)
+        await core.log.drain()
+        state = core.policy.get_state()
+        assert core.counters["quarantined"] == 1
+        await core.close()
+        return state
+
+    service_state = asyncio.run(serve_some())
+    summary = export_log(config.state_path, tmp_path / "export")
+    assert summary["decisions"] == 40 and summary["quarantined_records"] == 1
+    exported = read_dataset(tmp_path / "export").frame.set_index("event_id")
+    assert exported.loc["e3", "reward_source"] == "default_on_expiry" and exported.loc["e3", "reward"] == -0.5
+    assert np.isnan(exported.loc["e7", "reward"])  # quarantined (a context of 1e8): the service learned nothing
+    assert exported.loc["e5", "reward_source"] == "observed" and exported["reward"].notna().sum() == 39
+    assert exported.loc["e0", "candidates"].tolist() == ["a", "b", "c"]
+    train(tmp_path / "export", "linucb", tmp_path / "trained", {"lambda_": 1.0}, use_ray=False)
+    from recbandits.algos.checkpoints import load_module
+
+    offline = load_module(tmp_path / "trained").get_state()
+    for name in ("data_precision", "data_response", "response_square", "counts"):
+        np.testing.assert_allclose(offline[name], service_state[name], rtol=1e-9, atol=1e-9, err_msg=name)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_collect_logs_exact_propensities_and_the_ground_truth_in_parallel(small_data_dir, tmp_path):
+    from recbandits.jobs.collect import collect, logging_probabilities
+
+    summary = collect("movielens-per-arm", "softmax", 1_500, tmp_path / "soft", data_dir=small_data_dir,
+                      env_config={"rank": 4, "num_actions": 5}, workers=2, num_envs=256, temperature=0.5)
+    frame = read_dataset(tmp_path / "soft").frame
+    assert summary["rows"] == len(frame) == 1_500 and summary["files"] == 2
+    expected = np.stack(frame["expected_rewards"].to_numpy())
+    probabilities = np.stack(frame["action_probabilities"].to_numpy())
+    np.testing.assert_allclose(probabilities, logging_probabilities("softmax", expected, 0.0, 0.5), rtol=1e-12)
+    actions = np.array([list(row["candidates"]).index(row["action"]) for _, row in frame.iterrows()])
+    np.testing.assert_array_equal(frame["propensity"], probabilities[np.arange(len(frame)), actions])
+    # Rating rewards without noise are the expected reward of the action: the ground truth is exact.
+    np.testing.assert_allclose(frame["reward"], expected[np.arange(len(frame)), actions])
+    assert summary["policy_value"] == pytest.approx((probabilities * expected).sum(1).mean())
+    # The two workers simulate different users (sub-env seeds do not overlap).
+    halves = [frame[frame["event_id"].str.startswith(f"w{w}-")]["context"].map(tuple) for w in (0, 1)]
+    assert len(halves[0]) == len(halves[1]) == 750 and set(halves[0]) != set(halves[1])
+
+
+def test_collect_with_a_trained_checkpoint_logs_its_greedy_probabilities(small_data_dir, tmp_path):
+    from recbandits.jobs.collect import collect
+    from recbandits.jobs.train import train
+
+    collect("movielens", "uniform", 2_000, tmp_path / "uniform", data_dir=small_data_dir,
+            env_config={"rank": 3, "num_movies": 4}, num_envs=500)
+    uniform = read_dataset(tmp_path / "uniform").frame
+    assert set(uniform["propensity"]) == {0.25}
+    train(tmp_path / "uniform", "eps-greedy", tmp_path / "model", {"epsilon": 0.2}, use_ray=False)
+    summary = collect("movielens", str(tmp_path / "model"), 1_000, tmp_path / "learned", data_dir=small_data_dir,
+                      env_config={"rank": 3, "num_movies": 4}, num_envs=500)
+    frame = read_dataset(tmp_path / "learned").frame
+    probabilities = np.stack(frame["action_probabilities"].to_numpy())
+    # eps-greedy over 4 arms: 0.05 for each arm and 0.85 for the greedy one (ties are rare with real contexts).
+    assert set(np.round(probabilities.max(1), 12)) == {0.85} and set(np.round(probabilities.min(1), 12)) == {0.05}
+    assert summary["mean_reward"] > uniform["reward"].mean()  # it learned something from the uniform logs
+
+
+def test_collect_refuses_what_it_cannot_log(small_data_dir, tmp_path):
+    from recbandits.jobs.collect import collect
+    from recbandits.jobs.train import train
+
+    with pytest.raises(ValueError, match="--env 'movielens-ranking': logs collect takes movielens, movielens-per-arm"):
+        collect("movielens-ranking", "uniform", 10, tmp_path / "x", data_dir=small_data_dir)
+    with pytest.raises(ValueError, match="--temperature 0.0 must be > 0"):
+        collect("movielens", "softmax", 10, tmp_path / "x", data_dir=small_data_dir, temperature=0.0)
+    with pytest.raises(ValueError, match="no RLModule checkpoint"):
+        collect("movielens", str(tmp_path), 10, tmp_path / "x", data_dir=small_data_dir)
+    collect("movielens", "uniform", 100, tmp_path / "mf", data_dir=small_data_dir, env_config={"rank": 3})
+    train(tmp_path / "mf", "linucb", tmp_path / "model", use_ray=False)
+    with pytest.raises(ValueError, match=r"does not fit --env movielens-per-arm \(shared, context 3"):
+        collect("movielens-per-arm", str(tmp_path / "model"), 10, tmp_path / "x", data_dir=small_data_dir,
+                env_config={"rank": 3})

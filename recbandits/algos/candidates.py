@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from recbandits.algos import kernel
+from recbandits.algos.options import MODEL_KEYS
 
 
 def build_module(fields: dict[str, Any]):
@@ -38,6 +39,21 @@ def build_module(fields: dict[str, Any]):
     model_config = {**DEFAULT_MODEL_CONFIG, **fields["model_config"], "interaction": fields["interaction"]}
     return LinearBanditModule(observation_space=observation_space, action_space=action_space, inference_only=False,
                               model_config=model_config)
+
+
+def module_policy_fields(module) -> dict[str, Any]:
+    """The policy fields (``build_module``'s input) describing a LinearBanditModule; arms are named 0..K-1."""
+    model_config = {key: module.model_config.get(key) for key in MODEL_KEYS if key in (module.model_config or {})}
+    num_arms = module.num_arms if module.shape == "disjoint" else 0
+    return {
+        "shape": module.shape,
+        "context_dim": int(module.global_dim),
+        "num_arms": int(num_arms),
+        "arm_dim": int(module.arm_dim),
+        "arm_ids": [str(k) for k in range(num_arms)] if num_arms else None,
+        "interaction": bool(module.interaction),
+        "model_config": model_config,
+    }
 
 
 # --------------------------------------------------------------------------------------------------

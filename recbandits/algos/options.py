@@ -13,6 +13,9 @@ from collections.abc import Iterable
 # How a linear-bandit module picks among the candidates (``LinearBanditModule``; the service's ``--exploration``).
 EXPLORATIONS = ("ucb", "thompson", "eps_greedy", "greedy", "random")
 
+# A linear-bandit module's settings that a policy carries (a checkpoint's, the service's ``model_config``).
+MODEL_KEYS = ("exploration", "alpha", "lambda_", "epsilon", "posterior_scale", "noise_prior", "seed")
+
 # Every algorithm's name: recbandits' own RLlib algorithms (algos.linear), and TF-Agents' agents, both as RLlib
 # algorithms (the bridge, algos.tf_agents_policy) and as TF-Agents runs them (algos.tf_agents_baseline).
 LINEAR_ALGOS = ("linucb", "lints", "eps-greedy", "random", "oracle")

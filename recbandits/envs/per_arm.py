@@ -131,8 +131,12 @@ class PerArmSimulator(CandidateSimulator):
     def _validate_actions(self, actions: np.ndarray) -> None:
         check_action_range(actions, self.num_candidates, "a candidate index")
 
+    def expected_rewards(self, idx=slice(None)) -> np.ndarray:
+        """Expected reward of every candidate for the current user of the sub-envs ``idx``."""
+        return self.reward_model.expected(self.candidate_ratings(idx))
+
     def _act(self, actions, idx):
-        all_expected = self.reward_model.expected(self.candidate_ratings(idx))
+        all_expected = self.expected_rewards(idx)
         expected = np.take_along_axis(all_expected, actions[:, None], axis=1)[:, 0]
         optimal_action = np.argmax(all_expected, axis=1)
         optimal_reward = np.take_along_axis(all_expected, optimal_action[:, None], axis=1)[:, 0]
@@ -148,10 +152,10 @@ class PerArmSimulator(CandidateSimulator):
         return self.reward_model.sample(expected, self.keys[idx], self.counters[idx]), info
 
     def oracle_actions(self) -> np.ndarray:
-        return np.argmax(self.reward_model.expected(self.candidate_ratings()), axis=1)
+        return np.argmax(self.expected_rewards(), axis=1)
 
     def oracle_info(self) -> dict[str, np.ndarray]:
-        all_expected = self.reward_model.expected(self.candidate_ratings())
+        all_expected = self.expected_rewards()
         return {
             "optimal_action": np.argmax(all_expected, axis=1),
             "optimal_reward": np.max(all_expected, axis=1),

@@ -102,7 +102,7 @@ def sample_negatives(user_index: np.ndarray, rated_codes: np.ndarray, num_movies
 
 def from_ratings(data_dir: str | Path | None, out: str | Path, *, rank: int = 10, num_negatives: int = 9,
                  test_fraction: float = 0.2, reward: str = "rating", seed: int = 0,
-                 rows_per_file: int = 100_000) -> dict[str, Any]:
+                 rows_per_file: int = 25_000) -> dict[str, Any]:
     """Write ``out/train`` and ``out/test`` (see the module docstring); return a summary."""
     from recbandits.data import load_movielens, resolve_data_dir
 

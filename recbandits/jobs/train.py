@@ -69,7 +69,7 @@ def validate_files(directory: str | Path) -> tuple[DatasetSpec, list[Path], int]
 
 def train(data: str | Path, algo: str, out: str | Path, training: dict[str, Any] | None = None,
           address: str | None = None, use_ray: bool = True, workers: int | None = None,
-          batch_rows: int = 65_536, validate: bool = True) -> dict[str, Any]:
+          batch_rows: int = 8_192, validate: bool = True) -> dict[str, Any]:
     """Learn ``algo`` from the dataset at ``data``; write the module checkpoint and ``train.json`` to ``out``.
 
     ``use_ray``: reduce the files in Ray Data tasks, at most ``workers`` at a time (None: as the cluster's CPUs
@@ -87,9 +87,11 @@ def train(data: str | Path, algo: str, out: str | Path, training: dict[str, Any]
         rows = None
     fields = policy_fields(spec, algo, training)
     module = build_module(fields)  # a bad hyperparameter is named here, before Ray starts
+    if use_ray:
+        _connect(address)
     started = time.perf_counter()
     if use_ray:
-        totals, blocks = _reduce_with_ray_data(files, spec, fields, address, workers, batch_rows)
+        totals, blocks = _reduce_with_ray_data(files, spec, fields, workers, batch_rows)
     else:
         totals, blocks = None, 0
         for path in files:
@@ -120,10 +122,7 @@ def file_statistics(path: str | Path, spec: DatasetSpec, fields: dict[str, Any],
     return totals, batches
 
 
-def _reduce_with_ray_data(files: list[Path], spec: DatasetSpec, fields: dict[str, Any], address: str | None,
-                          workers: int | None, batch_rows: int) -> tuple[dict[str, np.ndarray], int]:
-    """(sum of the files' statistics, number of batches): one Ray Data task per file reduces it to one row of
-    statistics (``file_statistics``), at most ``workers`` at a time; the driver adds the rows up."""
+def _connect(address: str | None) -> None:
     import ray
 
     from recbandits.cluster import connect
@@ -132,6 +131,13 @@ def _reduce_with_ray_data(files: list[Path], spec: DatasetSpec, fields: dict[str
     quiet_libraries()
     connect(address)
     ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def _reduce_with_ray_data(files: list[Path], spec: DatasetSpec, fields: dict[str, Any], workers: int | None,
+                          batch_rows: int) -> tuple[dict[str, np.ndarray], int]:
+    """(sum of the files' statistics, number of batches): one Ray Data task per file reduces it to one row of
+    statistics (``file_statistics``), at most ``workers`` at a time; the driver adds the rows up."""
+    import ray
 
     def reduce_files(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = [file_statistics(path, spec, fields, batch_rows) for path in batch["path"]]

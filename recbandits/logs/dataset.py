@@ -163,15 +163,18 @@ def to_table(part: Sequence[dict[str, Any]] | pd.DataFrame, name: str = "rows") 
 
 
 def table_from_arrays(columns: dict[str, Any], name: str = "rows") -> pa.Table:
-    """A table of ``SCHEMA`` from column arrays: 1-d for scalars (strings or numbers), [N, n] for list columns and
-    [N, n, p] for ``candidate_features``; a scalar (e.g. a policy name) is repeated. Vectorized: no Python per row."""
+    """A table of ``SCHEMA`` from columns: numpy arrays (1-d for scalars, [N, n] for list columns, [N, n, p] for
+    ``candidate_features``: vectorized, no Python per row), Python lists (None for null, ragged lists allowed), or a
+    scalar repeated on every row (e.g. a policy name)."""
     length = next(len(value) for value in columns.values() if isinstance(value, (np.ndarray, list)))
     arrays = {}
     for column, value in columns.items():
-        if not isinstance(value, (np.ndarray, list)):
+        if isinstance(value, list):
+            arrays[column] = pa.array(value, type=SCHEMA.field(column).type)
+            continue
+        if not isinstance(value, np.ndarray):
             arrays[column] = pa.array([value] * length)
             continue
-        value = np.asarray(value)
         if value.ndim == 1:
             arrays[column] = pa.array(value.astype(str) if value.dtype.kind in "OUS" else value)
             continue

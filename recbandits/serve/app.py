@@ -324,6 +324,8 @@ class Recommender:
             "chosen_features": (
                 None if job.score.arm_features is None else job.score.arm_features[decision.chosen].tolist()
             ),
+            # Every candidate's features (shared shape): what evaluating another policy on this decision needs.
+            "candidate_features": None if job.score.arm_features is None else job.score.arm_features.tolist(),
             "ranking": ranking,
             "scores": decision.scores,
             "propensity": None if decision.probabilities is None else decision.probabilities[decision.chosen],
@@ -505,7 +507,7 @@ def config_from_args(args: dict[str, Any]) -> tuple[ServeConfig, set[str]]:
     """A ServeConfig from application-builder args (``serve run ... key=value`` strings, or a RayService's YAML)."""
     from dataclasses import fields
 
-    from recbandits.serve.config import MODEL_KEYS
+    from recbandits.algos.options import MODEL_KEYS
 
     text_fields = {"state_dir", "host", "checkpoint", "shape", "learning", "reward_rule", "user_table", "item_titles",
                    "exploration"}

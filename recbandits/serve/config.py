@@ -14,12 +14,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from recbandits.algos.options import EXPLORATIONS
+from recbandits.algos.options import EXPLORATIONS, MODEL_KEYS
 
 LEARNING_MODES = ("in_process", "learner")
 REWARD_RULES = ("first", "sum")
 SHAPES = ("disjoint", "shared")
-MODEL_KEYS = ("exploration", "alpha", "lambda_", "epsilon", "posterior_scale", "noise_prior", "seed")
 
 # The fields that define the policy: fixed for the lifetime of a state directory.
 POLICY_FIELDS = ("shape", "context_dim", "num_arms", "arm_dim", "arm_ids", "interaction", "model_config")

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from recbandits.algos.candidates import build_module
+from recbandits.algos.candidates import build_module, module_policy_fields
 from recbandits.algos.checkpoints import load_module
-from recbandits.serve.config import MODEL_KEYS, ServeConfig
+from recbandits.serve.config import ServeConfig
 
 
 def load_checkpoint_module(path: str | Path):
@@ -26,21 +26,13 @@ def load_checkpoint_module(path: str | Path):
 
 def policy_fields_of_module(module, config: ServeConfig) -> dict[str, Any]:
     """The policy fields (see ``config.POLICY_FIELDS``) describing a loaded module, with the config's overrides."""
-    model_config = {key: module.model_config.get(key) for key in MODEL_KEYS if key in (module.model_config or {})}
-    model_config.update(config.model_config)
-    num_arms = module.num_arms if module.shape == "disjoint" else 0
-    arm_ids = config.arm_ids if module.shape == "disjoint" else None
-    if arm_ids is not None and len(arm_ids) != num_arms:
-        raise ValueError(f"{len(arm_ids)} arm_ids for a checkpoint with {num_arms} arms")
-    return {
-        "shape": module.shape,
-        "context_dim": int(module.global_dim),
-        "num_arms": int(num_arms),
-        "arm_dim": int(module.arm_dim),
-        "arm_ids": arm_ids if arm_ids is not None else ([str(k) for k in range(num_arms)] if num_arms else None),
-        "interaction": bool(module.interaction),
-        "model_config": model_config,
-    }
+    fields = module_policy_fields(module)
+    fields["model_config"].update(config.model_config)
+    if module.shape == "disjoint" and config.arm_ids is not None:
+        if len(config.arm_ids) != fields["num_arms"]:
+            raise ValueError(f"{len(config.arm_ids)} arm_ids for a checkpoint with {fields['num_arms']} arms")
+        fields["arm_ids"] = config.arm_ids
+    return fields
 
 
 def cold_policy_fields(config: ServeConfig) -> dict[str, Any]:

@@ -65,7 +65,8 @@ RUN_TITLES_FILE = "run_titles.json"
 
 
 def with_run_catalogue(config: ServeConfig, first_start: bool) -> ServeConfig:
-    """Serving a ``simulate`` run: its MovieLens movie ids are the arm ids (MF env, unless ``arm_ids`` is given),
+    """Serving a ``simulate`` run: its MovieLens movie ids are the arm ids (MF env, unless ``arm_ids`` is given; a
+    ``train`` run of a disjoint dataset: the dataset's arm ids),
     rankings carry the movies' titles and ``user_id`` looks up the run's users (``<state_dir>/run_titles.json`` and
     ``run_users.npz``, written on the first start, unless ``item_titles`` / ``user_table`` is given)."""
     state_dir = config.state_path.resolve()
@@ -73,8 +74,12 @@ def with_run_catalogue(config: ServeConfig, first_start: bool) -> ServeConfig:
     updates: dict = {}
     if first_start and config.checkpoint:
         from recbandits.jobs.recommend import run_catalogue, run_directory
+        from recbandits.jobs.train import trained_arm_ids
         from recbandits.serve.schemas import write_user_table
 
+        arm_ids = trained_arm_ids(config.checkpoint)  # a `recbandits train` output of a disjoint dataset
+        if arm_ids and config.arm_ids is None:
+            updates.update(arm_ids=arm_ids, num_arms=len(arm_ids))
         run = run_directory(config.checkpoint)
         if run is not None:
             catalogue = run_catalogue(run)
