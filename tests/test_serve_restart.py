@@ -51,8 +51,10 @@ def checkpoint(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
 
 
 def _args(state_dir: Path, port: int, checkpoint: Path | None = None) -> list:
+    # The join window outlasts two start-ups on a slow machine: no event expires (and learns its default reward)
+    # between the kill and the checks after the restart.
     args = ["--state-dir", state_dir, "--port", port, "--replica-port", port + 1, "--exploration", "greedy",
-            "--join-window", 60, "--snapshot-interval", 1.0, "--learning", "in_process"]
+            "--join-window", 900, "--snapshot-interval", 1.0, "--learning", "in_process"]
     return args + (["--checkpoint", checkpoint] if checkpoint else [])
 
 
