@@ -213,6 +213,9 @@ def logs_from_ratings(
     test_fraction: Annotated[float, typer.Option(help="The last share of the ratings in time: the test set.")] = 0.2,
     reward: Annotated[str, typer.Option(help="rating | scaled (rating / max) | binary (rating >= 4 of 5).")]
     = "rating",
+    negative_reward: Annotated[str, typer.Option(
+        help="Feedback of an unrated candidate (slot_rewards: training learns every candidate), or 'none' (only the "
+             "rated movie's reward).")] = "0",
     seed: Annotated[int, typer.Option(help="Seed of the sampled candidates.")] = 0,
 ) -> None:
     """MovieLens ratings as logged decisions (supervised-to-bandit, per-arm features; propensity unknown)."""
@@ -220,8 +223,12 @@ def logs_from_ratings(
     from recbandits.logs import LogFormatError
 
     try:
+        negative = None if negative_reward.strip().lower() == "none" else float(negative_reward)
+    except ValueError:
+        raise fail(f"--negative-reward {negative_reward!r} must be a number or 'none'") from None
+    try:
         summary = from_ratings(data_dir, out, rank=rank, num_negatives=num_negatives, test_fraction=test_fraction,
-                               reward=reward, seed=seed)
+                               reward=reward, negative_reward=negative, seed=seed)
     except (ValueError, LogFormatError) as error:
         raise fail(str(error)) from None
     spec = summary["spec"]

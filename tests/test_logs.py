@@ -60,6 +60,9 @@ BAD_ROWS = [
     ({"event_id": "e0"}, "row 1 column event_id: duplicate event id 'e0'"),
     ({"action_probabilities": [0.5, 0.5, 0.5]}, "row 1 column action_probabilities: not a probability distribution"),
     ({"reward_source": "guess"}, "row 1 column reward_source: 'guess' is not one of observed, default_on_expiry"),
+    ({"position": 3}, "row 1 column position: 3 is not a slot of the row's 3 candidates"),
+    ({"slot_rewards": [1.0]}, "row 1 column slot_rewards: 1 values for 3 candidates"),
+    ({"slot_rewards": [1.0, float("inf"), 0.0]}, "row 1 column slot_rewards: NaN or infinite value"),
 ]
 
 
@@ -68,6 +71,7 @@ def test_a_bad_row_is_named_by_file_row_and_column(tmp_path, change, message):
     spec = DatasetSpec(shape="disjoint", context_dim=3, arm_ids=["a", "b", "c"])
     rows = _disjoint_rows(np.random.default_rng(1), 3)
     rows[1].update(change)
+    rows = [{key: row.get(key) for key in sorted({key for row in rows for key in row})} for row in rows]
     # Written by another tool (pyarrow directly): the reader validates it.
     write_dataset(tmp_path, spec, [])
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "part-00000.parquet")
@@ -119,6 +123,9 @@ def test_offline_training_equals_the_closed_form_ridge_for_any_files_and_workers
     else:
         spec = DatasetSpec(shape="shared", context_dim=2, arm_dim=3)
         rows = _shared_rows(rng, 300)
+        for row in rows[::3]:  # every candidate's feedback: all four are learned
+            row["slot_rewards"] = rng.normal(size=4).tolist()
+            row["position"] = row["candidates"].index(row["action"])
     for files in (1, 3):
         write_dataset(tmp_path / f"data{files}", spec, [rows[i::files] for i in range(files)])
     rewarded = [row for row in rows if row["reward"] is not None]
@@ -132,7 +139,14 @@ def test_offline_training_equals_the_closed_form_ridge_for_any_files_and_workers
     else:
         import torch
 
-        chosen = np.array([row["candidate_features"][row["candidates"].index(row["action"])] for row in rewarded])
+        learned = []  # (context, candidate features, reward) of every learning row
+        for row in rewarded:
+            if "slot_rewards" in row:
+                learned += zip([row["context"]] * 4, row["candidate_features"], row["slot_rewards"], strict=True)
+            else:
+                learned.append((row["context"], row["candidate_features"][row["candidates"].index(row["action"])],
+                                row["reward"]))
+        contexts, chosen, rewards = (np.array(column) for column in zip(*learned, strict=True))
         features = candidate_features(torch.from_numpy(contexts), torch.from_numpy(chosen)[:, None], True)[:, 0]
         expected = [_ridge(features.numpy(), rewards, lambda_=0.5)]
     theta = np.stack([value[0] for value in expected])
@@ -141,13 +155,13 @@ def test_offline_training_equals_the_closed_form_ridge_for_any_files_and_workers
                            (3, {"workers": 1, "batch_rows": 50}), (3, {"workers": 2, "batch_rows": 50})):
         out = tmp_path / f"out-{files}-{options}"
         summary = train(tmp_path / f"data{files}", "linucb", out, {"lambda_": 0.5}, **options)
-        assert summary["rows"] == 300 and summary["learned_rows"] == len(rewarded)
+        assert summary["rows"] == 300 and summary["learned_rows"] == len(rewards)
         if "batch_rows" in options:  # 300 rows: 6 batches or more, reduced in parallel with 2 workers
             assert summary["batches"] >= 6
         learned_theta, learned_covariance, counts = _learned(out)
         np.testing.assert_allclose(learned_theta, theta, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(learned_covariance, covariance, rtol=1e-6, atol=1e-6)
-        assert counts.sum() == len(rewarded)
+        assert counts.sum() == len(rewards)
 
 
 def test_training_refuses_what_it_cannot_learn_before_ray_starts(tmp_path):

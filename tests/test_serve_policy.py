@@ -368,10 +368,11 @@ def test_serving_a_simulate_run_answers_with_movielens_ids_and_knows_its_users(s
 def test_a_user_table_round_trips_and_a_wrong_one_is_named(tmp_path):
     import os
 
-    from recbandits.serve.schemas import load_user_table, write_user_table
+    from recbandits.logs.features import write_feature_table
+    from recbandits.serve.schemas import load_user_table
 
     features = np.array([[0.5, -1.0], [2.0, 3.0]])
-    path = write_user_table(tmp_path / "users.npz", [7, "u8"], features)
+    path = write_feature_table(tmp_path / "users.npz", [7, "u8"], features)
     assert os.stat(path).st_mode & 0o777 == 0o600
     table = load_user_table(path, 2)
     assert sorted(table) == ["7", "u8"]
@@ -380,7 +381,7 @@ def test_a_user_table_round_trips_and_a_wrong_one_is_named(tmp_path):
     np.testing.assert_array_equal(load_user_table(tmp_path / "users.csv", 2)["7"], [0.5, -1.0])
     with pytest.raises(ValueError, match=r"users.npz: features of shape \(2, 2\), expected \(users, 3\)"):
         load_user_table(path, 3)
-    write_user_table(tmp_path / "bad.npz", ["x"], [[float("nan"), 1.0]])
+    write_feature_table(tmp_path / "bad.npz", ["x"], [[float("nan"), 1.0]])
     with pytest.raises(ValueError, match="bad.npz has non-finite features"):
         load_user_table(tmp_path / "bad.npz", 2)
 

@@ -1,13 +1,17 @@
 """Supervised-to-bandit: MovieLens ratings as logged decisions of the per-arm (shared) shape.
 
     recbandits logs from-ratings --data-dir ../shared/data/ml-100k --out logs/ml-100k
-    # logs/ml-100k/train and logs/ml-100k/test: two datasets, split in time
+    # logs/ml-100k/train and logs/ml-100k/test: two datasets, split in time;
+    # logs/ml-100k/users.npz and movies.npz: the feature tables the rows were built from
 
 Every rating becomes one decision: the user (global features) was shown the rated movie and
 ``num_negatives`` movies they never rated (sampled uniformly, seeded), each with its movie features, and chose
 the rated one; the reward is the rating (``rating``), the rating over the scale's maximum (``scaled``) or
 whether it is 4 or more of 5 (``binary``). The logging policy is the users' own choice, so the propensity is
-unknown: null, never invented.
+unknown: null, never invented. With ``negative_reward`` (default 0) every row also carries ``slot_rewards``, the
+feedback of every candidate: the rating for the rated movie and ``negative_reward`` for the movies the user did
+not rate (the implicit-feedback view of a zero-filled rating matrix, which the MovieLens simulators' ground truth
+also takes); training then learns every candidate, not only the rated one. None: only the rated movie's reward.
 
 Features never look at the test part: the ratings are split in time (the last ``test_fraction`` of them, by
 timestamp, are the test set), and the learned factors are the rank-``rank`` SVD of the train part only
@@ -31,9 +35,12 @@ import pandas as pd
 
 from recbandits.data.movielens import MovieLensData
 from recbandits.logs.dataset import DatasetSpec, table_from_arrays, write_dataset
+from recbandits.logs.features import write_feature_table
 
 REWARDS = ("rating", "scaled", "binary")
 SPLITS = ("train", "test")
+USER_TABLE = "users.npz"  # what `recbandits serve --user-table` reads
+MOVIE_TABLE = "movies.npz"
 
 
 def _release_years(titles: pd.Series) -> np.ndarray:
@@ -67,6 +74,9 @@ def feature_tables(data: MovieLensData, train: pd.DataFrame, rank: int):
         matrix[user_index.get_indexer(train["user_id"]), movie_index.get_indexer(train["item_id"])] = train["rating"]
         user_factors, movie_factors, _ = truncated_svd(matrix, min(rank, min(matrix.shape) - 1),
                                                        name=f"{data.path.name} (train part)")
+        # Exact zeros (the solver leaves ~1e-16) for who has no train rating: nothing of the test part leaks.
+        user_factors[~matrix.any(1)] = 0.0
+        movie_factors[~matrix.any(0)] = 0.0
         user_parts.append(user_factors)
         movie_parts.append(movie_factors)
         user_names += [f"user_factor_{i}" for i in range(user_factors.shape[1])]
@@ -101,8 +111,8 @@ def sample_negatives(user_index: np.ndarray, rated_codes: np.ndarray, num_movies
 
 
 def from_ratings(data_dir: str | Path | None, out: str | Path, *, rank: int = 10, num_negatives: int = 9,
-                 test_fraction: float = 0.2, reward: str = "rating", seed: int = 0,
-                 rows_per_file: int = 25_000) -> dict[str, Any]:
+                 test_fraction: float = 0.2, reward: str = "rating", negative_reward: float | None = 0.0,
+                 seed: int = 0, rows_per_file: int = 25_000) -> dict[str, Any]:
     """Write ``out/train`` and ``out/test`` (see the module docstring); return a summary."""
     from recbandits.data import load_movielens, resolve_data_dir
 
@@ -110,6 +120,8 @@ def from_ratings(data_dir: str | Path | None, out: str | Path, *, rank: int = 10
         raise ValueError(f"--reward {reward!r} must be one of {', '.join(REWARDS)}")
     if not 0 < test_fraction < 1:
         raise ValueError(f"--test-fraction {test_fraction} must be in (0, 1)")
+    if negative_reward is not None and not np.isfinite(negative_reward):
+        raise ValueError(f"--negative-reward {negative_reward} must be finite")
     if num_negatives < 1 or rows_per_file < 1 or rank < 0:
         raise ValueError("--num-negatives and --rows-per-file must be >= 1, --rank >= 0")
     data = load_movielens(resolve_data_dir(data_dir))
@@ -140,7 +152,7 @@ def from_ratings(data_dir: str | Path | None, out: str | Path, *, rank: int = 10
                        interaction=True, context_names=user_names, arm_feature_names=movie_names,
                        producer={"command": "from-ratings", "data": data.name, "rank": rank,
                                  "num_negatives": num_negatives, "test_fraction": test_fraction, "reward": reward,
-                                 "seed": seed})
+                                 "negative_reward": negative_reward, "seed": seed})
     summary: dict[str, Any] = {"out": str(Path(out)), "rows": {}, "spec": dataclasses.asdict(spec)}
     for split, part in (("train", slice(0, split_at)), ("test", slice(split_at, len(ratings)))):
         indices = rows[part]
@@ -148,7 +160,13 @@ def from_ratings(data_dir: str | Path | None, out: str | Path, *, rank: int = 10
         def parts(indices=indices, split=split):
             for start in range(0, len(indices), rows_per_file):
                 chunk = indices[start:start + rows_per_file]
+                columns = {}
+                if negative_reward is not None:
+                    slot_rewards = np.full((len(chunk), num_negatives + 1), float(negative_reward))
+                    slot_rewards[np.arange(len(chunk)), slots[chunk]] = rewards[chunk]
+                    columns = {"position": slots[chunk].astype(np.int32), "slot_rewards": slot_rewards}
                 yield table_from_arrays({
+                    **columns,
                     "event_id": np.char.add(f"{split}-", chunk.astype(str)),
                     "timestamp": timestamps[chunk],
                     "context": user_features[user_index[chunk]],
@@ -162,4 +180,7 @@ def from_ratings(data_dir: str | Path | None, out: str | Path, *, rank: int = 10
 
         write_dataset(Path(out) / split, spec, parts())
         summary["rows"][split] = int(len(indices))
+    write_feature_table(Path(out) / USER_TABLE, user_ids, user_features, user_names)
+    write_feature_table(Path(out) / MOVIE_TABLE, movie_ids, movie_features, movie_names)
+    summary["tables"] = {"users": str(Path(out) / USER_TABLE), "movies": str(Path(out) / MOVIE_TABLE)}
     return summary

@@ -7,7 +7,8 @@ The linear bandits' state is sufficient statistics, sums over the rewarded rows 
 files are reduced in parallel: one Ray Data task per Parquet file reads it in batches and reduces them to
 statistics (a [M, D, D] array, whatever the number of rows; memory is bounded by one batch), and the driver adds
 the files' statistics up. The result equals the closed-form ridge regression on the same rows, for any number
-of files and workers. Rows without a reward are not learned from; every file is validated before Ray starts.
+of files and workers. A row teaches its action's reward, or with ``slot_rewards`` every candidate its slot's;
+rows without either are not learned from. Every file is validated before Ray starts.
 """
 
 from __future__ import annotations
@@ -43,17 +44,23 @@ def policy_fields(spec: DatasetSpec, algo: str, training: dict[str, Any]) -> dic
             "model_config": {"exploration": OFFLINE_ALGOS[algo], **training}}
 
 
-def batch_statistics(table: pa.Table, spec: DatasetSpec, fields: dict[str, Any]) -> dict[str, np.ndarray]:
-    """The sufficient statistics of one block of rows (only its rewarded rows count)."""
-    contexts, chosen, models, rewards = learning_rows(conform(table, "block"), spec)
-    features = torch.from_numpy(contexts)
-    if spec.shape == "shared":
-        features = kernel.candidate_features(features, torch.from_numpy(chosen).unsqueeze(1),
-                                             fields["interaction"])[:, 0]
+def batch_statistics(table: pa.Table, spec: DatasetSpec, fields: dict[str, Any],
+                     chunk_rows: int = 8_192) -> dict[str, np.ndarray]:
+    """The sufficient statistics of one block of rows (``learning_rows``: what its rows teach), computed
+    ``chunk_rows`` learning rows at a time (a row with slot rewards teaches one per candidate)."""
+    contexts, learned, models, rewards = learning_rows(conform(table, "block"), spec)
     num_models = max(fields["num_arms"], 1) if spec.shape == "disjoint" else 1
-    statistics = kernel.sufficient_statistics(features, torch.from_numpy(models), torch.from_numpy(rewards),
-                                              num_models)
-    return {name: value.numpy() for name, value in zip(STATISTICS, statistics, strict=True)}
+    totals = None
+    for start in range(0, max(len(rewards), 1), chunk_rows):
+        part = slice(start, start + chunk_rows)
+        features = torch.from_numpy(contexts[part])
+        if spec.shape == "shared":
+            features = kernel.candidate_features(features, torch.from_numpy(learned[part]).unsqueeze(1),
+                                                 fields["interaction"])[:, 0]
+        statistics = kernel.sufficient_statistics(features, torch.from_numpy(models[part]),
+                                                  torch.from_numpy(rewards[part]), num_models)
+        totals = statistics if totals is None else [a + b for a, b in zip(totals, statistics, strict=True)]
+    return {name: value.numpy() for name, value in zip(STATISTICS, totals, strict=True)}
 
 
 def validate_files(directory: str | Path) -> tuple[DatasetSpec, list[Path], int]:

@@ -15,8 +15,8 @@ shape and dimensions every row must have. One row is one logged decision:
 | ``action_probabilities`` | list<float64> [n] or null | every candidate's, when known |
 | ``reward`` | float64 or null | null: no reward arrived |
 | ``reward_source`` | string or null | ``observed`` or ``default_on_expiry`` |
-| ``position`` | int32 or null | slot of ``action`` in a ranking |
-| ``slot_rewards`` | list<float64> or null | rankings: per-slot feedback |
+| ``position`` | int32 or null | slot of ``action`` in what was shown (an index into ``candidates``) |
+| ``slot_rewards`` | list<float64> [n] or null | every candidate's feedback, when all were shown (as ``candidates``) |
 | ``policy`` | string | name of the logging policy |
 | ``policy_version`` | int64 or null | its version (the service's) |
 | ``expected_rewards`` | list<float64> [n] or null | simulators only: every candidate's expected reward |
@@ -382,6 +382,17 @@ def validate_table(table: pa.Table, spec: DatasetSpec, file: str, seen_event_ids
     check(pc.is_valid(sources).to_numpy(zero_copy_only=False)
           & ~pc.fill_null(pc.is_in(sources, value_set=pa.array(REWARD_SOURCES)), True).to_numpy(zero_copy_only=False),
           "reward_source", lambda row: f"{source_values[row]!r} is not one of {', '.join(REWARD_SOURCES)}")
+    positions = column("position")
+    has_position = pc.is_valid(positions).to_numpy(zero_copy_only=False)
+    position_values = pc.fill_null(positions, 0).to_numpy(zero_copy_only=False)
+    check(has_position & ((position_values < 0) | (position_values >= counts)), "position",
+          lambda row: f"{position_values[row]} is not a slot of the row's {counts[row]} candidates")
+    slot_rewards = column("slot_rewards")
+    slot_counts = lengths(slot_rewards)
+    has_slots = pc.is_valid(slot_rewards).to_numpy(zero_copy_only=False)
+    check(has_slots & (slot_counts != counts), "slot_rewards",
+          lambda row: f"{slot_counts[row]} values for {counts[row]} candidates")
+    check(has_slots & finite(slot_rewards), "slot_rewards", "NaN or infinite value")
     expected = column("expected_rewards")
     expected_counts = lengths(expected)
     check(pc.is_valid(expected).to_numpy(zero_copy_only=False) & (expected_counts != counts), "expected_rewards",
@@ -396,9 +407,31 @@ def validate_table(table: pa.Table, spec: DatasetSpec, file: str, seen_event_ids
 
 def learning_rows(table: pa.Table, spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray | None, np.ndarray,
                                                                np.ndarray]:
-    """(contexts [N, g], chosen candidates' features [N, p] or None, model index [N], rewards [N]) of the rows
-    with a reward: what a linear bandit learns from a dataset. Vectorized over Arrow columns (validated rows)."""
-    table = table.filter(pc.is_valid(table.column("reward")))
+    """(contexts [N, g], learned candidates' features [N, p] or None, model index [N], rewards [N]): what a linear
+    bandit learns from a dataset. A row with ``slot_rewards`` teaches every candidate its slot's feedback; any
+    other row with a reward teaches its action. Vectorized over Arrow columns (validated rows)."""
+    slotted = pc.is_valid(table.column("slot_rewards"))
+    parts = [_action_rows(table.filter(pc.and_(pc.invert(slotted), pc.is_valid(table.column("reward")))), spec)]
+    if pc.any(slotted).as_py():
+        parts.append(_slot_rows(table.filter(slotted), spec))
+    if len(parts) == 1:
+        return parts[0]
+    return tuple(None if parts[0][k] is None else np.concatenate([part[k] for part in parts]) for k in range(4))
+
+
+def _slot_rows(table: pa.Table, spec: DatasetSpec):
+    candidates = table.column("candidates").combine_chunks()
+    owner = pc.list_parent_indices(candidates).to_numpy()
+    contexts = _flat(table.column("context")).reshape(table.num_rows, spec.context_dim)[owner]
+    rewards = _flat(table.column("slot_rewards"))
+    if spec.shape == "disjoint":
+        models = pc.index_in(candidates.flatten(), value_set=pa.array(spec.arm_ids)).to_numpy(zero_copy_only=False)
+        return contexts, None, models.astype(np.int64), rewards
+    features = _flat(table.column("candidate_features").combine_chunks().flatten()).reshape(-1, spec.arm_dim)
+    return contexts, features, np.zeros(len(rewards), dtype=np.int64), rewards
+
+
+def _action_rows(table: pa.Table, spec: DatasetSpec):
     count = table.num_rows
     contexts = _flat(table.column("context")).reshape(count, spec.context_dim)
     rewards = table.column("reward").to_numpy().astype(np.float64)

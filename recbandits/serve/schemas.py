@@ -11,7 +11,6 @@ Ids (event, candidate, user) are strings; integer ids are accepted and used as t
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,6 +19,7 @@ import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
 
 from recbandits.algos.candidates import CandidateSet
+from recbandits.logs.features import read_feature_table
 from recbandits.serve.config import ServeConfig
 from recbandits.serve.core import Rejection
 
@@ -210,8 +210,7 @@ def load_user_table(path: str | Path, context_dim: int) -> dict[str, np.ndarray]
     """user id -> features, from a .npz (``ids``, ``features``) or a .csv (id column, then the features)."""
     path = Path(path)
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            ids, features = data["ids"], np.asarray(data["features"], dtype=np.float64)
+        ids, features, _ = read_feature_table(path)
     else:
         import pandas as pd
 
@@ -239,15 +238,6 @@ def load_item_titles(path: str | Path) -> dict[str, str]:
             raise ValueError(f"item titles {path}: expected two columns (id, title), found {frame.shape[1]}")
         titles = dict(zip(frame.iloc[:, 0], frame.iloc[:, 1], strict=True))
     return {str(item): str(title) for item, title in titles.items()}
-
-
-def write_user_table(path: str | Path, ids, features) -> Path:
-    """A .npz user table (``load_user_table`` reads it): each user's id and context features, private (0600)."""
-    path = Path(path)
-    with open(path, "wb") as handle:  # np.savez on a path would append .npz to a name without it
-        np.savez(handle, ids=np.asarray([str(user) for user in ids]), features=np.asarray(features, dtype=np.float64))
-    os.chmod(path, 0o600)
-    return path
 
 
 @dataclass

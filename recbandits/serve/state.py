@@ -75,7 +75,7 @@ def with_run_catalogue(config: ServeConfig, first_start: bool) -> ServeConfig:
     if first_start and config.checkpoint:
         from recbandits.jobs.recommend import run_catalogue, run_directory
         from recbandits.jobs.train import trained_arm_ids
-        from recbandits.serve.schemas import write_user_table
+        from recbandits.logs.features import write_feature_table
 
         arm_ids = trained_arm_ids(config.checkpoint)  # a `recbandits train` output of a disjoint dataset
         if arm_ids and config.arm_ids is None:
@@ -86,7 +86,7 @@ def with_run_catalogue(config: ServeConfig, first_start: bool) -> ServeConfig:
             if catalogue.env == "movielens" and config.arm_ids is None:
                 updates.update(arm_ids=[str(movie) for movie in catalogue.movie_ids], num_arms=len(catalogue.movie_ids))
             if config.user_table is None:
-                write_user_table(users_file, catalogue.user_ids, catalogue.contexts)
+                write_feature_table(users_file, catalogue.user_ids, catalogue.contexts)
             if config.item_titles is None:
                 titles = {str(movie): str(title) for movie, title in zip(catalogue.movie_ids, catalogue.titles,
                                                                          strict=True)}
