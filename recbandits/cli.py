@@ -233,7 +233,8 @@ def logs_from_ratings(
         raise fail(str(error)) from None
     spec = summary["spec"]
     typer.echo(f"{out}/train: {summary['rows']['train']:,} decisions, {out}/test: {summary['rows']['test']:,} "
-               f"(context {spec['context_dim']} features, {spec['arm_dim']} per movie)")
+               f"(context {spec['context_dim']} features, {spec['arm_dim']} per movie); feature tables "
+               f"{out}/users.npz, {out}/movies.npz, titles {out}/titles.json")
 
 
 @logs_app.command("collect")
@@ -314,5 +315,5 @@ def train(
         summary = run_training(data, algo, out, options, address=address)
     except (ValueError, LogFormatError, ConnectionError) as error:
         raise fail(str(error)) from None
-    typer.echo(f"learned {summary['learned_rows']:,.0f} of {summary['rows']:,} rows from {summary['files']} file(s) "
-               f"in {summary['reduce_s']:.1f} s; checkpoint in {out}/checkpoint")
+    typer.echo(f"learned {summary['learned_rows']:,.0f} rewards from {summary['rows']:,} rows in {summary['files']} "
+               f"file(s) in {summary['reduce_s']:.1f} s; checkpoint in {out}/checkpoint")

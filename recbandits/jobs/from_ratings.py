@@ -2,7 +2,7 @@
 
     recbandits logs from-ratings --data-dir ../shared/data/ml-100k --out logs/ml-100k
     # logs/ml-100k/train and logs/ml-100k/test: two datasets, split in time;
-    # logs/ml-100k/users.npz and movies.npz: the feature tables the rows were built from
+    # logs/ml-100k/users.npz and movies.npz: the feature tables the rows were built from; titles.json
 
 Every rating becomes one decision: the user (global features) was shown the rated movie and
 ``num_negatives`` movies they never rated (sampled uniformly, seeded), each with its movie features, and chose
@@ -27,6 +27,7 @@ timestamp, are the test set), and the learned factors are the rank-``rank`` SVD 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ REWARDS = ("rating", "scaled", "binary")
 SPLITS = ("train", "test")
 USER_TABLE = "users.npz"  # what `recbandits serve --user-table` reads
 MOVIE_TABLE = "movies.npz"
+TITLES_FILE = "titles.json"  # what `recbandits serve --item-titles` reads
 
 
 def _release_years(titles: pd.Series) -> np.ndarray:
@@ -182,5 +184,8 @@ def from_ratings(data_dir: str | Path | None, out: str | Path, *, rank: int = 10
         summary["rows"][split] = int(len(indices))
     write_feature_table(Path(out) / USER_TABLE, user_ids, user_features, user_names)
     write_feature_table(Path(out) / MOVIE_TABLE, movie_ids, movie_features, movie_names)
-    summary["tables"] = {"users": str(Path(out) / USER_TABLE), "movies": str(Path(out) / MOVIE_TABLE)}
+    titles = dict(zip(movie_id_strings.tolist(), data.items["title"].astype(str).tolist(), strict=True))
+    (Path(out) / TITLES_FILE).write_text(json.dumps(titles, ensure_ascii=False) + "\n", encoding="utf-8")
+    summary["tables"] = {"users": str(Path(out) / USER_TABLE), "movies": str(Path(out) / MOVIE_TABLE),
+                         "titles": str(Path(out) / TITLES_FILE)}
     return summary
