@@ -145,3 +145,45 @@ def test_a_service_warm_started_from_ratings_has_lower_regret_than_a_cold_start(
     np.testing.assert_array_equal(warm_users, cold_users)  # the same arrivals and candidates
     assert warm_rule == cold_rule == ("ucb", 1.0)
     assert warm_regret < 0.8 * cold_regret, (warm_regret, cold_regret)
+
+
+def _other_layouts(source, directory):
+    """The same ratings in the ml-1m layout (``::``, users.dat) and in the ml-latest-small / ml-25m layout (csv,
+    no user file)."""
+    from recbandits.data import load_movielens
+
+    data = load_movielens(source)
+    genres = data.items[list(data.genres)].to_numpy().astype(bool)
+    genre_lists = ["|".join(np.array(data.genres)[row]) or "(no genres listed)" for row in genres]
+    one_m, csv = directory / "ml-1m", directory / "ml-latest-small"
+    one_m.mkdir()
+    csv.mkdir()
+    ratings = data.ratings.astype({"rating": int})
+    (one_m / "ratings.dat").write_text("".join(f"{r.user_id}::{r.item_id}::{r.rating}::{r.timestamp}\n"
+                                               for r in ratings.itertuples()))
+    (one_m / "movies.dat").write_text("".join(f"{item}::{title}::{listed}\n" for item, title, listed in zip(
+        data.items["item_id"], data.items["title"], genre_lists, strict=True)), encoding="latin-1")
+    occupations = {name: code for code, name in enumerate(sorted(data.users["occupation"].unique()))}
+    (one_m / "users.dat").write_text("".join(f"{u.user_id}::{u.gender}::{u.age}::{occupations[u.occupation]}::"
+                                             f"{u.zip_code}\n" for u in data.users.itertuples()))
+    data.ratings.rename(columns={"user_id": "userId", "item_id": "movieId"}).to_csv(csv / "ratings.csv", index=False)
+    data.items.assign(genres=genre_lists).rename(columns={"item_id": "movieId"})[["movieId", "title", "genres"]].to_csv(
+        csv / "movies.csv", index=False)
+    return one_m, csv
+
+
+def test_every_release_layout_gives_the_same_decisions(small_data_dir, tmp_path):
+    one_m, csv = _other_layouts(small_data_dir, tmp_path)
+    frames = {}
+    for name, directory in (("ml-100k", small_data_dir), ("ml-1m", one_m), ("csv", csv)):
+        summary = from_ratings(directory, tmp_path / f"out-{name}", rank=3, num_negatives=4)
+        frames[name] = read_dataset(tmp_path / f"out-{name}" / "train").frame
+        assert summary["rows"] == {"train": 7_200, "test": 1_800}, name
+    for name in ("ml-1m", "csv"):  # the same ratings, in the same order, with the same sampled candidates
+        np.testing.assert_array_equal(frames[name]["action"], frames["ml-100k"]["action"])
+        np.testing.assert_array_equal(np.stack(frames[name]["candidates"]), np.stack(frames["ml-100k"]["candidates"]))
+        np.testing.assert_array_equal(frames[name]["reward"], frames["ml-100k"]["reward"])
+    # Without a user file the users' features are their train-part factors only.
+    assert len(frames["csv"]["context"][0]) == 3 and len(frames["ml-1m"]["context"][0]) > 3
+    with pytest.raises(ValueError, match="has no user file: give --rank > 0"):
+        from_ratings(csv, tmp_path / "refused", rank=0)

@@ -29,11 +29,12 @@ def bind_local_ray_to_loopback() -> None:
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: bool = True,
             env_vars: dict[str, str] | None = None, namespace: str | None = None,
-            metrics_export_port: int | None = None) -> dict:
+            metrics_export_port: int | None = None, object_store_memory: int | None = None) -> dict:
     """Connect to (or start) Ray once per process; return ``ray.init``'s context as a dict.
 
     Every worker gets ``WORKER_ENV_VARS`` and ``env_vars``; ``quiet`` keeps the workers' output from the driver;
-    ``metrics_export_port`` is a local Ray's Prometheus port (the service's ``--metrics-port``).
+    ``metrics_export_port`` is a local Ray's Prometheus port (the service's ``--metrics-port``);
+    ``object_store_memory`` (bytes) caps a local Ray's object store.
     """
     set_worker_env()
     if ray.is_initialized():
@@ -49,6 +50,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: b
         kwargs.update(address="local", num_cpus=num_cpus, include_dashboard=False)
         if metrics_export_port:
             kwargs["_metrics_export_port"] = metrics_export_port
+        if object_store_memory:
+            kwargs["object_store_memory"] = object_store_memory
         bind_local_ray_to_loopback()
     try:
         context = ray.init(**kwargs)

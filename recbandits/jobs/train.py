@@ -24,7 +24,15 @@ import pyarrow.parquet as pq
 import torch
 
 from recbandits.algos import kernel
-from recbandits.logs.dataset import DatasetSpec, conform, dataset_files, learning_rows, read_table, validate_table
+from recbandits.logs.dataset import (
+    DatasetSpec,
+    dataset_files,
+    learning_columns,
+    learning_rows,
+    read_table,
+    select_columns,
+    validate_table,
+)
 
 TRAIN_FILE = "train.json"
 OFFLINE_ALGOS = {"linucb": "ucb", "lints": "thompson", "eps-greedy": "eps_greedy"}
@@ -48,7 +56,8 @@ def batch_statistics(table: pa.Table, spec: DatasetSpec, fields: dict[str, Any],
                      chunk_rows: int = 8_192) -> dict[str, np.ndarray]:
     """The sufficient statistics of one block of rows (``learning_rows``: what its rows teach), computed
     ``chunk_rows`` learning rows at a time (a row with slot rewards teaches one per candidate)."""
-    contexts, learned, models, rewards = learning_rows(conform(table, "block"), spec)
+    contexts, learned, models, rewards = learning_rows(select_columns(table, learning_columns(spec, True), "block"),
+                                                       spec)
     num_models = max(fields["num_arms"], 1) if spec.shape == "disjoint" else 1
     totals = None
     for start in range(0, max(len(rewards), 1), chunk_rows):
@@ -122,7 +131,13 @@ def file_statistics(path: str | Path, spec: DatasetSpec, fields: dict[str, Any],
                     batch_rows: int) -> tuple[dict[str, np.ndarray], int]:
     """(statistics, batches) of one file, read ``batch_rows`` rows at a time (memory bounded by the batch)."""
     totals, batches = None, 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+    parquet = pq.ParquetFile(path)
+    # Only the columns learning reads (the ids and probabilities are most of a row); the candidates only where
+    # they are needed: shared features, or slot rewards, which teach every candidate.
+    slots = ("slot_rewards" in parquet.schema_arrow.names
+             and parquet.read(columns=["slot_rewards"]).column(0).null_count < parquet.metadata.num_rows)
+    columns = [column for column in learning_columns(spec, slots) if column in parquet.schema_arrow.names]
+    for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
         part = batch_statistics(pa.Table.from_batches([batch]), spec, fields)
         totals = part if totals is None else {name: totals[name] + part[name] for name in STATISTICS}
         batches += 1

@@ -405,11 +405,38 @@ def validate_table(table: pa.Table, spec: DatasetSpec, file: str, seen_event_ids
 # --------------------------------------------------------------------------------------------------
 
 
+def learning_columns(spec: DatasetSpec, slot_rewards: bool) -> list[str]:
+    """The columns ``learning_rows`` reads, for a file with (or without) any ``slot_rewards``."""
+    columns = ["context", "action", "reward", "slot_rewards"]
+    if spec.shape == "shared" or slot_rewards:
+        columns.append("candidates")
+    if spec.shape == "shared":
+        columns.append("candidate_features")
+    return columns
+
+
+def select_columns(table: pa.Table, columns: Sequence[str], name: str) -> pa.Table:
+    """``columns`` of a validated table, cast to the schema's types (null where the table has none)."""
+    arrays = []
+    for column in columns:
+        target = SCHEMA.field(column).type
+        if column not in table.column_names:
+            arrays.append(pa.nulls(len(table), type=target))
+            continue
+        try:
+            arrays.append(_cast(table.column(column), target))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise LogFormatError(f"{name}: column {column} has type {table.column(column).type}, the schema "
+                                 f"{target}") from None
+    return pa.table(dict(zip(columns, arrays, strict=True)))
+
+
 def learning_rows(table: pa.Table, spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray | None, np.ndarray,
                                                                np.ndarray]:
     """(contexts [N, g], learned candidates' features [N, p] or None, model index [N], rewards [N]): what a linear
     bandit learns from a dataset. A row with ``slot_rewards`` teaches every candidate its slot's feedback; any
-    other row with a reward teaches its action. Vectorized over Arrow columns (validated rows)."""
+    other row with a reward teaches its action. Vectorized over Arrow columns (validated rows; the table needs
+    ``learning_columns``, cast to the schema: ``select_columns``)."""
     slotted = pc.is_valid(table.column("slot_rewards"))
     parts = [_action_rows(table.filter(pc.and_(pc.invert(slotted), pc.is_valid(table.column("reward")))), spec)]
     if pc.any(slotted).as_py():
