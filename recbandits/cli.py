@@ -91,6 +91,8 @@ def simulate(
     interaction: Annotated[bool | None, typer.Option(
         "--interaction/--no-interaction",
         help="Per-arm envs: learn on the outer product of user and movie features too \\[default: on there]")] = None,
+    posterior_scale: Annotated[float | None, typer.Option(
+        help="LinTS: a fixed v of N(theta, v^2 A^-1) \\[default: estimated from the residuals]")] = None,
     rank: Annotated[int | None, typer.Option(help="Rank of the rating factorization \\[default: 20]")] = None,
     num_movies: Annotated[int | None, typer.Option(help="movielens: movies to recommend \\[default: 20]")] = None,
     num_actions: Annotated[int | None, typer.Option(
@@ -124,7 +126,7 @@ def simulate(
             "slate_size": slate_size, "reward_type": reward_type, "choice_model": choice_model, "feedback": feedback,
             "drift_rate": drift_rate})
         training = training_options(algo, {"alpha": alpha, "lambda": lambda_, "gamma": gamma, "epsilon": epsilon,
-                                           "interaction": interaction})
+                                           "interaction": interaction, "posterior_scale": posterior_scale})
         spec = SimulationSpec(env=env, algo=algo, steps=steps, num_env_runners=num_env_runners,
                               num_envs_per_env_runner=num_envs, rollout_fragment_length=rollout_fragment_length,
                               data_dir=data_dir, seed=seed, env_config=env_config, training=training)
@@ -303,6 +305,8 @@ def train(
     interaction: Annotated[bool | None, typer.Option(
         "--interaction/--no-interaction",
         help="Shared datasets: learn on the outer product of context and candidate features \\[default: on]")] = None,
+    posterior_scale: Annotated[float | None, typer.Option(
+        help="LinTS: a fixed v of N(theta, v^2 A^-1) \\[default: estimated from the residuals]")] = None,
 ) -> None:
     """Train a linear bandit on logged data (Ray Data, exact ridge statistics); `serve --checkpoint OUT` serves it."""
     from recbandits.algos.options import training_options
@@ -311,7 +315,7 @@ def train(
 
     try:
         options = training_options(algo, {"alpha": alpha, "lambda": lambda_, "epsilon": epsilon,
-                                          "interaction": interaction})
+                                          "interaction": interaction, "posterior_scale": posterior_scale})
         summary = run_training(data, algo, out, options, address=address)
     except (ValueError, LogFormatError, ConnectionError) as error:
         raise fail(str(error)) from None

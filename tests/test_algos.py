@@ -309,7 +309,8 @@ def test_simulate_command_writes_every_artifact(small_data_dir, tmp_path):
 @pytest.mark.parametrize(("options", "message"), [
     (["--algo", "random", "--alpha", "3"], "--alpha does not apply to random (it takes no hyperparameters)"),
     (["--algo", "lints", "--alpha", "3", "--epsilon", "0.1"],
-     "--alpha, --epsilon does not apply to lints (it takes --lambda, --gamma, --interaction)"),
+     "--alpha, --epsilon does not apply to lints (it takes --lambda, --gamma, --interaction, "
+     "--posterior-scale)"),
     (["--algo", "tfa-linucb", "--interaction"],
      "--interaction does not apply to tfa-linucb (it takes --alpha, --lambda, --gamma)"),
     (["--alpha", "-3"], "--alpha -3 must be >= 0"),

@@ -33,7 +33,7 @@ def test_contenders_parse_and_reject_bad_entries():
         Contender.parse("tfa-lints:alpha=-1")
     with pytest.raises(ValueError, match=r"alpha must be a number, got 'x'"):
         Contender.parse("linucb:alpha=x")
-    with pytest.raises(ValueError, match=r"--posterior_scale 0 must be > 0"):
+    with pytest.raises(ValueError, match=r"--posterior-scale 0 must be > 0"):
         Contender.parse("lints:posterior_scale=0")
     with pytest.raises(ValueError, match="TF-Agents baselines run with the example's batch of 8"):
         Contender.parse("tfa-linucb:batch=64")

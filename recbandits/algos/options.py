@@ -24,7 +24,7 @@ TF_AGENTS_ALGOS = ("tfa-linucb", "tfa-lints", "tfa-neural-eps-greedy", "tfa-neur
 # Which hyperparameters each algorithm reads.
 USES: dict[str, tuple[str, ...]] = {
     "linucb": ("alpha", "lambda", "gamma", "interaction"),
-    "lints": ("lambda", "gamma", "interaction"),
+    "lints": ("lambda", "gamma", "interaction", "posterior_scale"),
     "eps-greedy": ("epsilon", "lambda", "gamma", "interaction"),
     "random": (),
     "oracle": (),
@@ -36,7 +36,7 @@ USES: dict[str, tuple[str, ...]] = {
 
 # CLI option -> keyword of the algorithm config's ``training()``.
 TRAINING_KEYS = {"alpha": "alpha", "lambda": "lambda_", "gamma": "gamma", "epsilon": "epsilon",
-                 "interaction": "interaction", "layers": "layers"}
+                 "interaction": "interaction", "layers": "layers", "posterior_scale": "posterior_scale"}
 
 _BOUNDS = {
     "alpha": (lambda value: value >= 0, ">= 0"),
@@ -47,13 +47,18 @@ _BOUNDS = {
 }
 
 
+def flag(name: str) -> str:
+    """The CLI option of a hyperparameter: ``posterior_scale`` -> ``--posterior-scale``."""
+    return "--" + name.replace("_", "-")
+
+
 def check_value(name: str, value: float) -> None:
     """A ValueError like ``--alpha -3 must be >= 0`` when a numeric hyperparameter is out of range."""
     if name not in _BOUNDS:
         return
     ok, text = _BOUNDS[name]
     if not (math.isfinite(value) and ok(value)):
-        raise ValueError(f"--{name} {value:g} must be {text}")
+        raise ValueError(f"{flag(name)} {value:g} must be {text}")
 
 
 def check_applicable(algo: str, names: Iterable[str]) -> None:
@@ -62,8 +67,8 @@ def check_applicable(algo: str, names: Iterable[str]) -> None:
         raise ValueError(f"--algo {algo!r} is not one of {', '.join(USES)}")
     unused = [name for name in names if name not in USES[algo]]
     if unused:
-        uses = ", ".join(f"--{name}" for name in USES[algo]) or "no hyperparameters"
-        raise ValueError(f"{', '.join(f'--{name}' for name in unused)} does not apply to {algo} (it takes {uses})")
+        uses = ", ".join(flag(name) for name in USES[algo]) or "no hyperparameters"
+        raise ValueError(f"{', '.join(flag(name) for name in unused)} does not apply to {algo} (it takes {uses})")
 
 
 def training_options(algo: str, options: dict[str, object]) -> dict[str, object]:

@@ -54,8 +54,7 @@ def _applies(algo: str) -> tuple[str, ...]:
     """The hyperparameters a contender entry of ``algo`` may set: what it reads (``options.USES``) and its
     library's runs take."""
     library = "TF-Agents" if algo in TF_AGENTS_ALGOS else "recbandits"
-    fixed_v = ("posterior_scale",) if algo == "lints" else ()  # not a CLI option: compare's LinTS sweeps use it
-    return tuple(name for name in USES[algo] if name in CONTENDER_HYPERPARAMETERS[library]) + fixed_v
+    return tuple(name for name in USES[algo] if name in CONTENDER_HYPERPARAMETERS[library])
 
 
 @dataclass(frozen=True)

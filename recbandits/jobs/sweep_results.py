@@ -9,6 +9,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from recbandits.algos.options import flag
 from recbandits.jobs.sweep import CONFIG_ID, METRIC, MODE, PARAMETERS, RESULT_COLUMNS, STEPS_KEY, SweepSpec
 
 # ------------------------------------------------------------------------------------------------------------
@@ -132,7 +133,7 @@ def _simulate_command(spec: SweepSpec, configuration: dict[str, Any], seed: int)
             "--num-env-runners", str(spec.num_env_runners), "--num-envs", str(spec.num_envs_per_env_runner),
             "--rollout-fragment-length", str(spec.rollout_fragment_length), "--seed", str(seed)]  # fmt: skip
     for name, value in configuration.items():
-        argv += [f"--{name}", f"{value:g}"]
+        argv += [flag(name), f"{value:g}"]
     if spec.data_dir:
         argv += ["--data-dir", spec.data_dir]
     return shlex.join(argv)
