@@ -68,10 +68,15 @@ def native_stderr_silenced():
 # runner its config by object reference (by design, and it holds the reference for the runners' lifetime), so
 # the warning of ray-project/ray#53727 never applies to recbandits' runners.
 RAY_ACTOR_ARGUMENTS_NOTICE = b"has constructor arguments in the object store and max_restarts > 0"
+# Ray Serve's controller logs its settings at INFO at every start, before Serve applies its own log level
+# ("Throughput optimized Ray Serve enabled with the following configurations:", then a bullet per setting).
+SERVE_SETTINGS_NOTICE = (b"Throughput optimized Ray Serve enabled with the following configurations", b"\xe2\x80\xa2 ")
+# Every native line a job leaves out of its output (the one table: simulate, serve).
+KNOWN_NOTICES = (RAY_ACTOR_ARGUMENTS_NOTICE, *SERVE_SETTINGS_NOTICE)
 
 
 @contextlib.contextmanager
-def native_stderr_filtered(dropped: tuple[bytes, ...] = (RAY_ACTOR_ARGUMENTS_NOTICE,)):
+def native_stderr_filtered(dropped: tuple[bytes, ...] = KNOWN_NOTICES):
     """Inside the block, the lines written to file descriptor 2 (by native code too) that contain one of
     ``dropped`` are left out; every other line passes through unchanged. A no-op in verbose mode.
 

@@ -104,12 +104,14 @@ def test_verbose_leaves_the_libraries_loggers_alone(monkeypatch):
 
 
 def test_the_stderr_filter_drops_only_the_lines_it_names(capfd):
-    """What native code writes to fd 2 passes through the filter unchanged, except the lines it names (Ray's
-    core worker notice of ray-project/ray#53727, by default)."""
+    """What native code writes to fd 2 passes through the filter unchanged, except the lines it names (by
+    default ``KNOWN_NOTICES``: Ray's core worker notice of ray-project/ray#53727, Ray Serve's settings)."""
     from recbandits.verbosity import RAY_ACTOR_ARGUMENTS_NOTICE, native_stderr_filtered
 
     notice = b"[2026-12-02 07:15:52,864 E 1 1] core_worker.cc:2465: Actor with class name: 'BanditEnvRunner' " \
              + RAY_ACTOR_ARGUMENTS_NOTICE + b". If the arguments ...\n"
+    settings = b"INFO 2026-12-02 controller.py: Throughput optimized Ray Serve enabled with the following " \
+               b"configurations:\n  \xe2\x80\xa2 RAY_SERVE_RUN_SYNC_IN_THREADPOOL=False\n"
     with native_stderr_filtered():
-        os.write(2, b"a real error\n" + notice + b"another line\nno newline at the end")
+        os.write(2, b"a real error\n" + notice + settings + b"another line\nno newline at the end")
     assert capfd.readouterr().err == "a real error\nanother line\nno newline at the end"

@@ -103,9 +103,6 @@ def replica_urls(config: ServeConfig, timeout_s: float = 30.0) -> list[str]:
     return sorted(found.values())
 
 
-# Ray Serve's controller logs its settings at INFO at every start, before Serve applies its own log level
-# ("Throughput optimized Ray Serve enabled with the following configurations:", then a bullet per setting).
-SERVE_SETTINGS_NOTICE = (b"Throughput optimized Ray Serve enabled with the following configurations", b"\xe2\x80\xa2 ")
 
 
 def start_ray_serve(config: ServeConfig, address: str | None = None,
@@ -132,9 +129,9 @@ def start_ray_serve(config: ServeConfig, address: str | None = None,
             for signum, handler in stop_handlers.items():
                 signal.signal(signum, handler)
     if output is not None:
-        from recbandits.verbosity import RAY_ACTOR_ARGUMENTS_NOTICE, native_stderr_filtered
+        from recbandits.verbosity import native_stderr_filtered
 
-        output.enter_context(native_stderr_filtered((*SERVE_SETTINGS_NOTICE, RAY_ACTOR_ARGUMENTS_NOTICE)))
+        output.enter_context(native_stderr_filtered())
     serve.start(
         http_options={"host": config.host, "port": config.port, "keep_alive_timeout_s": config.keep_alive_timeout_s},
         logging_config={"enable_access_log": False, "log_level": "WARNING"},
