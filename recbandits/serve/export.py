@@ -32,16 +32,19 @@ def export_log(state_dir: str | Path, out: str | Path, rows_per_file: int = 100_
                        arm_dim=int(fields.get("arm_dim") or 0), arm_ids=fields.get("arm_ids"),
                        interaction=bool(fields.get("interaction")),
                        producer={"command": "export", "state_dir": str(state_dir.resolve())})
-    events: dict[str, dict[str, Any]] = {}
+    # Two passes, so memory holds the rewards and one file's decisions, never the whole log: the first finds what
+    # was learned from each event (quarantine rows come after the rewards they mark), the second writes.
+    log_path = state_dir / LOG_FILE
+    decided: set[str] = set()
     learned: dict[int, tuple[str, float, str]] = {}  # seq of a learning record -> (event, reward, source)
     quarantined: set[int] = set()
-    for row in scan_log(state_dir / LOG_FILE):
+    for row in scan_log(log_path):
         kind = row["kind"]
         if kind == "decision":
-            events[row["event_id"]] = row
-        elif kind == "reward" and row["event_id"] in events:
+            decided.add(row["event_id"])
+        elif kind == "reward" and row["event_id"] in decided:
             learned[row["seq"]] = (row["event_id"], float(row["reward"]), "observed")
-        elif kind == "expire" and row["event_id"] in events and row["outcome"] == "default":
+        elif kind == "expire" and row["event_id"] in decided and row["outcome"] == "default":
             learned[row["seq"]] = (row["event_id"], float(row["reward"]), "default_on_expiry")
         elif kind == "quarantine":
             quarantined.add(int(row["record_seq"]))
@@ -51,6 +54,7 @@ def export_log(state_dir: str | Path, out: str | Path, rows_per_file: int = 100_
         if seq not in quarantined:
             rewards[event_id] = rewards.get(event_id, 0.0) + reward
             sources.setdefault(event_id, source)
+    del learned
 
     def candidates_of(row) -> list[str]:
         if row.get("candidates") is not None:
@@ -58,26 +62,34 @@ def export_log(state_dir: str | Path, out: str | Path, rows_per_file: int = 100_
         excluded = set(row.get("excluded") or ())
         return [arm for arm in fields["arm_ids"] if arm not in excluded]
 
-    rows = list(events.values())
+    def table(chunk: list[dict[str, Any]]):
+        columns = {
+            "event_id": np.array([row["event_id"] for row in chunk]),
+            "timestamp": np.array([row["ts"] for row in chunk], dtype=np.float64),
+            "context": [row["context"] for row in chunk],
+            "candidates": [candidates_of(row) for row in chunk],
+            "action": np.array([str(row["action"]) for row in chunk]),
+            "propensity": [row.get("propensity") for row in chunk],
+            "reward": [rewards.get(row["event_id"]) for row in chunk],
+            "reward_source": [sources.get(row["event_id"]) for row in chunk],
+            "policy": np.array([f"recbandits-{row.get('exploration', 'linear')}" for row in chunk]),
+            "policy_version": np.array([row["policy_version"] for row in chunk], dtype=np.int64),
+        }
+        if shared:
+            columns["candidate_features"] = [row["candidate_features"] for row in chunk]
+        return table_from_arrays(columns, "export")
 
     def parts():
-        for start in range(0, len(rows), rows_per_file):
-            chunk = rows[start:start + rows_per_file]
-            columns = {
-                "event_id": np.array([row["event_id"] for row in chunk]),
-                "timestamp": np.array([row["ts"] for row in chunk], dtype=np.float64),
-                "context": [row["context"] for row in chunk],
-                "candidates": [candidates_of(row) for row in chunk],
-                "action": np.array([str(row["action"]) for row in chunk]),
-                "propensity": [row.get("propensity") for row in chunk],
-                "reward": [rewards.get(row["event_id"]) for row in chunk],
-                "reward_source": [sources.get(row["event_id"]) for row in chunk],
-                "policy": np.array([f"recbandits-{row.get('exploration', 'linear')}" for row in chunk]),
-                "policy_version": np.array([row["policy_version"] for row in chunk], dtype=np.int64),
-            }
-            if shared:
-                columns["candidate_features"] = [row["candidate_features"] for row in chunk]
-            yield table_from_arrays(columns, "export")
+        chunk: list[dict[str, Any]] = []
+        for row in scan_log(log_path):
+            if row["kind"] == "decision":
+                chunk.append(row)
+                if len(chunk) == rows_per_file:
+                    yield table(chunk)
+                    chunk = []
+        if chunk:
+            yield table(chunk)
 
     write_dataset(out, spec, parts())
-    return {"out": str(out), "decisions": len(rows), "rewarded": len(rewards), "quarantined_records": len(quarantined)}
+    return {"out": str(out), "decisions": len(decided), "rewarded": len(rewards),
+            "quarantined_records": len(quarantined)}
