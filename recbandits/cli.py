@@ -242,7 +242,7 @@ def logs_from_ratings(
 @logs_app.command("collect")
 def logs_collect(
     out: Annotated[Path, typer.Argument(help="Output dataset directory.")],
-    env: Annotated[str, typer.Option(help="movielens | movielens-per-arm")] = "movielens",
+    env: Annotated[str, typer.Option(help="movielens | movielens-per-arm | movielens-ranking")] = "movielens",
     policy: Annotated[str, typer.Option(help="uniform | eps-greedy | softmax (on the simulator's expected rewards) "
                                              "| a checkpoint directory (a linear policy, frozen)")] = "uniform",
     steps: Annotated[int, typer.Option(help="Decisions to log.")] = 100_000,
@@ -257,6 +257,11 @@ def logs_collect(
     num_actions: Annotated[int | None, typer.Option(
         help="movielens-per-arm: candidates per step \\[default: 20]")] = None,
     reward_type: Annotated[str | None, typer.Option(help="rating | click \\[default: rating]")] = None,
+    num_candidates: Annotated[int | None, typer.Option(
+        help="movielens-ranking: candidates per step \\[default: 20]")] = None,
+    slate_size: Annotated[int | None, typer.Option(help="movielens-ranking: slots per slate \\[default: 5]")] = None,
+    choice_model: Annotated[str | None, typer.Option(
+        help="cascade | position_based (movielens-ranking) \\[default: cascade]")] = None,
     address: Address = None,
 ) -> None:
     """Log a known policy on a simulator: exact propensities and every candidate's expected reward."""
@@ -266,7 +271,8 @@ def logs_collect(
 
     try:
         env_config = env_options(env, {"rank": rank, "num_movies": num_movies, "num_actions": num_actions,
-                                       "reward_type": reward_type})
+                                       "reward_type": reward_type, "num_candidates": num_candidates,
+                                       "slate_size": slate_size, "choice_model": choice_model})
         summary = collect(env, policy, steps, out, data_dir=data_dir, env_config=env_config, workers=workers,
                           num_envs=num_envs, epsilon=epsilon, temperature=temperature, seed=seed, address=address)
     except (ValueError, LogFormatError, ConnectionError) as error:

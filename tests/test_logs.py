@@ -57,12 +57,25 @@ BAD_ROWS = [
     ({"propensity": 1.5, "action_probabilities": None}, r"row 1 column propensity: 1.5 is outside \(0, 1\]"),
     ({"action": "z"}, "row 1 column action: 'z' is not among the row's candidates"),
     ({"candidates": ["a", "q"], "action": "a"}, "row 1 column candidates: 'q' is not one of the dataset's arm_ids"),
-    ({"event_id": "e0"}, "row 1 column event_id: duplicate event id 'e0'"),
+    ({"event_id": "e0"}, r"row 1 column event_id: duplicate event id 'e0' \(also in an earlier row of this file\)"),
     ({"action_probabilities": [0.5, 0.5, 0.5]}, "row 1 column action_probabilities: not a probability distribution"),
     ({"reward_source": "guess"}, "row 1 column reward_source: 'guess' is not one of observed, default_on_expiry"),
-    ({"position": 3}, "row 1 column position: 3 is not a slot of the row's 3 candidates"),
+    ({"position": 3}, "row 1 column position: 3 is not one of the row's 3 slots"),
     ({"slot_rewards": [1.0]}, "row 1 column slot_rewards: 1 values for 3 candidates"),
     ({"slot_rewards": [1.0, float("inf"), 0.0]}, "row 1 column slot_rewards: NaN or infinite value"),
+    # Rankings: the slate shown, its prefixes' probabilities, feedback per slot.
+    ({"action": "a", "slate": ["a", "a"]}, "row 1 column slate: repeated id"),
+    ({"action": "a", "slate": ["a", "z"]}, "row 1 column slate: an id that is not among the row's candidates"),
+    ({"action": "a", "slate": ["b", "a"]}, "row 1 column action: 'a' is not the slate's top item"),
+    ({"action": "a", "slate": ["a", "b"], "slot_propensities": [1 / 3, 0.5]},
+     r"row 1 column slot_propensities: not the probabilities of a slate's prefixes \(in \(0, 1\], never rising\)"),
+    ({"action": "a", "slate": ["a", "b"], "slot_propensities": [1 / 3]},
+     "row 1 column slot_propensities: 1 values for a slate of 2"),
+    ({"action": "a", "slate": ["a", "b"], "slot_propensities": [0.2, 0.1]},
+     r"row 1 column propensity: 0.333333+ differs from slot_propensities\[0\]"),
+    ({"action": "a", "slate": ["a", "b"], "slot_rewards": [1.0, 0.0, 0.0]},
+     "row 1 column slot_rewards: 3 values for 2 slots"),
+    ({"action": "a", "slate": ["a", "b"], "position": 2}, "row 1 column position: 2 is not one of the row's 2 slots"),
 ]
 
 
@@ -81,6 +94,14 @@ def test_a_bad_row_is_named_by_file_row_and_column(tmp_path, change, message):
     with pytest.raises(LogFormatError, match=message):
         write_dataset(tmp_path / "out", spec, [rows])
     assert not list((tmp_path / "out").glob("*.parquet"))
+
+
+def test_an_event_id_in_two_files_names_both(tmp_path):
+    spec = DatasetSpec(shape="disjoint", context_dim=3, arm_ids=["a", "b", "c"])
+    rows = _disjoint_rows(np.random.default_rng(1), 3)
+    with pytest.raises(LogFormatError, match=r"^part-00001.parquet row 2 column event_id: duplicate event id 'e2' "
+                                             r"\(also in part-00000.parquet\)$"):
+        write_dataset(tmp_path, spec, [rows, _disjoint_rows(np.random.default_rng(2), 3, start=10)[:2] + rows[2:]])
 
 
 def test_missing_columns_files_and_spec_are_named(tmp_path):
@@ -283,8 +304,9 @@ def test_collect_refuses_what_it_cannot_log(small_data_dir, tmp_path):
     from recbandits.jobs.collect import collect
     from recbandits.jobs.train import train
 
-    with pytest.raises(ValueError, match="--env 'movielens-ranking': logs collect takes movielens, movielens-per-arm"):
-        collect("movielens-ranking", "uniform", 10, tmp_path / "x", data_dir=small_data_dir)
+    with pytest.raises(ValueError, match="--env 'cartpole': logs collect takes movielens, movielens-per-arm, "
+                                         "movielens-ranking"):
+        collect("cartpole", "uniform", 10, tmp_path / "x", data_dir=small_data_dir)
     with pytest.raises(ValueError, match="--temperature 0.0 must be > 0"):
         collect("movielens", "softmax", 10, tmp_path / "x", data_dir=small_data_dir, temperature=0.0)
     with pytest.raises(ValueError, match="no RLModule checkpoint"):
@@ -294,3 +316,83 @@ def test_collect_refuses_what_it_cannot_log(small_data_dir, tmp_path):
     with pytest.raises(ValueError, match=r"does not fit --env movielens-per-arm \(shared, context 3"):
         collect("movielens-per-arm", str(tmp_path / "model"), 10, tmp_path / "x", data_dir=small_data_dir,
                 env_config={"rank": 3})
+
+
+def test_collect_logs_slates_with_exact_prefix_probabilities_and_training_learns_the_examined_slots(
+        small_data_dir, tmp_path):
+    import torch
+
+    from recbandits.algos.kernel import candidate_features
+    from recbandits.jobs.collect import collect
+    from recbandits.jobs.train import train
+
+    settings = {"rank": 4, "num_candidates": 6, "slate_size": 3}
+    summary = collect("movielens-ranking", "softmax", 4_000, tmp_path / "soft", data_dir=small_data_dir,
+                      env_config=settings, num_envs=500, temperature=0.25)
+    frame = read_dataset(tmp_path / "soft").frame
+    assert summary["rows"] == len(frame) == 4_000 and summary["policy_value"] is None
+    attraction = np.stack(frame["expected_rewards"].to_numpy())
+    slates = np.array([[list(row["candidates"]).index(item) for item in row["slate"]] for _, row in frame.iterrows()])
+    # Plackett-Luce prefix probabilities, recomputed from the logged attractions.
+    weights = np.exp((attraction - attraction.max(1, keepdims=True)) / 0.25)
+    rows = np.arange(len(frame))[:, None]
+    chosen = weights[rows, slates]
+    left = weights.sum(1, keepdims=True) - np.concatenate([np.zeros((len(frame), 1)), chosen.cumsum(1)[:, :-1]], 1)
+    prefixes = np.cumprod(chosen / left, axis=1)
+    np.testing.assert_allclose(np.stack(frame["slot_propensities"].to_numpy()), prefixes, rtol=1e-12)
+    np.testing.assert_allclose(frame["propensity"], prefixes[:, 0], rtol=1e-12)
+    assert (frame["action"] == frame["slate"].map(lambda slate: slate[0])).all()
+    # The sampler draws what it reports: the best two candidates on top, in order, as often as their probability.
+    best = np.argsort(-attraction, axis=1, kind="stable")[:, :2]
+    best_chosen = weights[rows, best]
+    best_left = weights.sum(1, keepdims=True) - np.concatenate([np.zeros((len(frame), 1)), best_chosen[:, :1]], 1)
+    probability = np.prod(best_chosen / best_left, axis=1)
+    drawn = (slates[:, :2] == best).all(1)
+    assert abs(drawn.mean() - probability.mean()) < 4 * np.sqrt((probability * (1 - probability)).sum()) / len(frame)
+    # Cascading feedback: zeros down to the click, a 1 there, the slots below not examined (null).
+    for _, row in frame.head(300).iterrows():
+        feedback = list(row["slot_rewards"])
+        if row["position"] is None or np.isnan(row["position"]):
+            assert feedback == [0.0, 0.0, 0.0] and row["reward"] == 0.0
+        else:
+            at = int(row["position"])
+            assert feedback[:at + 1] == [0.0] * at + [1.0] and all(value is None or np.isnan(value)
+                                                                   for value in feedback[at + 1:])
+            assert row["reward"] == 1.0
+
+    # Offline training learns every examined slot's candidate: the closed-form ridge over those.
+    learned = []
+    for index, row in frame.iterrows():
+        for slot, value in enumerate(row["slot_rewards"]):
+            if value is not None and not np.isnan(value):
+                learned.append((row["context"], row["candidate_features"][slates[index, slot]], value))
+    contexts, features, rewards = (np.array([item[k] for item in learned], dtype=np.float64) for k in range(3))
+    inputs = candidate_features(torch.from_numpy(contexts), torch.from_numpy(features)[:, None], True)[:, 0].numpy()
+    theta, covariance = _ridge(inputs, rewards)
+    train(tmp_path / "soft", "linucb", tmp_path / "trained", use_ray=False, batch_rows=700)
+    learned_theta, learned_covariance, counts = _learned(tmp_path / "trained")
+    assert counts.sum() == len(rewards) > 4_000
+    np.testing.assert_allclose(learned_theta[0], theta, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(learned_covariance[0], covariance, rtol=1e-6, atol=1e-6)
+
+    # Uniform and eps-greedy slates; position-based clicks give feedback on every slot.
+    collect("movielens-ranking", "uniform", 500, tmp_path / "uniform", data_dir=small_data_dir, env_config=settings)
+    uniform = read_dataset(tmp_path / "uniform").frame
+    np.testing.assert_allclose(np.stack(uniform["slot_propensities"].to_numpy()),
+                               np.tile([1 / 6, 1 / 30, 1 / 120], (500, 1)), rtol=1e-12)
+    collect("movielens-ranking", "eps-greedy", 2_000, tmp_path / "greedy", data_dir=small_data_dir, epsilon=0.2,
+            env_config={**settings, "choice_model": "position_based"})
+    greedy = read_dataset(tmp_path / "greedy").frame
+    attraction = np.stack(greedy["expected_rewards"].to_numpy())
+    oracle = np.argsort(-attraction, axis=1, kind="stable")[:, :3]
+    slates = np.array([[list(row["candidates"]).index(item) for item in row["slate"]] for _, row in greedy.iterrows()])
+    exploit = (slates == oracle).all(1)
+    assert abs(exploit.mean() - (0.8 + 0.2 / 120)) < 0.04
+    np.testing.assert_allclose(np.stack(greedy["slot_propensities"][exploit].to_numpy()),
+                               0.8 + 0.2 * np.tile([1 / 6, 1 / 30, 1 / 120], (int(exploit.sum()), 1)), rtol=1e-12)
+    slot_rewards = np.stack(greedy["slot_rewards"].to_numpy())
+    assert np.isfinite(slot_rewards).all()
+    np.testing.assert_array_equal(slot_rewards.sum(1), greedy["reward"])
+
+    with pytest.raises(ValueError, match="rankings are logged with uniform, eps-greedy, softmax, not a checkpoint"):
+        collect("movielens-ranking", str(tmp_path / "trained"), 10, tmp_path / "refused", data_dir=small_data_dir)

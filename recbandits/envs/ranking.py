@@ -130,6 +130,10 @@ class RankingSimulator(CandidateSimulator):
         ratings = self.candidate_ratings(idx)
         return ratings, click_probability(ratings, self.factorization.rating_scale)
 
+    def expected_rewards(self, idx=slice(None)) -> np.ndarray:
+        """Each candidate's attraction (its click probability once examined) for the current user, (n, candidates)."""
+        return self._attraction(idx)[1]
+
     def _optimal_slates(self, attraction: np.ndarray) -> np.ndarray:
         # Both choice models are maximized by the most attractive movies in decreasing order: for the
         # position-based model by the rearrangement inequality (examination decreases with position); for

@@ -15,6 +15,13 @@ validated against.
 | ``softmax`` | exp(e_k / temperature) / sum_j exp(e_j / temperature) |
 | a checkpoint | the linear policy's own (``kernel``'s table); none for Thompson sampling (propensity null) |
 
+On the ranking env (``movielens-ranking``) a decision is a slate of ``slate_size`` of the candidates, drawn slot by
+slot: ``uniform`` without replacement, ``softmax`` by Plackett-Luce on the attractions (each slot a softmax over
+the candidates left), ``eps-greedy`` the oracle's slate (most attractive first) or, with probability epsilon, a
+uniform one. A row logs the slate, each prefix's probability (``slot_propensities``), the feedback per slot
+(``slot_rewards``: clicks; under cascading feedback the slots below the click are null, not examined) and, in
+``expected_rewards``, every candidate's attraction. A checkpoint policy does not log rankings.
+
 ``workers`` Ray tasks collect in parallel, each over its own ``num_envs`` sub-envs (seeds ``seed + w *
 num_envs + i``) and writes its own files; a checkpoint policy is frozen (it does not learn while logging).
 """
@@ -30,7 +37,7 @@ import numpy as np
 from recbandits.logs.dataset import DatasetSpec, table_from_arrays, validate_table, write_dataset
 
 LOGGING_POLICIES = ("uniform", "eps-greedy", "softmax")
-COLLECT_ENVS = ("movielens", "movielens-per-arm")
+COLLECT_ENVS = ("movielens", "movielens-per-arm", "movielens-ranking")
 
 
 def logging_probabilities(policy: str, expected: np.ndarray, epsilon: float, temperature: float) -> np.ndarray:
@@ -46,12 +53,64 @@ def logging_probabilities(policy: str, expected: np.ndarray, epsilon: float, tem
     return weights / weights.sum(1, keepdims=True)
 
 
+def sample_slates(policy: str, expected: np.ndarray, size: int, epsilon: float, temperature: float,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """([B, size] slates of candidate indices, [B, size] probability of each slate's first 1..size slots)."""
+    batch, count = expected.shape
+    rows = np.arange(batch)[:, None]
+    if policy == "softmax":
+        logits = (expected - expected.max(1, keepdims=True)) / temperature
+        # Gumbel-top-k draws a Plackett-Luce ranking exactly.
+        slates = np.argsort(-(logits + rng.gumbel(size=expected.shape)), axis=1, kind="stable")[:, :size]
+        weights = np.exp(logits)
+        chosen = weights[rows, slates]
+        left = weights.sum(1, keepdims=True) - np.concatenate([np.zeros((batch, 1)), chosen.cumsum(1)[:, :-1]], 1)
+        return slates, np.cumprod(chosen / left, axis=1)
+    uniform_prefix = np.cumprod(1.0 / (count - np.arange(size, dtype=np.float64)))[None, :].repeat(batch, 0)
+    uniform_slates = np.argsort(rng.random(expected.shape), axis=1)[:, :size]
+    if policy == "uniform":
+        return uniform_slates, uniform_prefix
+    oracle = np.argsort(-expected, axis=1, kind="stable")[:, :size]
+    explore = rng.random(batch) < epsilon
+    slates = np.where(explore[:, None], uniform_slates, oracle)
+    same_prefix = np.cumprod(slates == oracle, axis=1).astype(bool)
+    return slates, (1.0 - epsilon) * same_prefix + epsilon * uniform_prefix
+
+
+def _top_slot_probabilities(policy: str, expected: np.ndarray, epsilon: float, temperature: float) -> np.ndarray:
+    """[B, n] probability of each candidate at a slate's top slot (``sample_slates``)."""
+    if policy != "eps-greedy":
+        return logging_probabilities(policy, expected, epsilon, temperature)
+    top = np.argsort(-expected, axis=1, kind="stable")[:, 0]
+    probabilities = np.full(expected.shape, epsilon / expected.shape[1])
+    probabilities[np.arange(len(top)), top] += 1.0 - epsilon
+    return probabilities
+
+
+def _slot_feedback(info: dict[str, np.ndarray], batch: int, size: int) -> tuple[list, list]:
+    """(slot_rewards rows, with None for slots not examined; position of the first click or None)."""
+    if "slot_clicks" in info:
+        clicks = info["slot_clicks"][:batch].astype(np.float64)
+        clicked = clicks.any(1)
+        first = np.argmax(clicks, axis=1)
+        return clicks.tolist(), [int(first[b]) if clicked[b] else None for b in range(batch)]
+    position = info["clicked_position"][:batch]
+    feedback = []
+    for clicked_at in position.tolist():
+        if clicked_at < 0:
+            feedback.append([0.0] * size)  # no click: every slot was examined
+        else:
+            feedback.append([0.0] * clicked_at + [1.0] + [None] * (size - clicked_at - 1))
+    return feedback, [int(slot) if slot >= 0 else None for slot in position.tolist()]
+
+
 def _make_env(env: str, num_envs: int, data_dir, env_config: dict[str, Any]):
-    from recbandits.envs import MovieLensPerArmVectorEnv, MovieLensVectorEnv
+    from recbandits.envs import MovieLensPerArmVectorEnv, MovieLensRankingVectorEnv, MovieLensVectorEnv
     from recbandits.jobs.simulate import ENV_DEFAULTS
 
     settings = {**ENV_DEFAULTS[env], **env_config, "data_dir": data_dir, "episode_length": None}
-    cls = MovieLensVectorEnv if env == "movielens" else MovieLensPerArmVectorEnv
+    cls = {"movielens": MovieLensVectorEnv, "movielens-per-arm": MovieLensPerArmVectorEnv,
+           "movielens-ranking": MovieLensRankingVectorEnv}[env]
     return cls(num_envs=num_envs, **settings)
 
 
@@ -69,9 +128,10 @@ def collect_part(worker: int, steps: int, out: str, env: str, policy: str, data_
         frozen = LinearCandidatePolicy(checkpoint_state["fields"], checkpoint_state["state"], seed=seed + worker)
     rng = np.random.default_rng([seed, worker])
     shared = env != "movielens"
+    ranking = env == "movielens-ranking"
     movie_ids = simulator.factorization.item_ids.astype(str)
     done, file_index, pending, written, reward_sum, value_sum = 0, 0, [], [], 0.0, 0.0
-    seen: set[str] = set()
+    seen: dict[str, str] = {}
     step = 0
     while done < steps:
         batch = min(num_envs, steps - done)
@@ -82,7 +142,13 @@ def collect_part(worker: int, steps: int, out: str, env: str, policy: str, data_
         else:
             candidates = np.broadcast_to(movie_ids, (batch, len(movie_ids)))
             contexts, arm_features = observations[:batch], None
-        if frozen is None:
+        slates = None
+        if ranking:
+            slates, slot_propensities = sample_slates(policy, expected, simulator.slate_size, epsilon, temperature,
+                                                      rng)
+            probabilities = _top_slot_probabilities(policy, expected, epsilon, temperature)
+            actions = slates[:, 0]
+        elif frozen is None:
             probabilities = logging_probabilities(policy, expected, epsilon, temperature)
             cumulative = probabilities.cumsum(1)
             draws = rng.random((batch, 1)) * cumulative[:, -1:]
@@ -96,9 +162,14 @@ def collect_part(worker: int, steps: int, out: str, env: str, policy: str, data_
             actions = np.array([decision.chosen for decision in decisions])
             probabilities = (np.array([decision.probabilities for decision in decisions])
                              if decisions[0].probabilities is not None else None)
-        full_actions = np.zeros(num_envs, dtype=np.int64)
-        full_actions[:batch] = actions
-        next_observations, rewards, _, _, _ = vector_env.step(full_actions)
+        if ranking:
+            full_actions = np.zeros((num_envs, simulator.slate_size), dtype=np.int64)
+            full_actions[:] = np.arange(simulator.slate_size)
+            full_actions[:batch] = slates
+        else:
+            full_actions = np.zeros(num_envs, dtype=np.int64)
+            full_actions[:batch] = actions
+        next_observations, rewards, _, _, info = vector_env.step(full_actions)
         rows = np.arange(batch)
         columns = {
             "event_id": np.char.add(f"w{worker}-{step}-", rows.astype(str)),
@@ -113,10 +184,15 @@ def collect_part(worker: int, steps: int, out: str, env: str, policy: str, data_
         }
         if shared:
             columns["candidate_features"] = arm_features.astype(np.float64)
+        if ranking:
+            slot_rewards, positions = _slot_feedback(info, batch, simulator.slate_size)
+            columns.update(slate=candidates[rows[:, None], slates], slot_propensities=slot_propensities,
+                           slot_rewards=slot_rewards, position=positions)
         if probabilities is not None:
             columns["propensity"] = probabilities[rows, actions]
             columns["action_probabilities"] = probabilities
-            value_sum += float((probabilities * expected).sum())
+            if not ranking:  # a slate's value needs the click model: the rankings' value is left to evaluation
+                value_sum += float((probabilities * expected).sum())
         pending.append(table_from_arrays(columns, f"worker {worker}"))
         reward_sum += float(rewards[:batch].sum())
         done += batch
@@ -150,6 +226,9 @@ def collect(env: str, policy: str, steps: int, out: str | Path, *, data_dir=None
         raise ValueError(f"--temperature {temperature} must be > 0")
     checkpoint_state = None
     if policy not in LOGGING_POLICIES:
+        if env == "movielens-ranking":
+            raise ValueError(f"--policy {policy}: rankings are logged with {', '.join(LOGGING_POLICIES)}, not a "
+                             "checkpoint")
         checkpoint_state = _checkpoint_policy(policy, env)
     probe = _make_env(env, 1, data_dir, env_config)  # a bad setting or data dir is named here, before Ray
     simulator = probe.simulator
@@ -193,7 +272,8 @@ def collect(env: str, policy: str, steps: int, out: str | Path, *, data_dir=None
     return {"out": str(out), "rows": rows, "files": sum(len(result["files"]) for result in results),
             "mean_reward": sum(result["reward_sum"] for result in results) / rows,
             "policy_value": (sum(result["value_sum"] for result in results) / rows
-                             if checkpoint_state is None or results[0]["value_sum"] else None)}
+                             if env != "movielens-ranking" and (checkpoint_state is None or results[0]["value_sum"])
+                             else None)}
 
 
 def _checkpoint_policy(path: str, env: str) -> dict[str, Any]:

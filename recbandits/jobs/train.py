@@ -75,7 +75,7 @@ def batch_statistics(table: pa.Table, spec: DatasetSpec, fields: dict[str, Any],
 def validate_files(directory: str | Path) -> tuple[DatasetSpec, list[Path], int]:
     """(spec, files, rows) after validating every file, one at a time (bounded memory)."""
     spec = DatasetSpec.read(directory)
-    files, rows, seen = dataset_files(directory), 0, set()
+    files, rows, seen = dataset_files(directory), 0, {}
     for path in files:
         table = read_table(path)
         validate_table(table, spec, path.name, seen)

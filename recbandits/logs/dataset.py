@@ -15,11 +15,17 @@ shape and dimensions every row must have. One row is one logged decision:
 | ``action_probabilities`` | list<float64> [n] or null | every candidate's, when known |
 | ``reward`` | float64 or null | null: no reward arrived |
 | ``reward_source`` | string or null | ``observed`` or ``default_on_expiry`` |
-| ``position`` | int32 or null | slot of ``action`` in what was shown (an index into ``candidates``) |
-| ``slot_rewards`` | list<float64> [n] or null | every candidate's feedback, when all were shown (as ``candidates``) |
+| ``slate`` | list<string> [k] or null | rankings: the ids shown, in slot order (among ``candidates``) |
+| ``slot_propensities`` | list<float64> [k] or null | rankings: probability of the slate's first 1, 2, ..., k slots |
+| ``position`` | int32 or null | the clicked slot of ``slate``; no slate: the slot of ``action`` in ``candidates`` |
+| ``slot_rewards`` | list<float64> or null | feedback per slot: of ``slate`` [k], else of ``candidates`` [n] |
 | ``policy`` | string | name of the logging policy |
 | ``policy_version`` | int64 or null | its version (the service's) |
 | ``expected_rewards`` | list<float64> [n] or null | simulators only: every candidate's expected reward |
+
+A null element of ``slot_rewards`` is a slot that was not examined (a cascade's slots below its click). A ranking
+row's ``action`` is the slate's top item, ``action_probabilities`` the probability of each candidate
+at the top, ``propensity`` the action's (``slot_propensities[0]``), and ``reward`` the slate's total feedback.
 
 Shapes (``dataset.json``): ``disjoint``, one model per arm, ``arm_ids`` lists every arm and candidates are arm
 ids; ``shared``, one model over ``[context, candidate features]`` (and their outer product with
@@ -64,6 +70,8 @@ SCHEMA = pa.schema([
     pa.field("action_probabilities", pa.list_(pa.float64())),
     pa.field("reward", pa.float64()),
     pa.field("reward_source", pa.string()),
+    pa.field("slate", pa.list_(pa.string())),
+    pa.field("slot_propensities", pa.list_(pa.float64())),
     pa.field("position", pa.int32()),
     pa.field("slot_rewards", pa.list_(pa.float64())),
     pa.field("policy", pa.string(), nullable=False),
@@ -136,7 +144,7 @@ def write_dataset(directory: str | Path, spec: DatasetSpec,
     for stale in directory.glob("part-*.parquet"):
         stale.unlink()
     (directory / SPEC_FILE).write_text(json.dumps(asdict(spec), indent=1) + "\n")
-    written, seen = [], set()
+    written, seen = [], {}
     for index, part in enumerate(parts):
         path = directory / f"part-{index:05d}.parquet"
         table = conform(part, path.name) if isinstance(part, pa.Table) else to_table(part, path.name)
@@ -204,7 +212,7 @@ def read_dataset(directory: str | Path, columns: Sequence[str] | None = None) ->
     """Read and validate every file of a dataset (small data; ``ray.data.read_parquet`` for large)."""
     spec = DatasetSpec.read(directory)
     files = dataset_files(directory)
-    tables, seen = [], set()
+    tables, seen = [], {}
     for path in files:
         table = read_table(path)
         validate_table(table, spec, path.name, seen)
@@ -258,7 +266,7 @@ def _cast(column: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray:
     return column.cast(target)
 
 
-def validate_table(table: pa.Table, spec: DatasetSpec, file: str, seen_event_ids: set[str]) -> None:
+def validate_table(table: pa.Table, spec: DatasetSpec, file: str, seen_event_ids: dict[str, str]) -> None:
     """Raise ``LogFormatError`` naming the file, row (0-based within the file) and column of the first bad value.
 
     Vectorized over Arrow columns; the checks run column by column, so the error is the first bad row of the first
@@ -295,7 +303,8 @@ def validate_table(table: pa.Table, spec: DatasetSpec, file: str, seen_event_ids
                                                                   .to_numpy() == 0), "event_id", "missing")
     ids = event_ids.to_pylist()
     duplicate = pd.Series(ids).duplicated().to_numpy() | np.array([event in seen_event_ids for event in ids], bool)
-    check(duplicate, "event_id", lambda row: f"duplicate event id {ids[row]!r}")
+    check(duplicate, "event_id", lambda row: f"duplicate event id {ids[row]!r} (also in "
+                                             f"{seen_event_ids.get(ids[row], 'an earlier row of this file')})")
     check(pc.is_null(column("policy")).to_numpy(zero_copy_only=False), "policy", "missing")
 
     contexts = column("context")
@@ -382,22 +391,54 @@ def validate_table(table: pa.Table, spec: DatasetSpec, file: str, seen_event_ids
     check(pc.is_valid(sources).to_numpy(zero_copy_only=False)
           & ~pc.fill_null(pc.is_in(sources, value_set=pa.array(REWARD_SOURCES)), True).to_numpy(zero_copy_only=False),
           "reward_source", lambda row: f"{source_values[row]!r} is not one of {', '.join(REWARD_SOURCES)}")
+    slates = column("slate")
+    has_slate = pc.is_valid(slates).to_numpy(zero_copy_only=False)
+    slate_sizes = lengths(slates)
+    check(has_slate & (slate_sizes <= 0), "slate", "empty")
+    shown = np.where(has_slate, slate_sizes, counts)  # the slots: the slate's, else every candidate
+    if has_slate.any():
+        slate_owner = pc.list_parent_indices(slates).to_numpy()
+        slate_pairs = pd.DataFrame({"row": slate_owner, "id": slates.flatten().to_numpy(zero_copy_only=False)})
+        check(per_row(slate_pairs.duplicated().to_numpy(), slates), "slate", "repeated id")
+        unknown = ~pd.MultiIndex.from_frame(slate_pairs).isin(pd.MultiIndex.from_frame(pairs))
+        check(per_row(unknown, slates), "slate", "an id that is not among the row's candidates")
+        first = pc.list_element(pc.fill_null(slates, pa.scalar(["?"], pa.list_(pa.string()))), 0)
+        check(has_slate & ~pc.fill_null(pc.equal(first, actions), False).to_numpy(zero_copy_only=False), "action",
+              lambda row: f"{action_values[row]!r} is not the slate's top item")
+        slot_propensities = column("slot_propensities")
+        has_slot_propensities = pc.is_valid(slot_propensities).to_numpy(zero_copy_only=False)
+        sizes = lengths(slot_propensities)
+        check(has_slot_propensities & (sizes != shown), "slot_propensities",
+              lambda row: f"{sizes[row]} values for a slate of {shown[row]}")
+        flat = pc.fill_null(slot_propensities.flatten(), np.nan).to_numpy(zero_copy_only=False)
+        parents = pc.list_parent_indices(slot_propensities).to_numpy()
+        rising = np.zeros(len(flat), dtype=bool)
+        rising[1:] = (flat[1:] > flat[:-1] * (1 + 1e-12)) & (parents[1:] == parents[:-1])
+        check(per_row(~((flat > 0) & (flat <= 1)) | rising, slot_propensities), "slot_propensities",
+              "not the probabilities of a slate's prefixes (in (0, 1], never rising)")
+        top = np.full(rows, np.nan)
+        nonempty = has_slot_propensities & (sizes > 0)
+        top[nonempty] = flat[slot_propensities.offsets.to_numpy()[:-1][nonempty]]
+        check(known & has_slot_propensities & ~np.isclose(top, values, rtol=1e-9, atol=1e-12), "propensity",
+              lambda row: f"{values[row]} differs from slot_propensities[0]")
     positions = column("position")
     has_position = pc.is_valid(positions).to_numpy(zero_copy_only=False)
     position_values = pc.fill_null(positions, 0).to_numpy(zero_copy_only=False)
-    check(has_position & ((position_values < 0) | (position_values >= counts)), "position",
-          lambda row: f"{position_values[row]} is not a slot of the row's {counts[row]} candidates")
+    check(has_position & ((position_values < 0) | (position_values >= shown)), "position",
+          lambda row: f"{position_values[row]} is not one of the row's {shown[row]} slots")
     slot_rewards = column("slot_rewards")
     slot_counts = lengths(slot_rewards)
     has_slots = pc.is_valid(slot_rewards).to_numpy(zero_copy_only=False)
-    check(has_slots & (slot_counts != counts), "slot_rewards",
-          lambda row: f"{slot_counts[row]} values for {counts[row]} candidates")
-    check(has_slots & finite(slot_rewards), "slot_rewards", "NaN or infinite value")
+    check(has_slots & (slot_counts != shown), "slot_rewards",
+          lambda row: f"{slot_counts[row]} values for {shown[row]} {'slots' if has_slate[row] else 'candidates'}")
+    slot_values = slot_rewards.flatten()
+    infinite = ~np.isfinite(pc.fill_null(slot_values, 0.0).to_numpy(zero_copy_only=False))
+    check(has_slots & per_row(infinite, slot_rewards), "slot_rewards", "NaN or infinite value")
     expected = column("expected_rewards")
     expected_counts = lengths(expected)
     check(pc.is_valid(expected).to_numpy(zero_copy_only=False) & (expected_counts != counts), "expected_rewards",
           lambda row: f"{expected_counts[row]} values for {counts[row]} candidates")
-    seen_event_ids.update(ids)
+    seen_event_ids.update(dict.fromkeys(ids, file))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -410,6 +451,8 @@ def learning_columns(spec: DatasetSpec, slot_rewards: bool) -> list[str]:
     columns = ["context", "action", "reward", "slot_rewards"]
     if spec.shape == "shared" or slot_rewards:
         columns.append("candidates")
+    if slot_rewards:
+        columns.append("slate")
     if spec.shape == "shared":
         columns.append("candidate_features")
     return columns
@@ -434,8 +477,9 @@ def select_columns(table: pa.Table, columns: Sequence[str], name: str) -> pa.Tab
 def learning_rows(table: pa.Table, spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray | None, np.ndarray,
                                                                np.ndarray]:
     """(contexts [N, g], learned candidates' features [N, p] or None, model index [N], rewards [N]): what a linear
-    bandit learns from a dataset. A row with ``slot_rewards`` teaches every candidate its slot's feedback; any
-    other row with a reward teaches its action. Vectorized over Arrow columns (validated rows; the table needs
+    bandit learns from a dataset. A row with ``slot_rewards`` teaches every examined slot's candidate its feedback
+    (the slate's items, or with no slate every candidate); any other row with a reward teaches its action.
+    Vectorized over Arrow columns (validated rows; the table needs
     ``learning_columns``, cast to the schema: ``select_columns``)."""
     slotted = pc.is_valid(table.column("slot_rewards"))
     parts = [_action_rows(table.filter(pc.and_(pc.invert(slotted), pc.is_valid(table.column("reward")))), spec)]
@@ -447,15 +491,35 @@ def learning_rows(table: pa.Table, spec: DatasetSpec) -> tuple[np.ndarray, np.nd
 
 
 def _slot_rows(table: pa.Table, spec: DatasetSpec):
+    """Every slot with feedback (a null element: not examined) teaches its candidate: the slate's item, or with
+    no slate the candidate at that index."""
     candidates = table.column("candidates").combine_chunks()
-    owner = pc.list_parent_indices(candidates).to_numpy()
+    candidate_starts = candidates.offsets.to_numpy()[:-1]
+    slot_rewards = table.column("slot_rewards").combine_chunks()
+    owner = pc.list_parent_indices(slot_rewards).to_numpy()
+    slot = np.arange(len(owner)) - slot_rewards.offsets.to_numpy()[:-1][owner]
+    index = slot.copy()  # the slot's candidate, within its row
+    slates = table.column("slate").combine_chunks()
+    with_slate = pc.is_valid(slates).to_numpy(zero_copy_only=False)[owner]
+    if with_slate.any():
+        ids = pd.DataFrame({"row": pc.list_parent_indices(candidates).to_numpy(),
+                            "id": candidates.flatten().to_numpy(zero_copy_only=False)})
+        ids["index"] = np.arange(len(ids)) - candidate_starts[ids["row"].to_numpy()]
+        shown = pd.DataFrame({"row": pc.list_parent_indices(slates).to_numpy(),
+                              "id": slates.flatten().to_numpy(zero_copy_only=False)})
+        shown_index = shown.merge(ids, on=["row", "id"], how="left")["index"].to_numpy()
+        slate_starts = slates.offsets.to_numpy()[:-1]
+        index[with_slate] = shown_index[slate_starts[owner[with_slate]] + slot[with_slate]]
+    examined = pc.is_valid(slot_rewards.flatten()).to_numpy(zero_copy_only=False)
+    owner, position = owner[examined], candidate_starts[owner[examined]] + index[examined]
+    rewards = _flat(slot_rewards)[examined] if examined.all() else \
+        slot_rewards.flatten().filter(pa.array(examined)).to_numpy().astype(np.float64)
     contexts = _flat(table.column("context")).reshape(table.num_rows, spec.context_dim)[owner]
-    rewards = _flat(table.column("slot_rewards"))
     if spec.shape == "disjoint":
-        models = pc.index_in(candidates.flatten(), value_set=pa.array(spec.arm_ids)).to_numpy(zero_copy_only=False)
-        return contexts, None, models.astype(np.int64), rewards
+        models = pc.index_in(candidates.flatten().take(pa.array(position)), value_set=pa.array(spec.arm_ids))
+        return contexts, None, models.to_numpy(zero_copy_only=False).astype(np.int64), rewards
     features = _flat(table.column("candidate_features").combine_chunks().flatten()).reshape(-1, spec.arm_dim)
-    return contexts, features, np.zeros(len(rewards), dtype=np.int64), rewards
+    return contexts, features[position], np.zeros(len(rewards), dtype=np.int64), rewards
 
 
 def _action_rows(table: pa.Table, spec: DatasetSpec):
