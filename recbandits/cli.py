@@ -302,7 +302,8 @@ def logs_export(
 @app.command()
 def train(
     data: Annotated[Path, typer.Option(help="A logged-feedback dataset directory.")],
-    algo: Annotated[str, typer.Option(help="linucb | lints | eps-greedy")] = "linucb",
+    algo: Annotated[str, typer.Option(help="linucb | lints | eps-greedy | tfa-linucb | tfa-lints | "
+                                           "tfa-neural-eps-greedy | tfa-neural-linucb")] = "linucb",
     out: Annotated[Path, typer.Option(help="Output directory (checkpoint/, train.json).")] = Path("runs/train"),
     address: Address = None,
     alpha: Annotated[float | None, typer.Option(help="UCB width \\[default: 1.0]")] = None,
@@ -314,7 +315,7 @@ def train(
     posterior_scale: Annotated[float | None, typer.Option(
         help="LinTS: a fixed v of N(theta, v^2 A^-1) \\[default: estimated from the residuals]")] = None,
 ) -> None:
-    """Train a linear bandit on logged data (Ray Data, exact ridge statistics); `serve --checkpoint OUT` serves it."""
+    """Train a bandit on logged data (linear: Ray Data, exact ridge statistics; tfa-*: TF-Agents' agent.train)."""
     from recbandits.algos.options import training_options
     from recbandits.jobs.train import train as run_training
     from recbandits.logs import LogFormatError

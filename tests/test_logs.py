@@ -396,3 +396,49 @@ def test_collect_logs_slates_with_exact_prefix_probabilities_and_training_learns
 
     with pytest.raises(ValueError, match="rankings are logged with uniform, eps-greedy, softmax, not a checkpoint"):
         collect("movielens-ranking", str(tmp_path / "trained"), 10, tmp_path / "refused", data_dir=small_data_dir)
+
+
+def test_tf_agents_agents_train_offline_to_the_closed_form_ridge_and_their_checkpoints_load(tmp_path):
+    """TF-Agents' LinUCB trained on a dataset predicts what the ridge regression of the same rows predicts (per arm;
+    per-arm agents: on [global, arm] features); a neural agent takes one optimizer step per minibatch."""
+    from recbandits.algos.checkpoints import load_module
+    from recbandits.jobs.train import train
+
+    rng = np.random.default_rng(7)
+    disjoint = DatasetSpec(shape="disjoint", context_dim=3, arm_ids=["a", "b", "c"])
+    rows = _disjoint_rows(rng, 300)
+    write_dataset(tmp_path / "disjoint", disjoint, [rows[::2], rows[1::2]])
+    summary = train(tmp_path / "disjoint", "tfa-linucb", tmp_path / "linucb", {"lambda_": 0.5})
+    rewarded = [row for row in rows if row["reward"] is not None]
+    assert summary["learned_rows"] == len(rewarded) and summary["engine"] == "tf-agents"
+    contexts = np.array([row["context"] for row in rewarded])
+    rewards = np.array([row["reward"] for row in rewarded])
+    theta = np.stack([_ridge(contexts[[row["action"] == arm for row in rewarded]],
+                             rewards[[row["action"] == arm for row in rewarded]], 0.5)[0] for arm in "abc"])
+    probe = rng.normal(size=(5, 3)).astype(np.float32)
+    _, predicted = load_module(tmp_path / "linucb").greedy_actions(probe)
+    np.testing.assert_allclose(predicted, probe @ theta.T, rtol=1e-4, atol=1e-5)
+
+    shared = DatasetSpec(shape="shared", context_dim=2, arm_dim=3)
+    rows = _shared_rows(rng, 300)
+    write_dataset(tmp_path / "shared", shared, [rows])
+    train(tmp_path / "shared", "tfa-linucb", tmp_path / "per-arm", {"lambda_": 0.5})
+    joined = np.array([row["context"] + row["candidate_features"][row["candidates"].index(row["action"])]
+                       for row in rows])
+    theta = _ridge(joined, np.array([row["reward"] for row in rows]), 0.5)[0]
+    observations = {"global": np.array([row["context"] for row in rows[:3]], np.float32),
+                    "per_arm": np.array([row["candidate_features"] for row in rows[:3]], np.float32)}
+    _, predicted = load_module(tmp_path / "per-arm").greedy_actions(observations)
+    both = np.concatenate([np.repeat(observations["global"][:, None], 4, 1), observations["per_arm"]], 2)
+    np.testing.assert_allclose(predicted, both @ theta, rtol=1e-4, atol=1e-5)
+
+    # Neural: 120 learning rows per file, minibatches of 16: 8 optimizer steps per file.
+    summary = train(tmp_path / "disjoint", "tfa-neural-eps-greedy", tmp_path / "neural")
+    assert summary["batches"] == 2 and np.isfinite(summary["loss"])
+    assert load_module(tmp_path / "neural").train_step == 16
+    rows[5]["candidates"], rows[5]["candidate_features"] = rows[5]["candidates"][:3], rows[5]["candidate_features"][:3]
+    rows[5]["action"] = rows[5]["candidates"][0]
+    write_dataset(tmp_path / "ragged", shared, [rows])
+    with pytest.raises(ValueError, match="TF-Agents' per-arm agents score a fixed number of candidates; the rows of "
+                                         ".*ragged have 3, 4"):
+        train(tmp_path / "ragged", "tfa-neural-linucb", tmp_path / "refused")

@@ -497,6 +497,33 @@ class TFAgentsBanditModule(TorchRLModule):
             "policy_info": [np.asarray(x)[rows] for x in tf.nest.flatten(info)],
         }
 
+    def logged_transitions(self, contexts: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
+                           chosen_arm_features: np.ndarray | None) -> dict[str, Any]:
+        """A Learner payload of logged decisions (``transitions``' layout): the contexts, the actions, the
+        rewards and, for per-arm agents, the chosen arm's features. Policy-info fields a logging policy could not
+        have recorded (this agent's own predictions at decision time) are zeros: training does not read them."""
+        import tensorflow as tf
+
+        spec = self.agent.training_data_spec.policy_info
+        rows = len(rewards)
+
+        def leaf(name: str, tensor_spec):
+            if name == "chosen_arm_features":
+                return np.asarray(chosen_arm_features, dtype=np.float32)
+            return np.zeros((rows, *tensor_spec.shape), dtype=tensor_spec.dtype.as_numpy_dtype)
+
+        if hasattr(spec, "_fields"):
+            info = type(spec)(*(tf.nest.map_structure(lambda item, name=name: leaf(name, item), getattr(spec, name))
+                                for name in spec._fields))
+        else:
+            info = tf.nest.map_structure(lambda item: leaf("", item), spec)
+        return {
+            "observation": [np.asarray(contexts, dtype=np.float32)],
+            "action": np.asarray(actions).astype(np.int32),
+            "reward": np.asarray(rewards, dtype=np.float32),
+            "policy_info": tf.nest.flatten(info),
+        }
+
     concatenate = staticmethod(_concatenate)
 
     def experience(self, payload: dict[str, Any]):

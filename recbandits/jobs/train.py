@@ -1,4 +1,4 @@
-"""Offline training: a linear bandit learned from a logged-feedback dataset, written as a servable checkpoint.
+"""Offline training: a bandit learned from a logged-feedback dataset, written as a checkpoint ``simulate``'s layout.
 
     recbandits train --data logs/ratings-train --algo linucb --out runs/offline
     recbandits serve --checkpoint runs/offline --state-dir state/    # warm-starts from it
@@ -8,7 +8,8 @@ files are reduced in parallel: one Ray Data task per Parquet file reads it in ba
 statistics (a [M, D, D] array, whatever the number of rows; memory is bounded by one batch), and the driver adds
 the files' statistics up. The result equals the closed-form ridge regression on the same rows, for any number
 of files and workers. A row teaches its action's reward, or with ``slot_rewards`` every candidate its slot's;
-rows without either are not learned from. Every file is validated before Ray starts.
+rows without either are not learned from. Every file is validated before Ray starts. The TF-Agents agents
+(``tfa-*``) train in this process on the same learning rows, in file order (``_train_tf_agents``).
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
 from recbandits.algos import kernel
+from recbandits.algos.options import TF_AGENTS_ALGOS
 from recbandits.logs.dataset import (
     DatasetSpec,
     dataset_files,
@@ -52,12 +55,11 @@ def policy_fields(spec: DatasetSpec, algo: str, training: dict[str, Any]) -> dic
             "model_config": {"exploration": OFFLINE_ALGOS[algo], **training}}
 
 
-def batch_statistics(table: pa.Table, spec: DatasetSpec, fields: dict[str, Any],
-                     chunk_rows: int = 8_192) -> dict[str, np.ndarray]:
-    """The sufficient statistics of one block of rows (``learning_rows``: what its rows teach), computed
-    ``chunk_rows`` learning rows at a time (a row with slot rewards teaches one per candidate)."""
-    contexts, learned, models, rewards = learning_rows(select_columns(table, learning_columns(spec, True), "block"),
-                                                       spec)
+def rows_statistics(rows: tuple, spec: DatasetSpec, fields: dict[str, Any],
+                    chunk_rows: int = 8_192) -> dict[str, np.ndarray]:
+    """The sufficient statistics of learning rows (``learning_rows``), ``chunk_rows`` of them at a time (with
+    interaction features a row is a D-vector: memory is chunk_rows x D)."""
+    contexts, learned, models, rewards = rows
     num_models = max(fields["num_arms"], 1) if spec.shape == "disjoint" else 1
     totals = None
     for start in range(0, max(len(rewards), 1), chunk_rows):
@@ -70,6 +72,20 @@ def batch_statistics(table: pa.Table, spec: DatasetSpec, fields: dict[str, Any],
                                                   torch.from_numpy(rewards[part]), num_models)
         totals = statistics if totals is None else [a + b for a, b in zip(totals, statistics, strict=True)]
     return {name: value.numpy() for name, value in zip(STATISTICS, totals, strict=True)}
+
+
+def learning_batches(path: str | Path, spec: DatasetSpec, batch_rows: int):
+    """The learning rows (``learning_rows``) of one file, ``batch_rows`` logged rows at a time."""
+    parquet = pq.ParquetFile(path)
+    # Only the columns learning reads (the ids and probabilities are most of a row); the candidates only where
+    # they are needed: shared features, or slot rewards, which teach every examined slot's candidate.
+    slots = ("slot_rewards" in parquet.schema_arrow.names
+             and parquet.read(columns=["slot_rewards"]).column(0).null_count < parquet.metadata.num_rows)
+    wanted = learning_columns(spec, slots)
+    columns = [column for column in wanted if column in parquet.schema_arrow.names]
+    for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
+        yield learning_rows(select_columns(pa.Table.from_batches([batch]), learning_columns(spec, True), path.name
+                                           if isinstance(path, Path) else str(path)), spec)
 
 
 def validate_files(directory: str | Path) -> tuple[DatasetSpec, list[Path], int]:
@@ -93,14 +109,16 @@ def train(data: str | Path, algo: str, out: str | Path, training: dict[str, Any]
     """
     from recbandits.algos.candidates import build_module
 
-    if algo not in OFFLINE_ALGOS:
-        raise ValueError(f"--algo {algo!r}: offline training takes {', '.join(OFFLINE_ALGOS)}")
+    if algo not in OFFLINE_ALGOS and algo not in TF_AGENTS_ALGOS:
+        raise ValueError(f"--algo {algo!r}: offline training takes {', '.join((*OFFLINE_ALGOS, *TF_AGENTS_ALGOS))}")
     training = dict(training or {})
     if validate:
         spec, files, rows = validate_files(data)
     else:
         spec, files = DatasetSpec.read(data), dataset_files(data)
         rows = None
+    if algo in TF_AGENTS_ALGOS:
+        return _train_tf_agents(data, spec, files, rows, algo, training, out, batch_rows)
     fields = policy_fields(spec, algo, training)
     module = build_module(fields)  # a bad hyperparameter is named here, before Ray starts
     if use_ray:
@@ -127,18 +145,69 @@ def train(data: str | Path, algo: str, out: str | Path, training: dict[str, Any]
     return summary
 
 
+def _train_tf_agents(data, spec: DatasetSpec, files: list[Path], rows: int | None, algo: str,
+                     training: dict[str, Any], out, batch_rows: int) -> dict[str, Any]:
+    """A TF-Agents agent (the bridge's RLModule) trained on the dataset's learning rows in file order, in this
+    process: ``agent.train`` on each batch (neural agents: every ``minibatch_size`` rows), as its runners do.
+
+    Its spaces are the dataset's: disjoint, a context Box and one action per arm; shared, TF-Agents' per-arm
+    observation with the dataset's number of candidates, which must be the same in every row.
+    """
+    import gymnasium as gym
+
+    from recbandits.jobs.simulate import algorithm_configs
+
+    context = gym.spaces.Box(-np.inf, np.inf, (spec.context_dim,), np.float32)
+    if spec.shape == "disjoint":
+        observation_space, action_space = context, gym.spaces.Discrete(len(spec.arm_ids))
+    else:
+        sizes = set()
+        for path in files:
+            lengths = pc.list_value_length(pq.read_table(path, columns=["candidates"]).column(0))
+            sizes.update(np.unique(lengths.to_numpy(zero_copy_only=False)).tolist())
+        if len(sizes) != 1:
+            raise ValueError(f"--algo {algo}: TF-Agents' per-arm agents score a fixed number of candidates; the "
+                             f"rows of {data} have {', '.join(map(str, sorted(sizes)))}")
+        candidates = sizes.pop()
+        observation_space = gym.spaces.Dict({"global": context, "per_arm": gym.spaces.Box(
+            -np.inf, np.inf, (candidates, spec.arm_dim), np.float32)})
+        action_space = gym.spaces.Discrete(candidates)
+    config = algorithm_configs()[algo]().training(**training)
+    module_spec = config.get_rl_module_spec(spaces={"default_policy": (observation_space, action_space)})
+    module_spec.observation_space, module_spec.action_space = observation_space, action_space
+    module = module_spec.build()  # a bad hyperparameter is named here
+    started = time.perf_counter()
+    learned, batches, losses = 0, 0, []
+    for path in files:
+        for contexts, features, models, rewards in learning_batches(path, spec, batch_rows):
+            if not len(rewards):
+                continue
+            # Per-arm agents learn from the chosen arm's features; their action is a slot (0: the features
+            # say which candidate it was).
+            payload = module.logged_transitions(contexts, models if spec.shape == "disjoint" else
+                                                np.zeros_like(models), rewards, features)
+            losses += module.train_on_step(payload, config.minibatch_size)
+            learned += len(rewards)
+            batches += 1
+    elapsed = time.perf_counter() - started
+    out = Path(out).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    module.save_to_path(str(out / "checkpoint"))
+    summary = {"data": str(Path(data).resolve()), "algo": algo,
+               "policy": {"shape": spec.shape, "arm_ids": spec.arm_ids, "model_config": module.agent_config},
+               "files": len(files), "rows": rows, "learned_rows": float(learned), "reduce_s": elapsed,
+               "learned_rows_per_s": learned / elapsed if elapsed > 0 else None, "engine": "tf-agents",
+               "workers": None, "batches": batches, "loss": float(np.mean(losses)) if losses else None}
+    (out / TRAIN_FILE).write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    return summary
+
+
 def file_statistics(path: str | Path, spec: DatasetSpec, fields: dict[str, Any],
                     batch_rows: int) -> tuple[dict[str, np.ndarray], int]:
     """(statistics, batches) of one file, read ``batch_rows`` rows at a time (memory bounded by the batch)."""
     totals, batches = None, 0
-    parquet = pq.ParquetFile(path)
-    # Only the columns learning reads (the ids and probabilities are most of a row); the candidates only where
-    # they are needed: shared features, or slot rewards, which teach every candidate.
-    slots = ("slot_rewards" in parquet.schema_arrow.names
-             and parquet.read(columns=["slot_rewards"]).column(0).null_count < parquet.metadata.num_rows)
-    columns = [column for column in learning_columns(spec, slots) if column in parquet.schema_arrow.names]
-    for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
-        part = batch_statistics(pa.Table.from_batches([batch]), spec, fields)
+    for rows in learning_batches(path, spec, batch_rows):
+        part = rows_statistics(rows, spec, fields)
         totals = part if totals is None else {name: totals[name] + part[name] for name in STATISTICS}
         batches += 1
     return totals, batches
