@@ -294,6 +294,11 @@ def validate_table(table: pa.Table, spec: DatasetSpec, file: str, seen_event_ids
     def lengths(list_column: pa.Array) -> np.ndarray:
         return pc.fill_null(pc.list_value_length(list_column), -1).to_numpy()
 
+    def optional_list(name: str) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+        """(the list column, which rows have one, its lengths: -1 where null)."""
+        array = column(name)
+        return array, pc.is_valid(array).to_numpy(zero_copy_only=False), lengths(array)
+
     def finite(list_column: pa.Array) -> np.ndarray:
         values = list_column.flatten()
         return per_row(~np.isfinite(pc.fill_null(values, np.nan).to_numpy(zero_copy_only=False)), list_column)
@@ -361,9 +366,7 @@ def validate_table(table: pa.Table, spec: DatasetSpec, file: str, seen_event_ids
     values = pc.fill_null(propensity, 0.5).to_numpy(zero_copy_only=False)
     check(known & ~((values > 0) & (values <= 1)), "propensity",
           lambda row: f"{values[row]} is outside (0, 1]")
-    probabilities = column("action_probabilities")
-    has_probabilities = pc.is_valid(probabilities).to_numpy(zero_copy_only=False)
-    probability_counts = lengths(probabilities)
+    probabilities, has_probabilities, probability_counts = optional_list("action_probabilities")
     check(has_probabilities & (probability_counts != counts), "action_probabilities",
           lambda row: f"{probability_counts[row]} values for {counts[row]} candidates")
     if has_probabilities.any():
@@ -391,9 +394,7 @@ def validate_table(table: pa.Table, spec: DatasetSpec, file: str, seen_event_ids
     check(pc.is_valid(sources).to_numpy(zero_copy_only=False)
           & ~pc.fill_null(pc.is_in(sources, value_set=pa.array(REWARD_SOURCES)), True).to_numpy(zero_copy_only=False),
           "reward_source", lambda row: f"{source_values[row]!r} is not one of {', '.join(REWARD_SOURCES)}")
-    slates = column("slate")
-    has_slate = pc.is_valid(slates).to_numpy(zero_copy_only=False)
-    slate_sizes = lengths(slates)
+    slates, has_slate, slate_sizes = optional_list("slate")
     check(has_slate & (slate_sizes <= 0), "slate", "empty")
     shown = np.where(has_slate, slate_sizes, counts)  # the slots: the slate's, else every candidate
     if has_slate.any():
@@ -405,9 +406,7 @@ def validate_table(table: pa.Table, spec: DatasetSpec, file: str, seen_event_ids
         first = pc.list_element(pc.fill_null(slates, pa.scalar(["?"], pa.list_(pa.string()))), 0)
         check(has_slate & ~pc.fill_null(pc.equal(first, actions), False).to_numpy(zero_copy_only=False), "action",
               lambda row: f"{action_values[row]!r} is not the slate's top item")
-        slot_propensities = column("slot_propensities")
-        has_slot_propensities = pc.is_valid(slot_propensities).to_numpy(zero_copy_only=False)
-        sizes = lengths(slot_propensities)
+        slot_propensities, has_slot_propensities, sizes = optional_list("slot_propensities")
         check(has_slot_propensities & (sizes != shown), "slot_propensities",
               lambda row: f"{sizes[row]} values for a slate of {shown[row]}")
         flat = pc.fill_null(slot_propensities.flatten(), np.nan).to_numpy(zero_copy_only=False)
@@ -426,17 +425,14 @@ def validate_table(table: pa.Table, spec: DatasetSpec, file: str, seen_event_ids
     position_values = pc.fill_null(positions, 0).to_numpy(zero_copy_only=False)
     check(has_position & ((position_values < 0) | (position_values >= shown)), "position",
           lambda row: f"{position_values[row]} is not one of the row's {shown[row]} slots")
-    slot_rewards = column("slot_rewards")
-    slot_counts = lengths(slot_rewards)
-    has_slots = pc.is_valid(slot_rewards).to_numpy(zero_copy_only=False)
+    slot_rewards, has_slots, slot_counts = optional_list("slot_rewards")
     check(has_slots & (slot_counts != shown), "slot_rewards",
           lambda row: f"{slot_counts[row]} values for {shown[row]} {'slots' if has_slate[row] else 'candidates'}")
     slot_values = slot_rewards.flatten()
     infinite = ~np.isfinite(pc.fill_null(slot_values, 0.0).to_numpy(zero_copy_only=False))
     check(has_slots & per_row(infinite, slot_rewards), "slot_rewards", "NaN or infinite value")
-    expected = column("expected_rewards")
-    expected_counts = lengths(expected)
-    check(pc.is_valid(expected).to_numpy(zero_copy_only=False) & (expected_counts != counts), "expected_rewards",
+    _, has_expected, expected_counts = optional_list("expected_rewards")
+    check(has_expected & (expected_counts != counts), "expected_rewards",
           lambda row: f"{expected_counts[row]} values for {counts[row]} candidates")
     seen_event_ids.update(dict.fromkeys(ids, file))
 
