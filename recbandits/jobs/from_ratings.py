@@ -72,13 +72,17 @@ def feature_tables(data: MovieLensData, train: pd.DataFrame, rank: int):
     if rank > 0:
         user_index = pd.Index(user_ids)
         movie_index = pd.Index(movie_ids)
-        matrix = np.zeros((len(user_ids), len(movie_ids)))
-        matrix[user_index.get_indexer(train["user_id"]), movie_index.get_indexer(train["item_id"])] = train["rating"]
+        import scipy.sparse
+
+        rows, columns = user_index.get_indexer(train["user_id"]), movie_index.get_indexer(train["item_id"])
+        # Sparse: ml-25m's dense matrix would be 162,541 x 59,047 floats (77 GB).
+        matrix = scipy.sparse.csr_matrix((train["rating"].to_numpy(np.float64), (rows, columns)),
+                                         shape=(len(user_ids), len(movie_ids)))
         user_factors, movie_factors, _ = truncated_svd(matrix, min(rank, min(matrix.shape) - 1),
                                                        name=f"{data.path.name} (train part)")
         # Exact zeros (the solver leaves ~1e-16) for who has no train rating: nothing of the test part leaks.
-        user_factors[~matrix.any(1)] = 0.0
-        movie_factors[~matrix.any(0)] = 0.0
+        user_factors[np.bincount(rows, minlength=len(user_ids)) == 0] = 0.0
+        movie_factors[np.bincount(columns, minlength=len(movie_ids)) == 0] = 0.0
         user_parts.append(user_factors)
         movie_parts.append(movie_factors)
         user_names += [f"user_factor_{i}" for i in range(user_factors.shape[1])]
