@@ -254,6 +254,8 @@ def test_offline_training_on_the_service_export_reproduces_the_service_statistic
     assert exported.loc["e5", "reward_source"] == "observed" and exported["reward"].notna().sum() == 39
     assert exported.loc["e0", "candidates"].tolist() == ["a", "b", "c"]
     train(tmp_path / "export", "linucb", tmp_path / "trained", {"lambda_": 1.0}, use_ray=False)
+    with pytest.raises(ValueError, match=r"export is not a service state dir \(no service.json\)"):
+        export_log(tmp_path / "export", tmp_path / "refused")
     from recbandits.algos.checkpoints import load_module
 
     offline = load_module(tmp_path / "trained").get_state()
