@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 UNIT_ROUNDOFF = 2.0**-53  # float64
@@ -94,6 +95,24 @@ def sufficient_statistics(features: torch.Tensor, models: torch.Tensor, rewards:
     response_square = torch.zeros(num_models, dtype=torch.float64).index_add_(0, models, squares)
     counts = torch.bincount(gram_models, minlength=num_models).to(torch.float64)
     return precision, response, response_square, counts
+
+
+def row_statistics(contexts: np.ndarray, arm_features: np.ndarray | None, models: np.ndarray, rewards: np.ndarray,
+                   num_models: int, interaction: bool, chunk_rows: int = 8_192):
+    """``sufficient_statistics`` of learning rows given as numpy: contexts [N, g], the learned candidates'
+    features [N, p] (shared shape; None: disjoint, the context is the feature vector), models [N], rewards [N].
+    Computed ``chunk_rows`` rows at a time: with interaction features a row is a D-vector, memory chunk_rows x D."""
+    totals = None
+    for start in range(0, max(len(rewards), 1), chunk_rows):
+        part = slice(start, start + chunk_rows)
+        features = torch.from_numpy(np.ascontiguousarray(contexts[part], dtype=np.float64))
+        if arm_features is not None:
+            chosen = torch.from_numpy(np.ascontiguousarray(arm_features[part], dtype=np.float64)).unsqueeze(1)
+            features = candidate_features(features, chosen, interaction)[:, 0]
+        statistics = sufficient_statistics(features, torch.from_numpy(np.asarray(models[part], dtype=np.int64)),
+                                           torch.from_numpy(np.asarray(rewards[part], dtype=np.float64)), num_models)
+        totals = statistics if totals is None else tuple(a + b for a, b in zip(totals, statistics, strict=True))
+    return totals
 
 
 # --------------------------------------------------------------------------------------------------

@@ -55,23 +55,13 @@ def policy_fields(spec: DatasetSpec, algo: str, training: dict[str, Any]) -> dic
             "model_config": {"exploration": OFFLINE_ALGOS[algo], **training}}
 
 
-def rows_statistics(rows: tuple, spec: DatasetSpec, fields: dict[str, Any],
-                    chunk_rows: int = 8_192) -> dict[str, np.ndarray]:
-    """The sufficient statistics of learning rows (``learning_rows``), ``chunk_rows`` of them at a time (with
-    interaction features a row is a D-vector: memory is chunk_rows x D)."""
+def rows_statistics(rows: tuple, spec: DatasetSpec, fields: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The sufficient statistics of learning rows (``learning_rows``) as numpy."""
     contexts, learned, models, rewards = rows
     num_models = max(fields["num_arms"], 1) if spec.shape == "disjoint" else 1
-    totals = None
-    for start in range(0, max(len(rewards), 1), chunk_rows):
-        part = slice(start, start + chunk_rows)
-        features = torch.from_numpy(contexts[part])
-        if spec.shape == "shared":
-            features = kernel.candidate_features(features, torch.from_numpy(learned[part]).unsqueeze(1),
-                                                 fields["interaction"])[:, 0]
-        statistics = kernel.sufficient_statistics(features, torch.from_numpy(models[part]),
-                                                  torch.from_numpy(rewards[part]), num_models)
-        totals = statistics if totals is None else [a + b for a, b in zip(totals, statistics, strict=True)]
-    return {name: value.numpy() for name, value in zip(STATISTICS, totals, strict=True)}
+    statistics = kernel.row_statistics(contexts, learned if spec.shape == "shared" else None, models, rewards,
+                                       num_models, fields["interaction"])
+    return {name: value.numpy() for name, value in zip(STATISTICS, statistics, strict=True)}
 
 
 def learning_batches(path: str | Path, spec: DatasetSpec, batch_rows: int):

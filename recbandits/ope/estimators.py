@@ -1,0 +1,171 @@
+"""Off-policy estimators: the value of a target policy pi from decisions logged under a policy pi_0.
+
+Notation (row i of n logged decisions): context x_i, candidates k = 1..c_i, the logged action a_i with reward r_i
+and propensity p_i = pi_0(a_i | x_i); the target policy's probabilities pi(k | x_i); a reward model's predictions
+q(x_i, k); the importance weight w_i = pi(a_i | x_i) / p_i. Every estimator is an average over rows of a
+per-row term (self-normalized ones: a ratio of two averages), so it is a sum that can be computed shard by
+shard (``RowTerms`` adds up), and its uncertainty comes from the rows: a bootstrap over rows, and a normal
+interval for the plain averages.
+
+| estimator | per-row term / formula | needs | reference |
+|---|---|---|---|
+| ``dm`` | sum_k pi(k|x_i) q(x_i, k) | a reward model | Dudik, Langford and Li 2011 |
+| ``ips`` | w_i r_i | propensities | Horvitz and Thompson 1952; Dudik et al. 2011 |
+| ``snips`` | sum_i w_i r_i / sum_i w_i | propensities | Swaminathan and Joachims 2015 |
+| ``dr`` | dm_i + w_i (r_i - q(x_i, a_i)) | both | Dudik, Langford and Li 2011 |
+| ``sndr`` | mean(dm_i) + sum_i w_i (r_i - q(x_i, a_i)) / sum_i w_i | both | Kallus and Uehara 2019; OBP |
+| ``switch-dr`` | dm_i + 1[w_i <= tau] w_i (r_i - q(x_i, a_i)) | both | Wang, Agarwal and Dudik 2017 |
+| ``clipped-ips`` | min(w_i, tau) r_i | propensities | Bottou et al. 2013; Su et al. 2020 (shrinkage) |
+
+DM is unbiased only when the reward model is right; IPS and SNIPS are unbiased (SNIPS consistent) when every
+action the target policy takes has a positive logging propensity, with a variance that grows with the weights;
+DR is unbiased when either the model or the propensities are right. Switch-DR and clipped IPS trade a bias for
+less variance through ``tau`` (switch-DR falls back to the model where weights exceed it).
+
+    >>> import numpy as np
+    >>> rows = LoggedRows(rewards=np.array([1.0, 0.0]), actions=np.array([0, 1]),
+    ...                   propensities=np.array([0.5, 0.5]), target=np.array([[1.0, 0.0], [1.0, 0.0]]),
+    ...                   predictions=np.array([[0.8, 0.1], [0.6, 0.2]]))
+    >>> [round(estimate(name, rows).value, 6) for name in ("ips", "dm", "dr")]
+    [1.0, 0.7, 0.9]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+ESTIMATORS = ("dm", "ips", "snips", "dr", "sndr", "switch-dr", "clipped-ips")
+NEEDS_PROPENSITIES = ("ips", "snips", "dr", "sndr", "switch-dr", "clipped-ips")
+NEEDS_MODEL = ("dm", "dr", "sndr", "switch-dr")
+
+
+@dataclass
+class LoggedRows:
+    """The arrays an estimator reads: n rows, at most c candidates each (padded; ``valid`` marks real ones).
+
+    ``propensities``: NaN where unknown (those rows get no weight: ``support`` reports them).
+    """
+
+    rewards: np.ndarray  # [n]
+    actions: np.ndarray  # [n] index of the logged action among the row's candidates
+    propensities: np.ndarray  # [n]
+    target: np.ndarray  # [n, c] pi(k | x_i), 0 on padding
+    predictions: np.ndarray | None = None  # [n, c] q(x_i, k)
+    valid: np.ndarray | None = None  # [n, c] bool
+    logging: np.ndarray | None = None  # [n, c] pi_0(k | x_i) where logged (NaN rows: unknown)
+
+    @property
+    def weights(self) -> np.ndarray:
+        """w_i = pi(a_i | x_i) / p_i (0 where p_i is unknown)."""
+        chosen = self.target[np.arange(len(self.actions)), self.actions]
+        known = np.isfinite(self.propensities) & (self.propensities > 0)
+        return np.where(known, chosen / np.where(known, self.propensities, 1.0), 0.0)
+
+    def take(self, index: np.ndarray) -> LoggedRows:
+        def pick(array):
+            return None if array is None else array[index]
+
+        return LoggedRows(self.rewards[index], self.actions[index], self.propensities[index], self.target[index],
+                          pick(self.predictions), pick(self.valid), pick(self.logging))
+
+
+@dataclass
+class Estimate:
+    """An estimator's value with its 95% intervals and diagnostics."""
+
+    estimator: str
+    value: float
+    normal_interval: tuple[float, float] | None  # None where the estimator is a ratio (bootstrap only)
+    bootstrap_interval: tuple[float, float] | None = None
+    effective_sample_size: float | None = None  # (sum w)^2 / sum w^2 (weighted estimators)
+    max_weight: float | None = None
+    rows: int = 0
+    details: dict = field(default_factory=dict)
+
+
+def _terms(name: str, rows: LoggedRows, tau: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """(numerator terms [n], denominator terms [n] or None): the estimate is mean(num) / mean(den)."""
+    weights = rows.weights
+    if name in NEEDS_MODEL:
+        if rows.predictions is None:
+            raise ValueError(f"estimator {name!r} needs a reward model's predictions")
+        direct = (rows.target * rows.predictions).sum(1)
+        residual = rows.rewards - rows.predictions[np.arange(len(rows.actions)), rows.actions]
+    if name == "dm":
+        return direct, None
+    if name == "ips":
+        return weights * rows.rewards, None
+    if name == "snips":
+        return weights * rows.rewards, weights
+    if name == "dr":
+        return direct + weights * residual, None
+    if name == "sndr":
+        # mean(dm) + sum(w res) / sum(w) = [mean(dm) mean(w) + mean(w res)] / mean(w): a ratio of row sums.
+        return direct * weights.mean() + weights * residual, weights
+    if name == "switch-dr":
+        return direct + (weights <= tau) * weights * residual, None
+    if name == "clipped-ips":
+        return np.minimum(weights, tau) * rows.rewards, None
+    raise ValueError(f"estimator {name!r} is not one of {', '.join(ESTIMATORS)}")
+
+
+def _value(numerator: np.ndarray, denominator: np.ndarray | None) -> float:
+    if denominator is None:
+        return float(numerator.mean())
+    total = float(denominator.sum())
+    return float(numerator.sum() / total) if total > 0 else float("nan")
+
+
+def estimate(name: str, rows: LoggedRows, *, tau: float = 10.0, bootstrap: int = 0, seed: int = 0,
+             confidence: float = 0.95) -> Estimate:
+    """The estimate of ``name`` on ``rows``; ``bootstrap`` resamples of the rows give the percentile interval.
+
+    For ``sndr`` the bootstrap recomputes mean(w) on each resample (its terms depend on it).
+    """
+    from scipy import stats
+
+    numerator, denominator = _terms(name, rows, tau)
+    n = len(numerator)
+    value = _value(numerator, denominator)
+    normal = None
+    z = float(stats.norm.ppf(0.5 + confidence / 2))
+    if denominator is None and n > 1:
+        half = z * float(numerator.std(ddof=1)) / np.sqrt(n)
+        normal = (float(value - half), float(value + half))
+    interval = None
+    if bootstrap:
+        rng = np.random.default_rng(seed)
+        draws = np.empty(bootstrap)
+        for b in range(bootstrap):
+            index = rng.integers(n, size=n)
+            if name == "sndr":
+                draws[b] = _value(*_terms(name, rows.take(index), tau))
+            else:
+                draws[b] = _value(numerator[index], None if denominator is None else denominator[index])
+        low, high = np.nanpercentile(draws, [50 * (1 - confidence), 50 * (1 + confidence)])
+        interval = (float(low), float(high))
+    result = Estimate(name, value, normal, interval, rows=n)
+    if name in NEEDS_PROPENSITIES:
+        weights = rows.weights
+        result.effective_sample_size = float(weights.sum() ** 2 / (weights ** 2).sum()) if weights.any() else 0.0
+        result.max_weight = float(weights.max(initial=0.0))
+    return result
+
+
+def support(rows: LoggedRows) -> dict[str, float]:
+    """Where the estimators that need propensities cannot see the target policy.
+
+    ``unknown_propensity_share``: the rows without a logged propensity (they get no weight);
+    ``target_mass_off_support``: the share of the target policy's probability mass, over all rows and candidates,
+    that sits on rows without a propensity or on candidates the logging policy gave probability 0. IPS-type
+    estimators miss that mass entirely: a share above 0 biases them down.
+    """
+    unknown = ~(np.isfinite(rows.propensities) & (rows.propensities > 0))
+    off = rows.target[unknown].sum()
+    if rows.logging is not None:
+        logged = ~unknown & np.isfinite(rows.logging).all(1)
+        off += rows.target[logged][rows.logging[logged] <= 0].sum()
+    return {"unknown_propensity_share": float(unknown.mean()),
+            "target_mass_off_support": float(off / max(rows.target.sum(), 1e-300))}

@@ -1,0 +1,131 @@
+"""Off-policy estimators: hand-computed values on a tiny dataset, cross-fitting, and coverage of the true value on
+simulator data (``logs collect`` knows every candidate's expected reward)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recbandits.ope.estimators import LoggedRows, estimate, support
+
+
+def _tiny() -> LoggedRows:
+    # Three rows, two candidates. The target always picks candidate 0.
+    return LoggedRows(rewards=np.array([1.0, 0.0, 2.0]), actions=np.array([0, 1, 0]),
+                      propensities=np.array([0.5, 0.25, 0.8]),
+                      target=np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]),
+                      predictions=np.array([[0.8, 0.1], [0.6, 0.2], [1.5, 0.3]]),
+                      logging=np.array([[0.5, 0.5], [0.75, 0.25], [0.8, 0.2]]))
+
+
+def test_every_estimator_gives_its_hand_computed_value():
+    rows = _tiny()
+    # w = [1/0.5, 0/0.25, 1/0.8] = [2, 0, 1.25]; residuals r - q(a) = [0.2, -0.2, 0.5]; dm terms = [0.8, 0.6, 1.5]
+    np.testing.assert_allclose(rows.weights, [2.0, 0.0, 1.25])
+    expected = {
+        "dm": (0.8 + 0.6 + 1.5) / 3,
+        "ips": (2.0 * 1.0 + 0.0 + 1.25 * 2.0) / 3,
+        "snips": (2.0 + 2.5) / 3.25,
+        "dr": ((0.8 + 2 * 0.2) + 0.6 + (1.5 + 1.25 * 0.5)) / 3,
+        "sndr": (0.8 + 0.6 + 1.5) / 3 + (2 * 0.2 + 1.25 * 0.5) / 3.25,
+        "switch-dr": ((0.8 + 0.0) + 0.6 + (1.5 + 1.25 * 0.5)) / 3,  # tau 1.5: the weight 2 row falls back on dm
+        "clipped-ips": (1.5 * 1.0 + 0.0 + 1.25 * 2.0) / 3,  # tau 1.5
+    }
+    for name, value in expected.items():
+        result = estimate(name, rows, tau=1.5)
+        assert result.value == pytest.approx(value, rel=1e-12), name
+    ips = estimate("ips", rows)
+    terms = np.array([2.0, 0.0, 2.5])
+    half = 1.959963984540054 * terms.std(ddof=1) / np.sqrt(3)
+    assert ips.normal_interval == pytest.approx((terms.mean() - half, terms.mean() + half), rel=1e-9)
+    assert ips.effective_sample_size == pytest.approx(3.25 ** 2 / (4 + 1.5625)) and ips.max_weight == 2.0
+    assert estimate("snips", rows).normal_interval is None  # a ratio: bootstrap only
+    assert estimate("dm", rows).effective_sample_size is None
+    # Every resample's SNIPS is a weighted mean of the weighted rows' rewards (1 and 2).
+    low, high = estimate("snips", rows, bootstrap=300, seed=1).bootstrap_interval
+    assert 1.0 <= low < high <= 2.0
+    with pytest.raises(ValueError, match="estimator 'dm' needs a reward model's predictions"):
+        estimate("dm", LoggedRows(rows.rewards, rows.actions, rows.propensities, rows.target))
+    with pytest.raises(ValueError, match="estimator 'magic' is not one of dm, ips, snips"):
+        estimate("magic", rows)
+
+
+def test_support_counts_unknown_propensities_and_mass_the_logging_policy_never_puts():
+    rows = _tiny()
+    assert support(rows) == {"unknown_propensity_share": 0.0, "target_mass_off_support": 0.0}
+    rows.propensities[1] = np.nan  # unknown: no weight, and its target mass is off support
+    rows.logging[2] = [0.0, 1.0]  # the target's candidate 0 never logged there
+    rows.actions[2] = 1
+    rows.propensities[2] = 1.0
+    assert rows.weights.tolist() == [2.0, 0.0, 0.0]
+    assert support(rows) == {"unknown_propensity_share": pytest.approx(1 / 3), "target_mass_off_support": 2 / 3}
+
+
+def test_cross_fitted_predictions_come_from_the_other_folds(small_data_dir, tmp_path):
+    from recbandits.jobs.collect import collect
+    from recbandits.logs import read_dataset
+    from recbandits.ope.evaluation import decisions_of, reward_model_predictions
+
+    collect("movielens", "uniform", 300, tmp_path / "log", data_dir=small_data_dir,
+            env_config={"rank": 3, "num_movies": 4})
+    dataset = read_dataset(tmp_path / "log")
+    decisions = decisions_of(dataset)
+    fields = {"shape": "disjoint", "context_dim": dataset.spec.context_dim, "num_arms": 4, "arm_dim": 0,
+              "arm_ids": dataset.spec.arm_ids, "interaction": False}
+    predictions = reward_model_predictions(decisions, fields, folds=3, seed=5)
+    fold_of = np.random.default_rng(5).permutation(300) % 3
+    contexts = np.stack([job.context for job in decisions.jobs])
+    for fold in range(3):
+        train = fold_of != fold
+        for arm in range(4):
+            mine = train & (decisions.actions == arm)
+            x, y = contexts[mine], decisions.rewards[mine]
+            theta = np.linalg.solve(np.eye(x.shape[1]) + x.T @ x, x.T @ y)
+            np.testing.assert_allclose(predictions[~train, arm], contexts[~train] @ theta, rtol=1e-9, atol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def per_arm_world(small_data_dir, tmp_path_factory):
+    """A target model trained on one logged dataset, and 20,000 softmax-logged decisions to evaluate it on."""
+    from recbandits.algos.checkpoints import load_module
+    from recbandits.jobs.collect import collect
+    from recbandits.jobs.train import train
+    from recbandits.logs import read_dataset
+
+    out = tmp_path_factory.mktemp("ope")
+    settings = {"rank": 4, "num_actions": 5, "reward_noise_std": 0.5}
+    collect("movielens-per-arm", "uniform", 3_000, out / "train", data_dir=small_data_dir, env_config=settings,
+            seed=100)
+    train(out / "train", "linucb", out / "model", use_ray=False)
+    collect("movielens-per-arm", "softmax", 20_000, out / "log", data_dir=small_data_dir, env_config=settings,
+            seed=7, temperature=1.0)
+    return load_module(out / "model"), read_dataset(out / "log")
+
+
+@pytest.mark.parametrize("target", ["greedy", "eps_greedy"])
+def test_dr_and_snips_intervals_cover_the_true_value(per_arm_world, target):
+    """50 disjoint slices of 400 logged rows: DR's normal and SNIPS' bootstrap 95% intervals cover each slice's
+    true value (the simulator's expected rewards under the target's probabilities) at least 45 times."""
+    from recbandits.algos.candidates import LinearCandidatePolicy, module_policy_fields
+    from recbandits.logs.dataset import LoggedDataset
+    from recbandits.ope.evaluation import evaluate
+
+    module, dataset = per_arm_world
+    fields = module_policy_fields(module)
+    fields["model_config"] = {**fields["model_config"], "exploration": target, "epsilon": 0.3}
+    policy = LinearCandidatePolicy(fields, module.get_state())
+    covered = {"dr": 0, "snips": 0}
+    errors = []
+    for part in range(50):
+        frame = dataset.frame.iloc[part * 400:(part + 1) * 400].reset_index(drop=True)
+        result = evaluate(LoggedDataset(dataset.spec, frame, dataset.files), policy, ("dr", "snips"),
+                          bootstrap=200, seed=part)
+        truth = result["true_value"]
+        low, high = result["estimates"]["dr"].normal_interval
+        covered["dr"] += low <= truth <= high
+        low, high = result["estimates"]["snips"].bootstrap_interval
+        covered["snips"] += low <= truth <= high
+        errors.append(result["estimates"]["dr"].value - truth)
+        assert result["support"]["target_mass_off_support"] == 0.0 and result["monte_carlo_samples"] is None
+    assert covered["dr"] >= 45 and covered["snips"] >= 45, covered
+    assert abs(np.mean(errors)) < 3 * np.std(errors) / np.sqrt(50)  # no visible bias
