@@ -328,3 +328,42 @@ def train(
         raise fail(str(error)) from None
     typer.echo(f"learned {summary['learned_rows']:,.0f} rewards from {summary['rows']:,} rows in {summary['files']} "
                f"file(s) in {summary['reduce_s']:.1f} s; checkpoint in {out}/checkpoint")
+
+
+@app.command()
+def evaluate(
+    data: Annotated[Path, typer.Option(help="A logged-feedback dataset directory (with propensities for IPS/DR).")],
+    policy: Annotated[list[Path], typer.Option(help="A checkpoint to evaluate (repeat for several).")],
+    out: Annotated[Path, typer.Option(help="Output directory (table.md/csv, evaluation.json, forest.png).")]
+    = Path("runs/evaluate"),
+    estimators: Annotated[str, typer.Option(help="Comma-separated: dm, ips, snips, dr, sndr, switch-dr, "
+                                                 "clipped-ips.")] = "dm,ips,snips,dr,sndr,switch-dr,clipped-ips",
+    folds: Annotated[int, typer.Option(help="Cross-fitting folds of the reward model (DM, DR).")] = 5,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the intervals (0: normal only).")] = 200,
+    tau: Annotated[float, typer.Option(help="Weight threshold of switch-DR and clipped IPS.")] = 10.0,
+    seed: Annotated[int, typer.Option(help="Seed of the folds and the bootstrap.")] = 0,
+) -> None:
+    """Off-policy evaluation: each policy's value on logged data, with 95% intervals (docs/evaluation.md)."""
+    from recbandits.jobs.evaluate import run_evaluation
+    from recbandits.logs import LogFormatError
+
+    names = tuple(name.strip() for name in estimators.split(",") if name.strip())
+    try:
+        summary = run_evaluation(data, [str(path) for path in policy], out, estimators=names, folds=folds,
+                                 bootstrap=bootstrap, tau=tau, seed=seed)
+    except (ValueError, LogFormatError) as error:
+        raise fail(str(error)) from None
+    for name, result in summary["results"].items():
+        rows = [[row["estimator"], f"{row['value']:.4f}", f"[{row['low']:.4f}, {row['high']:.4f}]",
+                 f"{row['vs_logging']:+.4f}",
+                 "" if row["effective_sample_size"] is None else f"{row['effective_sample_size']:,.0f}"]
+                for row in summary["rows"] if row["policy"] == name]
+        _print_table(f"{name}: {result['rows']:,} rows, logging policy's mean reward {result['logging_value']:.4f}",
+                     ["estimator", "value", "95% interval", "vs logging", "ESS"], rows)
+        off = result["support"]["target_mass_off_support"]
+        if off > 0 and any(name_ != "dm" for name_ in names):
+            typer.echo(f"warning: {off:.1%} of the policy's probability mass is on rows or candidates without a "
+                       "logging propensity: the estimators that weight by propensities do not see it", err=True)
+        if result["true_value"] is not None:
+            typer.echo(f"true value (simulator's expected rewards): {result['true_value']:.4f}")
+    typer.echo(f"outputs in {out}: table.md, table.csv, evaluation.json, forest.png")

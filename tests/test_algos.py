@@ -388,7 +388,7 @@ def test_simulate_help_states_every_default_and_fits_80_columns():
 
 
 @pytest.mark.parametrize("name", ["simulate", "serve", "compare", "tune", "train", "logs collect",
-                                  "logs from-ratings"])
+                                  "logs from-ratings", "evaluate", "logs export"])
 def test_every_option_of_a_command_states_its_default(name):
     import typer
 

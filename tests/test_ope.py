@@ -129,3 +129,35 @@ def test_dr_and_snips_intervals_cover_the_true_value(per_arm_world, target):
         assert result["support"]["target_mass_off_support"] == 0.0 and result["monte_carlo_samples"] is None
     assert covered["dr"] >= 45 and covered["snips"] >= 45, covered
     assert abs(np.mean(errors)) < 3 * np.std(errors) / np.sqrt(50)  # no visible bias
+
+
+def test_evaluate_command_writes_its_table_and_refuses_what_does_not_fit(per_arm_world, small_data_dir, tmp_path):
+    import csv
+
+    from typer.testing import CliRunner
+
+    from recbandits.cli import app
+    from recbandits.jobs.collect import collect
+    from recbandits.jobs.train import train
+
+    module, dataset = per_arm_world
+    model = dataset.files[0].parent.parent / "model"
+    log = dataset.files[0].parent
+    result = CliRunner().invoke(app, ["evaluate", "--data", str(log), "--policy", str(model), "--out",
+                                      str(tmp_path / "eval"), "--bootstrap", "50"])
+    assert result.exit_code == 0, result.output
+    assert "true value (simulator's expected rewards):" in result.output
+    with open(tmp_path / "eval" / "table.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["estimator"] for row in rows] == ["dm", "ips", "snips", "dr", "sndr", "switch-dr", "clipped-ips"]
+    assert all(float(row["low"]) <= float(row["value"]) <= float(row["high"]) for row in rows)
+    assert {path.name for path in (tmp_path / "eval").iterdir()} == {"table.md", "table.csv", "evaluation.json",
+                                                                   "forest.png"}
+    # A model of the MF env (disjoint, 20 arms) does not fit per-arm data.
+    collect("movielens", "uniform", 200, tmp_path / "mf", data_dir=small_data_dir, env_config={"rank": 3})
+    train(tmp_path / "mf", "linucb", tmp_path / "mf-model", use_ray=False)
+    result = CliRunner().invoke(app, ["evaluate", "--data", str(log), "--policy", str(tmp_path / "mf-model")])
+    assert result.exit_code == 2
+    assert "does not fit the dataset (shared, context 4, arm features 4)" in result.output
+    result = CliRunner().invoke(app, ["evaluate", "--data", str(log), "--policy", str(model), "--estimators", "ips,x"])
+    assert result.exit_code == 2 and "--estimators x: the estimators are dm, ips, snips" in result.output

@@ -1,0 +1,123 @@
+"""``recbandits evaluate``: how trained policies would have done on logged traffic, before they serve anyone.
+
+    recbandits evaluate --data logs/mf-softmax --policy runs/a --policy runs/b --out runs/eval
+
+Each policy (a checkpoint of recbandits' linear bandits) is evaluated on the dataset's rewarded rows by every
+estimator of ``recbandits.ope`` (docs/evaluation.md). Writes ``table.md`` and ``table.csv`` (one row per policy
+and estimator), ``evaluation.json`` (everything, with the diagnostics) and ``forest.png`` (every estimate with
+its 95% interval, per policy; the logging policy's observed mean reward as a line, the true value where the
+dataset comes from a simulator).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from recbandits.ope.estimators import ESTIMATORS
+
+COLUMNS = ("policy", "estimator", "value", "low", "high", "interval", "vs_logging", "effective_sample_size",
+           "max_weight", "true_value")
+
+
+def policy_from_checkpoint(path: str | Path, spec):
+    """The ``LinearCandidatePolicy`` of a checkpoint, refused in one line when its features do not fit ``spec``."""
+    from recbandits.algos.candidates import LinearCandidatePolicy, module_policy_fields
+    from recbandits.algos.checkpoints import load_module
+    from recbandits.algos.module import LinearBanditModule
+
+    module = load_module(path)
+    if not isinstance(module, LinearBanditModule):
+        raise ValueError(f"--policy {path}: a {type(module).__name__}; evaluate takes recbandits' linear policies")
+    fields = module_policy_fields(module)
+    shared = spec.shape == "shared"
+    model = (fields["shape"], fields["context_dim"], fields["arm_dim"] if shared else fields["num_arms"])
+    data = (spec.shape, spec.context_dim, spec.arm_dim if shared else len(spec.arm_ids or []))
+    if model != data:
+        unit = "arm features" if shared else "arms"
+        raise ValueError(f"--policy {path}: its model ({model[0]}, context {model[1]}, {unit} {model[2]}) does "
+                         f"not fit the dataset ({data[0]}, context {data[1]}, {unit} {data[2]})")
+    return LinearCandidatePolicy(fields, module.get_state())
+
+
+def run_evaluation(data: str | Path, policies: list[str], out: str | Path, *, estimators=ESTIMATORS,
+                   folds: int = 5, bootstrap: int = 200, tau: float = 10.0, seed: int = 0) -> dict[str, Any]:
+    """Evaluate every checkpoint in ``policies`` on the dataset at ``data``; write the outputs to ``out``."""
+    from recbandits.logs import read_dataset
+    from recbandits.ope.evaluation import evaluate
+
+    unknown = [name for name in estimators if name not in ESTIMATORS]
+    if unknown:
+        raise ValueError(f"--estimators {', '.join(unknown)}: the estimators are {', '.join(ESTIMATORS)}")
+    if not policies:
+        raise ValueError("give at least one --policy CHECKPOINT")
+    dataset = read_dataset(data)
+    targets = {str(path): policy_from_checkpoint(path, dataset.spec) for path in policies}  # all checked first
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results, rows = {}, []
+    for name, policy in targets.items():
+        result = evaluate(dataset, policy, estimators, folds=folds, bootstrap=bootstrap, tau=tau, seed=seed)
+        results[name] = result
+        for estimator, value in result["estimates"].items():
+            low, high = value.normal_interval or value.bootstrap_interval or (float("nan"), float("nan"))
+            rows.append({"policy": name, "estimator": estimator, "value": value.value, "low": low, "high": high,
+                         "interval": "normal" if value.normal_interval else "bootstrap",
+                         "vs_logging": value.value - result["logging_value"],
+                         "effective_sample_size": value.effective_sample_size, "max_weight": value.max_weight,
+                         "true_value": result["true_value"]})
+    with open(out / "table.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "table.md").write_text(_markdown(rows))
+    summary = {"data": str(Path(data).resolve()), "estimators": list(estimators), "folds": folds,
+               "bootstrap": bootstrap, "tau": tau, "seed": seed, "policies": {
+                   name: {**{key: value for key, value in result.items() if key != "estimates"},
+                          "estimates": {estimator: vars(estimate) for estimator, estimate in
+                                        result["estimates"].items()}}
+                   for name, result in results.items()}}
+    (out / "evaluation.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+    _forest_plot(rows, results, out / "forest.png")
+    return {"out": str(out), "rows": rows, "results": results}
+
+
+def _number(value) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def _markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| policy | estimator | value | 95% interval | vs logging | effective sample size | largest weight |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['policy']} | {row['estimator']} | {row['value']:.4f} | [{row['low']:.4f}, "
+                     f"{row['high']:.4f}] ({row['interval']}) | {row['vs_logging']:+.4f} | "
+                     f"{_number(row['effective_sample_size'])} | {_number(row['max_weight'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _forest_plot(rows: list[dict[str, Any]], results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 0.5 * len(rows) / len(results) + 1.5),
+                                squeeze=False)
+    for axis, (name, result) in zip(axes[0], results.items(), strict=True):
+        mine = [row for row in rows if row["policy"] == name]
+        ys = range(len(mine))
+        axis.errorbar([row["value"] for row in mine], ys,
+                      xerr=[[row["value"] - row["low"] for row in mine], [row["high"] - row["value"] for row in mine]],
+                      fmt="o", capsize=3)
+        axis.set_yticks(list(ys), [row["estimator"] for row in mine])
+        axis.axvline(result["logging_value"], color="grey", linestyle="--", label="logging (observed)")
+        if result["true_value"] is not None:
+            axis.axvline(result["true_value"], color="green", label="true value")
+        axis.set_title(Path(name).name)
+        axis.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
