@@ -137,9 +137,11 @@ def true_value(decisions: Decisions, target: np.ndarray) -> float | None:
 
 
 def evaluate(dataset: LoggedDataset, policy: CandidatePolicy, estimators=ESTIMATORS, *, folds: int = 5,
-             bootstrap: int = 200, tau: float = 10.0, seed: int = 0, samples: int = 200) -> dict[str, Any]:
+             bootstrap: int = 200, tau: float = 10.0, seed: int = 0, samples: int = 200,
+             model_interaction: bool | None = None, model_lambda: float = 1.0) -> dict[str, Any]:
     """Every estimator's ``Estimate`` of ``policy`` on ``dataset``, with the support check and, for simulator
-    data, the true value."""
+    data, the true value. The reward model: ``model_interaction``, its interaction features on a shared dataset
+    (None: the dataset's own setting); ``model_lambda``, its ridge regularization."""
     unknown = [name for name in estimators if name not in ESTIMATORS]
     if unknown:
         raise ValueError(f"--estimators {', '.join(unknown)}: the estimators are {', '.join(ESTIMATORS)}")
@@ -152,7 +154,11 @@ def evaluate(dataset: LoggedDataset, policy: CandidatePolicy, estimators=ESTIMAT
               "num_arms": len(spec.arm_ids) if spec.shape == "disjoint" else 0, "arm_dim": spec.arm_dim,
               "arm_ids": spec.arm_ids,
               "interaction": bool(spec.interaction if spec.interaction is not None else spec.shape == "shared")}
-    predictions = reward_model_predictions(decisions, fields, folds=folds, seed=seed) \
+    if model_interaction is not None:
+        if model_interaction and spec.shape == "disjoint":
+            raise ValueError("the reward model's interaction features apply to shared (per-arm) datasets only")
+        fields["interaction"] = bool(model_interaction)
+    predictions = reward_model_predictions(decisions, fields, folds=folds, seed=seed, lambda_=model_lambda) \
         if any(name in ("dm", "dr", "sndr", "switch-dr") for name in estimators) else None
     rows = LoggedRows(decisions.rewards, decisions.actions, decisions.propensities, target, predictions,
                       decisions.valid, decisions.logging)
