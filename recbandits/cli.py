@@ -342,6 +342,10 @@ def evaluate(
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the intervals (0: normal only).")] = 200,
     tau: Annotated[float, typer.Option(help="Weight threshold of switch-DR and clipped IPS.")] = 10.0,
     seed: Annotated[int, typer.Option(help="Seed of the folds and the bootstrap.")] = 0,
+    ray_data: Annotated[bool, typer.Option(
+        "--ray-data/--in-memory", help="One Ray Data task per file, for logs larger than memory (normal intervals "
+                                       "only).")] = False,
+    address: Address = None,
 ) -> None:
     """Off-policy evaluation: each policy's value on logged data, with 95% intervals (docs/evaluation.md)."""
     from recbandits.jobs.evaluate import run_evaluation
@@ -350,8 +354,8 @@ def evaluate(
     names = tuple(name.strip() for name in estimators.split(",") if name.strip())
     try:
         summary = run_evaluation(data, [str(path) for path in policy], out, estimators=names, folds=folds,
-                                 bootstrap=bootstrap, tau=tau, seed=seed)
-    except (ValueError, LogFormatError) as error:
+                                 bootstrap=bootstrap, tau=tau, seed=seed, ray_data=ray_data, address=address)
+    except (ValueError, LogFormatError, ConnectionError) as error:
         raise fail(str(error)) from None
     for name, result in summary["results"].items():
         rows = [[row["estimator"], f"{row['value']:.4f}", f"[{row['low']:.4f}, {row['high']:.4f}]",

@@ -51,11 +51,14 @@ def test_every_rating_is_a_decision_split_in_time_with_train_only_features(ml100
     assert (slots.sum(1) == 1).all()
     # The rated movie's slot is uniform: each of the 10 slots within 5 standard deviations of 10,000.
     assert np.abs(slots.sum(0) - 10_000).max() < 5 * np.sqrt(100_000 * 0.1 * 0.9)
-    # Every other candidate is a movie the user never rated (in either part).
-    rated = set(zip(ratings["user_id"], ratings["item_id"], strict=True))
-    negatives = candidates[~slots]
-    row_users = np.repeat(ordered["user_id"].to_numpy(), 9)
-    assert not any((user, movie) in rated for user, movie in zip(row_users, negatives, strict=True))
+    # Every other candidate is a movie the user had not rated: a train row's in the train part (nothing of the
+    # test part leaks into training), a test row's at all.
+    negatives = candidates[~slots].reshape(-1, 9)
+    row_users = ordered["user_id"].to_numpy()
+    for part, known in ((slice(0, 80_000), ordered.iloc[:80_000]), (slice(80_000, None), ordered)):
+        rated = set(zip(known["user_id"], known["item_id"], strict=True))
+        pairs = zip(np.repeat(row_users[part], 9), negatives[part].ravel(), strict=True)
+        assert not any(pair in rated for pair in pairs)
     movies = pd.Index(movie_ids.astype(int))
     np.testing.assert_array_equal(np.stack([np.stack(row) for row in frame["candidate_features"][:500]]),
                                   movie_features[movies.get_indexer(candidates[:500].ravel())].reshape(500, 10, -1))

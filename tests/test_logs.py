@@ -63,6 +63,11 @@ BAD_ROWS = [
     ({"position": 3}, "row 1 column position: 3 is not one of the row's 3 slots"),
     ({"slot_rewards": [1.0]}, "row 1 column slot_rewards: 1 values for 3 candidates"),
     ({"slot_rewards": [1.0, float("inf"), 0.0]}, "row 1 column slot_rewards: NaN or infinite value"),
+    ({"candidates": ["a", None, "c"], "action": "a"}, "row 1 column candidates: a null candidate id"),
+    ({"action": "a", "position": 1}, r"row 1 column position: 1 is not the slot of the action \(0\)"),
+    ({"timestamp": float("inf")}, "row 1 column timestamp: NaN or infinite"),
+    ({"expected_rewards": [0.1, float("nan"), 0.2]}, "row 1 column expected_rewards: NaN or infinite value"),
+    ({"slot_propensities": [0.5]}, "row 1 column slot_propensities: given without a slate"),
     # Rankings: the slate shown, its prefixes' probabilities, feedback per slot.
     ({"action": "a", "slate": ["a", "a"]}, "row 1 column slate: repeated id"),
     ({"action": "a", "slate": ["a", "z"]}, "row 1 column slate: an id that is not among the row's candidates"),
@@ -183,6 +188,18 @@ def test_offline_training_equals_the_closed_form_ridge_for_any_files_and_workers
         np.testing.assert_allclose(learned_theta, theta, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(learned_covariance, covariance, rtol=1e-6, atol=1e-6)
         assert counts.sum() == len(rewards)
+
+
+def test_a_file_without_rows_adds_nothing(tmp_path):
+    from recbandits.jobs.train import train
+
+    spec = DatasetSpec(shape="shared", context_dim=2, arm_dim=3)
+    rows = _shared_rows(np.random.default_rng(3), 40)
+    write_dataset(tmp_path / "data", spec, [rows, []])
+    write_dataset(tmp_path / "empty", spec, [[]])
+    assert train(tmp_path / "data", "linucb", tmp_path / "out", use_ray=False)["learned_rows"] == 40
+    assert train(tmp_path / "empty", "linucb", tmp_path / "none", use_ray=False)["learned_rows"] == 0
+    np.testing.assert_array_equal(_learned(tmp_path / "none")[2], [0.0])
 
 
 def test_training_refuses_what_it_cannot_learn_before_ray_starts(tmp_path):
@@ -395,6 +412,16 @@ def test_collect_logs_slates_with_exact_prefix_probabilities_and_training_learns
     slot_rewards = np.stack(greedy["slot_rewards"].to_numpy())
     assert np.isfinite(slot_rewards).all()
     np.testing.assert_array_equal(slot_rewards.sum(1), greedy["reward"])
+
+    # Plackett-Luce prefix probabilities stay exact at low temperature (in log space, no cancellation).
+    from recbandits.jobs.collect import sample_slates
+
+    for temperature in (0.03, 0.02, 0.001):
+        _, prefixes = sample_slates("softmax", np.array([[1.0, 0.0, 0.0, 0.0]]), 2, 0.0, temperature,
+                                    np.random.default_rng(0))
+        assert np.isfinite(prefixes).all() and 0 < prefixes[0, 1] <= prefixes[0, 0] <= 1
+    _, prefixes = sample_slates("softmax", np.array([[0.0, 0.0, 0.0, 0.0]]), 2, 0.0, 0.03, np.random.default_rng(0))
+    np.testing.assert_allclose(prefixes, [[1 / 4, 1 / 12]], rtol=1e-12)
 
     with pytest.raises(ValueError, match="rankings are logged with uniform, eps-greedy, softmax, not a checkpoint"):
         collect("movielens-ranking", str(tmp_path / "trained"), 10, tmp_path / "refused", data_dir=small_data_dir)

@@ -39,7 +39,11 @@ def test_every_estimator_gives_its_hand_computed_value():
     half = 1.959963984540054 * terms.std(ddof=1) / np.sqrt(3)
     assert ips.normal_interval == pytest.approx((terms.mean() - half, terms.mean() + half), rel=1e-9)
     assert ips.effective_sample_size == pytest.approx(3.25 ** 2 / (4 + 1.5625)) and ips.max_weight == 2.0
-    assert estimate("snips", rows).normal_interval is None  # a ratio: bootstrap only
+    # SNIPS' normal interval: the delta method, psi_i = w_i (r_i - V) / mean(w).
+    value = 4.5 / 3.25
+    psi = np.array([2.0, 0.0, 1.25]) * (np.array([1.0, 0.0, 2.0]) - value) / (3.25 / 3)
+    half = 1.959963984540054 * np.sqrt((psi ** 2).sum() / 2 / 3)
+    assert estimate("snips", rows).normal_interval == pytest.approx((value - half, value + half), rel=1e-9)
     assert estimate("dm", rows).effective_sample_size is None
     # Every resample's SNIPS is a weighted mean of the weighted rows' rewards (1 and 2).
     low, high = estimate("snips", rows, bootstrap=300, seed=1).bootstrap_interval
@@ -64,7 +68,7 @@ def test_support_counts_unknown_propensities_and_mass_the_logging_policy_never_p
 def test_cross_fitted_predictions_come_from_the_other_folds(small_data_dir, tmp_path):
     from recbandits.jobs.collect import collect
     from recbandits.logs import read_dataset
-    from recbandits.ope.evaluation import decisions_of, reward_model_predictions
+    from recbandits.ope.evaluation import decisions_of, folds_of, reward_model_predictions
 
     collect("movielens", "uniform", 300, tmp_path / "log", data_dir=small_data_dir,
             env_config={"rank": 3, "num_movies": 4})
@@ -73,7 +77,8 @@ def test_cross_fitted_predictions_come_from_the_other_folds(small_data_dir, tmp_
     fields = {"shape": "disjoint", "context_dim": dataset.spec.context_dim, "num_arms": 4, "arm_dim": 0,
               "arm_ids": dataset.spec.arm_ids, "interaction": False}
     predictions = reward_model_predictions(decisions, fields, folds=3, seed=5)
-    fold_of = np.random.default_rng(5).permutation(300) % 3
+    fold_of = folds_of(decisions.event_ids, 3, seed=5)
+    assert sorted(np.bincount(fold_of).tolist())[0] > 70  # a hash of the event id splits the rows about evenly
     contexts = np.stack([job.context for job in decisions.jobs])
     for fold in range(3):
         train = fold_of != fold
@@ -161,6 +166,17 @@ def test_evaluate_command_writes_its_table_and_refuses_what_does_not_fit(per_arm
     assert "does not fit the dataset (shared, context 4, arm features 4)" in result.output
     result = CliRunner().invoke(app, ["evaluate", "--data", str(log), "--policy", str(model), "--estimators", "ips,x"])
     assert result.exit_code == 2 and "--estimators x: the estimators are dm, ips, snips" in result.output
+    # The same arms in another order: refused, not scored with the wrong models.
+    import dataclasses
+
+    from recbandits.logs import read_dataset, write_dataset
+
+    mf = read_dataset(tmp_path / "mf")
+    write_dataset(tmp_path / "reordered", dataclasses.replace(mf.spec, arm_ids=mf.spec.arm_ids[::-1]), [mf.frame])
+    result = CliRunner().invoke(app, ["evaluate", "--data", str(tmp_path / "reordered"), "--policy",
+                                      str(tmp_path / "mf-model")])
+    assert result.exit_code == 2 and "its arms are [" in result.output and "another order or other ids" in \
+        result.output, result.output
 
 
 def _slices(dataset, size: int, count: int):
@@ -214,3 +230,34 @@ def test_ips_and_dr_errors_shrink_as_one_over_root_n(per_arm_world):
         rmse[size] = {name: float(np.sqrt(np.mean(np.square(values)))) for name, values in errors.items()}
     for name in ("ips", "dr"):
         assert 1.8 < rmse[500][name] / rmse[5_000][name] < 6, rmse
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_the_estimates_over_ray_data_equal_the_in_memory_ones(per_arm_world, small_data_dir, tmp_path):
+    from recbandits.algos.candidates import module_policy_fields
+    from recbandits.jobs.collect import collect
+    from recbandits.logs import read_dataset
+    from recbandits.ope.estimators import ESTIMATORS
+    from recbandits.ope.evaluation import evaluate, evaluate_files
+
+    module, _ = per_arm_world
+    collect("movielens-per-arm", "softmax", 2_000, tmp_path / "log", data_dir=small_data_dir,
+            env_config={"rank": 4, "num_actions": 5, "reward_noise_std": 0.5}, seed=3, rows_per_file=700,
+            num_envs=256)
+    dataset = read_dataset(tmp_path / "log")
+    assert len(dataset.files) == 3
+    fields = module_policy_fields(module)
+    fields["model_config"] = {**fields["model_config"], "exploration": "eps_greedy", "epsilon": 0.2}
+    from recbandits.algos.candidates import LinearCandidatePolicy
+
+    memory = evaluate(dataset, LinearCandidatePolicy(fields, module.get_state()), bootstrap=0)
+    parallel = evaluate_files(tmp_path / "log", fields, module.get_state(), workers=2)
+    assert parallel["rows"] == memory["rows"] == 2_000
+    assert parallel["true_value"] == pytest.approx(memory["true_value"], rel=1e-12)
+    for name in ESTIMATORS:
+        ours, theirs = parallel["estimates"][name], memory["estimates"][name]
+        assert ours.value == pytest.approx(theirs.value, rel=1e-9), name
+        assert ours.normal_interval == pytest.approx(theirs.normal_interval, rel=1e-9), name
+        assert (ours.effective_sample_size is None) == (theirs.effective_sample_size is None)
+        if theirs.effective_sample_size is not None:
+            assert ours.effective_sample_size == pytest.approx(theirs.effective_sample_size, rel=1e-9)

@@ -62,10 +62,14 @@ def sample_slates(policy: str, expected: np.ndarray, size: int, epsilon: float, 
         logits = (expected - expected.max(1, keepdims=True)) / temperature
         # Gumbel-top-k draws a Plackett-Luce ranking exactly.
         slates = np.argsort(-(logits + rng.gumbel(size=expected.shape)), axis=1, kind="stable")[:, :size]
-        weights = np.exp(logits)
-        chosen = weights[rows, slates]
-        left = weights.sum(1, keepdims=True) - np.concatenate([np.zeros((batch, 1)), chosen.cumsum(1)[:, :-1]], 1)
-        return slates, np.cumprod(chosen / left, axis=1)
+        chosen = logits[rows, slates]
+        # In log space (no cancellation at low temperature): slot j's candidates are the unchosen ones and
+        # chosen[j:]; log P(slot j) = chosen_j - logsumexp(those).
+        unchosen = logits.copy()
+        unchosen[rows, slates] = -np.inf
+        rest = np.logaddexp.reduce(unchosen, axis=1, keepdims=True)
+        remaining = np.logaddexp(rest, np.logaddexp.accumulate(chosen[:, ::-1], axis=1)[:, ::-1])
+        return slates, np.exp(np.cumsum(chosen - remaining, axis=1))
     uniform_prefix = np.cumprod(1.0 / (count - np.arange(size, dtype=np.float64)))[None, :].repeat(batch, 0)
     uniform_slates = np.argsort(rng.random(expected.shape), axis=1)[:, :size]
     if policy == "uniform":
@@ -243,10 +247,12 @@ def collect(env: str, policy: str, steps: int, out: str | Path, *, data_dir=None
     if checkpoint_state is not None:
         fields = checkpoint_state["fields"]
         if fields["shape"] != spec.shape or fields["context_dim"] != spec.context_dim or (
-                spec.shape == "shared" and fields["arm_dim"] != spec.arm_dim):
+                spec.shape == "shared" and fields["arm_dim"] != spec.arm_dim) or (
+                spec.shape == "disjoint" and fields["num_arms"] != len(spec.arm_ids)):
             raise ValueError(f"--policy {policy}: its model ({fields['shape']}, context {fields['context_dim']}, "
-                             f"arm features {fields['arm_dim']}) does not fit --env {env} ({spec.shape}, context "
-                             f"{spec.context_dim}, arm features {spec.arm_dim})")
+                             f"arm features {fields['arm_dim']}, arms {fields['num_arms']}) does not fit --env {env} "
+                             f"({spec.shape}, context {spec.context_dim}, arm features {spec.arm_dim}, arms "
+                             f"{len(spec.arm_ids or [])})")
     spec.producer = {"command": "collect", "env": env, "env_config": env_config, "policy": policy, "steps": steps,
                      "seed": seed, "workers": workers, "num_envs": num_envs, "epsilon": epsilon,
                      "temperature": temperature}

@@ -39,27 +39,59 @@ def policy_from_checkpoint(path: str | Path, spec):
         unit = "arm features" if shared else "arms"
         raise ValueError(f"--policy {path}: its model ({model[0]}, context {model[1]}, {unit} {model[2]}) does "
                          f"not fit the dataset ({data[0]}, context {data[1]}, {unit} {data[2]})")
+    if not shared:
+        from recbandits.jobs.train import trained_arm_ids
+
+        arm_ids = trained_arm_ids(path)
+        if arm_ids is not None and list(arm_ids) != list(spec.arm_ids):
+            raise ValueError(f"--policy {path}: its arms are {_ids(arm_ids)}, the dataset's {_ids(spec.arm_ids)} "
+                             "(the same count, another order or other ids: its models would score the wrong arms)")
+        fields["arm_ids"] = list(spec.arm_ids)
     return LinearCandidatePolicy(fields, module.get_state())
 
 
+def _ids(ids) -> str:
+    shown = ", ".join(map(str, list(ids)[:5]))
+    return f"[{shown}{', ...' if len(ids) > 5 else ''}]"
+
+
 def run_evaluation(data: str | Path, policies: list[str], out: str | Path, *, estimators=ESTIMATORS,
-                   folds: int = 5, bootstrap: int = 200, tau: float = 10.0, seed: int = 0) -> dict[str, Any]:
-    """Evaluate every checkpoint in ``policies`` on the dataset at ``data``; write the outputs to ``out``."""
+                   folds: int = 5, bootstrap: int = 200, tau: float = 10.0, seed: int = 0, ray_data: bool = False,
+                   address: str | None = None) -> dict[str, Any]:
+    """Evaluate every checkpoint in ``policies`` on the dataset at ``data``; write the outputs to ``out``.
+
+    ``ray_data``: one Ray Data task per file (logs larger than memory; normal intervals only, no bootstrap)."""
     from recbandits.logs import read_dataset
-    from recbandits.ope.evaluation import evaluate
+    from recbandits.ope.evaluation import evaluate, evaluate_files
 
     unknown = [name for name in estimators if name not in ESTIMATORS]
     if unknown:
         raise ValueError(f"--estimators {', '.join(unknown)}: the estimators are {', '.join(ESTIMATORS)}")
     if not policies:
         raise ValueError("give at least one --policy CHECKPOINT")
-    dataset = read_dataset(data)
-    targets = {str(path): policy_from_checkpoint(path, dataset.spec) for path in policies}  # all checked first
+    if ray_data:
+        from recbandits.jobs.train import validate_files
+
+        spec, dataset = validate_files(data)[0], None
+    else:
+        dataset = read_dataset(data)
+        spec = dataset.spec
+    targets = {str(path): policy_from_checkpoint(path, spec) for path in policies}  # all checked first
+    if ray_data:
+        from recbandits.cluster import connect
+        from recbandits.verbosity import quiet_libraries
+
+        quiet_libraries()
+        connect(address)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results, rows = {}, []
     for name, policy in targets.items():
-        result = evaluate(dataset, policy, estimators, folds=folds, bootstrap=bootstrap, tau=tau, seed=seed)
+        if ray_data:
+            result = evaluate_files(data, policy.fields, policy.get_state(), estimators, folds=folds, tau=tau,
+                                    seed=seed)
+        else:
+            result = evaluate(dataset, policy, estimators, folds=folds, bootstrap=bootstrap, tau=tau, seed=seed)
         results[name] = result
         for estimator, value in result["estimates"].items():
             low, high = value.normal_interval or value.bootstrap_interval or (float("nan"), float("nan"))

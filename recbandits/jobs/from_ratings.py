@@ -5,7 +5,8 @@
     # logs/ml-100k/users.npz and movies.npz: the feature tables the rows were built from; titles.json
 
 Every rating becomes one decision: the user (global features) was shown the rated movie and
-``num_negatives`` movies they never rated (sampled uniformly, seeded), each with its movie features, and chose
+``num_negatives`` movies they had not rated (sampled uniformly, seeded; a train row's among the movies unrated in
+the train part, a test row's among those never rated), each with its movie features, and chose
 the rated one; the reward is the rating (``rating``), the rating over the scale's maximum (``scaled``) or
 whether it is 4 or more of 5 (``binary``). The logging policy is the users' own choice, so the propensity is
 unknown: null, never invented. With ``negative_reward`` (default 0) every row also carries ``slot_rewards``, the
@@ -140,9 +141,15 @@ def from_ratings(data_dir: str | Path | None, out: str | Path, *, rank: int = 10
         raise ValueError(f"--num-negatives {num_negatives} must be below the {len(movie_ids)} movies")
     user_index = pd.Index(user_ids).get_indexer(ratings["user_id"])
     movie_index = pd.Index(movie_ids).get_indexer(ratings["item_id"])
-    rated_codes = np.unique(user_index.astype(np.int64) * len(movie_ids) + movie_index)
+    codes = user_index.astype(np.int64) * len(movie_ids) + movie_index
     rng = np.random.default_rng(seed)
-    negatives = sample_negatives(user_index.astype(np.int64), rated_codes, len(movie_ids), num_negatives, rng)
+    # A train row's negatives are unrated in the train part (what was known then: a movie the user rates later
+    # may be one); a test row's are unrated in all the ratings.
+    negatives = np.concatenate([
+        sample_negatives(user_index[:split_at].astype(np.int64), np.unique(codes[:split_at]), len(movie_ids),
+                         num_negatives, rng),
+        sample_negatives(user_index[split_at:].astype(np.int64), np.unique(codes), len(movie_ids), num_negatives,
+                         rng)])
     candidates = np.column_stack([movie_index, negatives])
     # The rated movie at a random slot, so its position says nothing.
     slots = rng.integers(num_negatives + 1, size=len(ratings))

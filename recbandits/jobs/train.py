@@ -200,6 +200,10 @@ def file_statistics(path: str | Path, spec: DatasetSpec, fields: dict[str, Any],
         part = rows_statistics(rows, spec, fields)
         totals = part if totals is None else {name: totals[name] + part[name] for name in STATISTICS}
         batches += 1
+    if totals is None:  # a file without rows: zero statistics of the right shapes
+        empty = (np.zeros((0, spec.context_dim)), np.zeros((0, spec.arm_dim)) if spec.shape == "shared" else None,
+                 np.zeros(0, dtype=np.int64), np.zeros(0))
+        totals = rows_statistics(empty, spec, fields)
     return totals, batches
 
 

@@ -254,16 +254,27 @@ def conform(table: pa.Table, name: str) -> pa.Table:
 
 
 def _cast(column: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray:
-    """``column.cast(target)``, also for (nested) fixed-size lists cast to lists."""
-    if pa.types.is_list(target) and pa.types.is_fixed_size_list(column.type):
-        chunks = []
-        for chunk in column.chunks:
-            values = _cast(pa.chunked_array([chunk.flatten()], type=column.type.value_type),
-                           target.value_type).combine_chunks()
-            offsets = pa.array(np.arange(len(chunk) + 1, dtype=np.int32) * column.type.list_size)
-            chunks.append(pa.ListArray.from_arrays(offsets, values, mask=chunk.is_null()))
-        return pa.chunked_array(chunks, type=target)
-    return column.cast(target)
+    """``column`` cast to ``target``, its list arrays compacted (``_compact``)."""
+    cast = column.cast(target)
+    if not pa.types.is_list(target):
+        return cast
+    return pa.chunked_array([_compact(chunk) for chunk in cast.chunks], type=target)
+
+
+def _compact(array: pa.Array) -> pa.Array:
+    """A list array whose null entries span no values (a null written by another tool, or a cast fixed-size list,
+    may still hold values): then its offsets, ``flatten()`` and its parent indices all agree. Recurses into
+    nested lists; an array without null lists is returned as it is."""
+    if not _has_null_lists(array):
+        return array
+    values = _compact(array.flatten())
+    lengths = pc.fill_null(pc.list_value_length(array), 0).to_numpy(zero_copy_only=False)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    return pa.ListArray.from_arrays(offsets, values, mask=array.is_null() if array.null_count else None)
+
+
+def _has_null_lists(array: pa.Array) -> bool:
+    return pa.types.is_list(array.type) and (array.null_count > 0 or _has_null_lists(array.flatten()))
 
 
 def validate_table(table: pa.Table, spec: DatasetSpec, file: str, seen_event_ids: dict[str, str]) -> None:
@@ -322,6 +333,8 @@ def validate_table(table: pa.Table, spec: DatasetSpec, file: str, seen_event_ids
     counts = lengths(candidates)
     check(counts <= 0, "candidates", "empty")
     flat_candidates = candidates.flatten()
+    check(per_row(pc.is_null(flat_candidates).to_numpy(zero_copy_only=False), candidates), "candidates",
+          "a null candidate id")
     owner = pc.list_parent_indices(candidates).to_numpy()
     pairs = pd.DataFrame({"row": owner, "id": flat_candidates.to_numpy(zero_copy_only=False)})
     check(per_row(pairs.duplicated().to_numpy(), candidates), "candidates", "repeated candidate id")
@@ -406,9 +419,11 @@ def validate_table(table: pa.Table, spec: DatasetSpec, file: str, seen_event_ids
         first = pc.list_element(pc.fill_null(slates, pa.scalar(["?"], pa.list_(pa.string()))), 0)
         check(has_slate & ~pc.fill_null(pc.equal(first, actions), False).to_numpy(zero_copy_only=False), "action",
               lambda row: f"{action_values[row]!r} is not the slate's top item")
-        slot_propensities, has_slot_propensities, sizes = optional_list("slot_propensities")
-        check(has_slot_propensities & (sizes != shown), "slot_propensities",
-              lambda row: f"{sizes[row]} values for a slate of {shown[row]}")
+    slot_propensities, has_slot_propensities, sizes = optional_list("slot_propensities")
+    check(has_slot_propensities & ~has_slate, "slot_propensities", "given without a slate")
+    check(has_slot_propensities & (sizes != shown), "slot_propensities",
+          lambda row: f"{sizes[row]} values for a slate of {shown[row]}")
+    if has_slot_propensities.any():
         flat = pc.fill_null(slot_propensities.flatten(), np.nan).to_numpy(zero_copy_only=False)
         parents = pc.list_parent_indices(slot_propensities).to_numpy()
         rising = np.zeros(len(flat), dtype=bool)
@@ -425,13 +440,20 @@ def validate_table(table: pa.Table, spec: DatasetSpec, file: str, seen_event_ids
     position_values = pc.fill_null(positions, 0).to_numpy(zero_copy_only=False)
     check(has_position & ((position_values < 0) | (position_values >= shown)), "position",
           lambda row: f"{position_values[row]} is not one of the row's {shown[row]} slots")
+    action_slot = np.full(rows, -1)
+    action_slot[owner[is_action]] = (np.arange(len(owner)) - candidates.offsets.to_numpy()[:-1][owner])[is_action]
+    check(has_position & ~has_slate & (position_values != action_slot), "position",
+          lambda row: f"{position_values[row]} is not the slot of the action ({action_slot[row]})")
     slot_rewards, has_slots, slot_counts = optional_list("slot_rewards")
     check(has_slots & (slot_counts != shown), "slot_rewards",
           lambda row: f"{slot_counts[row]} values for {shown[row]} {'slots' if has_slate[row] else 'candidates'}")
     slot_values = slot_rewards.flatten()
     infinite = ~np.isfinite(pc.fill_null(slot_values, 0.0).to_numpy(zero_copy_only=False))
     check(has_slots & per_row(infinite, slot_rewards), "slot_rewards", "NaN or infinite value")
-    _, has_expected, expected_counts = optional_list("expected_rewards")
+    timestamps = pc.fill_null(column("timestamp"), 0.0).to_numpy(zero_copy_only=False)
+    check(~np.isfinite(timestamps), "timestamp", "NaN or infinite")
+    expected, has_expected, expected_counts = optional_list("expected_rewards")
+    check(has_expected & finite(expected), "expected_rewards", "NaN or infinite value")
     check(has_expected & (expected_counts != counts), "expected_rewards",
           lambda row: f"{expected_counts[row]} values for {counts[row]} candidates")
     seen_event_ids.update(dict.fromkeys(ids, file))

@@ -3,9 +3,9 @@
 Notation (row i of n logged decisions): context x_i, candidates k = 1..c_i, the logged action a_i with reward r_i
 and propensity p_i = pi_0(a_i | x_i); the target policy's probabilities pi(k | x_i); a reward model's predictions
 q(x_i, k); the importance weight w_i = pi(a_i | x_i) / p_i. Every estimator is an average over rows of a
-per-row term (self-normalized ones: a ratio of two averages), so it is a sum that can be computed shard by
-shard (``RowTerms`` adds up), and its uncertainty comes from the rows: a bootstrap over rows, and a normal
-interval for the plain averages.
+per-row term (self-normalized ones: a ratio of two averages), so its value and its normal interval (the delta
+method for the ratios) are functions of sums over rows that can be computed shard by shard (``row_sums``,
+``add_sums``); in memory a bootstrap over rows gives a percentile interval too.
 
 | estimator | per-row term / formula | needs | reference |
 |---|---|---|---|
@@ -118,24 +118,89 @@ def _value(numerator: np.ndarray, denominator: np.ndarray | None) -> float:
     return float(numerator.sum() / total) if total > 0 else float("nan")
 
 
-def estimate(name: str, rows: LoggedRows, *, tau: float = 10.0, bootstrap: int = 0, seed: int = 0,
-             confidence: float = 0.95) -> Estimate:
-    """The estimate of ``name`` on ``rows``; ``bootstrap`` resamples of the rows give the percentile interval.
+def row_sums(rows: LoggedRows, tau: float = 10.0) -> dict[str, float]:
+    """The sums over rows every estimator's value and normal interval are functions of: sums of shards add up
+    (``add_sums``), so an estimate over files read in parallel equals the one over all rows in memory."""
+    weights, rewards = rows.weights, rows.rewards
+    sums = {"n": float(len(rewards)), "w": weights.sum(), "w2": (weights ** 2).sum(), "max_w": weights.max(initial=0.0),
+            "wr": (weights * rewards).sum(), "w2r": (weights ** 2 * rewards).sum(),
+            "w2r2": (weights ** 2 * rewards ** 2).sum()}
+    clipped = np.minimum(weights, tau) * rewards
+    sums.update(clip=clipped.sum(), clip2=(clipped ** 2).sum())
+    if rows.predictions is not None:
+        direct = (rows.target * rows.predictions).sum(1)
+        residual = rewards - rows.predictions[np.arange(len(rows.actions)), rows.actions]
+        doubly = direct + weights * residual
+        switch = direct + (weights <= tau) * weights * residual
+        sums.update(dm=direct.sum(), dm2=(direct ** 2).sum(), dr=doubly.sum(), dr2=(doubly ** 2).sum(),
+                    switch=switch.sum(), switch2=(switch ** 2).sum(), wres=(weights * residual).sum(),
+                    dm_wres=(direct * weights * residual).sum(), dm_w=(direct * weights).sum(),
+                    w2res=(weights ** 2 * residual).sum(), w2res2=(weights ** 2 * residual ** 2).sum())
+    return {key: float(value) for key, value in sums.items()}
 
-    For ``sndr`` the bootstrap recomputes mean(w) on each resample (its terms depend on it).
-    """
+
+def add_sums(first: dict[str, float], second: dict[str, float]) -> dict[str, float]:
+    return {key: max(first[key], second[key]) if key == "max_w" else first[key] + second[key] for key in first}
+
+
+_MEANS = {"dm": "dm", "ips": "wr", "dr": "dr", "switch-dr": "switch", "clipped-ips": "clip"}
+_SQUARES = {"dm": "dm2", "ips": "w2r2", "dr": "dr2", "switch-dr": "switch2", "clipped-ips": "clip2"}
+
+
+def value_and_variance(name: str, sums: dict[str, float]) -> tuple[float, float]:
+    """(the estimate, the variance of its per-row influence) from ``row_sums``: the sample variance for the
+    averages; for the ratios SNIPS and SNDR the delta method (their influence functions), e.g. SNIPS:
+    psi_i = w_i (r_i - V) / mean(w)."""
+    n = sums["n"]
+    if name in NEEDS_MODEL and "dm" not in sums:
+        raise ValueError(f"estimator {name!r} needs a reward model's predictions")
+    if name in _MEANS:
+        total, squares = sums[_MEANS[name]], sums[_SQUARES[name]]
+        value = total / n
+        return value, max(squares - n * value ** 2, 0.0) / max(n - 1, 1)
+    if sums["w"] <= 0:
+        return float("nan"), float("nan")
+    mean_w = sums["w"] / n
+    if name == "snips":
+        value = sums["wr"] / sums["w"]
+        influence = (sums["w2r2"] - 2 * value * sums["w2r"] + value ** 2 * sums["w2"]) / mean_w ** 2
+        return value, max(influence, 0.0) / max(n - 1, 1)
+    if name == "sndr":
+        mean_dm, ratio = sums["dm"] / n, sums["wres"] / sums["w"]
+        centered = sums["dm2"] - n * mean_dm ** 2
+        cross = sums["dm_wres"] - ratio * sums["dm_w"] - mean_dm * sums["wres"] + mean_dm * ratio * sums["w"]
+        weighted = sums["w2res2"] - 2 * ratio * sums["w2res"] + ratio ** 2 * sums["w2"]
+        influence = centered + 2 * cross / mean_w + weighted / mean_w ** 2
+        return mean_dm + ratio, max(influence, 0.0) / max(n - 1, 1)
+    raise ValueError(f"estimator {name!r} is not one of {', '.join(ESTIMATORS)}")
+
+
+def estimate_from_sums(name: str, sums: dict[str, float], confidence: float = 0.95) -> Estimate:
+    """The estimate, its normal (delta-method for the ratios) interval and diagnostics from ``row_sums``."""
     from scipy import stats
 
-    numerator, denominator = _terms(name, rows, tau)
-    n = len(numerator)
-    value = _value(numerator, denominator)
+    value, variance = value_and_variance(name, sums)
     normal = None
-    z = float(stats.norm.ppf(0.5 + confidence / 2))
-    if denominator is None and n > 1:
-        half = z * float(numerator.std(ddof=1)) / np.sqrt(n)
+    if sums["n"] > 1 and np.isfinite(variance):
+        half = float(stats.norm.ppf(0.5 + confidence / 2)) * np.sqrt(variance / sums["n"])
         normal = (float(value - half), float(value + half))
-    interval = None
+    result = Estimate(name, float(value), normal, rows=int(sums["n"]))
+    if name in NEEDS_PROPENSITIES:
+        result.effective_sample_size = sums["w"] ** 2 / sums["w2"] if sums["w2"] > 0 else 0.0
+        result.max_weight = sums["max_w"]
+    return result
+
+
+def estimate(name: str, rows: LoggedRows, *, tau: float = 10.0, bootstrap: int = 0, seed: int = 0,
+             confidence: float = 0.95) -> Estimate:
+    """The estimate of ``name`` on ``rows`` (``estimate_from_sums``); ``bootstrap`` resamples of the rows give
+    the percentile interval too (for ``sndr`` each resample recomputes mean(w): its terms depend on it)."""
+    if name not in ESTIMATORS:
+        raise ValueError(f"estimator {name!r} is not one of {', '.join(ESTIMATORS)}")
+    result = estimate_from_sums(name, row_sums(rows, tau), confidence)
     if bootstrap:
+        numerator, denominator = _terms(name, rows, tau)
+        n = len(numerator)
         rng = np.random.default_rng(seed)
         draws = np.empty(bootstrap)
         for b in range(bootstrap):
@@ -145,12 +210,7 @@ def estimate(name: str, rows: LoggedRows, *, tau: float = 10.0, bootstrap: int =
             else:
                 draws[b] = _value(numerator[index], None if denominator is None else denominator[index])
         low, high = np.nanpercentile(draws, [50 * (1 - confidence), 50 * (1 + confidence)])
-        interval = (float(low), float(high))
-    result = Estimate(name, value, normal, interval, rows=n)
-    if name in NEEDS_PROPENSITIES:
-        weights = rows.weights
-        result.effective_sample_size = float(weights.sum() ** 2 / (weights ** 2).sum()) if weights.any() else 0.0
-        result.max_weight = float(weights.max(initial=0.0))
+        result.bootstrap_interval = (float(low), float(high))
     return result
 
 

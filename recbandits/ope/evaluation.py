@@ -11,15 +11,27 @@ a model that saw it (Chernozhukov et al. 2018).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from recbandits.algos import kernel
 from recbandits.algos.candidates import CandidatePolicy, CandidateSet, LinearCandidatePolicy, build_module
 from recbandits.logs.dataset import LoggedDataset
-from recbandits.ope.estimators import ESTIMATORS, Estimate, LoggedRows, estimate, support
+from recbandits.ope.estimators import (
+    ESTIMATORS,
+    NEEDS_MODEL,
+    LoggedRows,
+    add_sums,
+    estimate,
+    estimate_from_sums,
+    row_sums,
+    support,
+)
 
 
 @dataclass
@@ -34,6 +46,7 @@ class Decisions:
     expected: np.ndarray | None  # [n, c] the simulator's expected rewards (collect), else None
     valid: np.ndarray  # [n, c]
     dropped: int  # rows without a reward
+    event_ids: np.ndarray | None = None  # [n]
 
 
 def _padded(rows: list, counts: np.ndarray, width: int, fill: float = np.nan) -> np.ndarray:
@@ -48,6 +61,9 @@ def decisions_of(dataset: LoggedDataset) -> Decisions:
     """The rows with a reward, with each row's candidates as a ``CandidateSet`` (a disjoint row's candidates are
     its arms' model indices, a shared row's their features)."""
     spec, frame = dataset.spec, dataset.frame
+    if "slate" in frame and frame["slate"].notna().any():
+        raise ValueError("the dataset logs rankings (slates): their reward is the slate's, and the slate estimators "
+                         "are not implemented yet; evaluate takes single-choice datasets")
     rewarded = frame[frame["reward"].notna()].reset_index(drop=True)
     candidates = [list(row) for row in rewarded["candidates"]]
     counts = np.array([len(row) for row in candidates])
@@ -69,7 +85,8 @@ def decisions_of(dataset: LoggedDataset) -> Decisions:
         jobs=jobs, actions=actions, rewards=rewarded["reward"].to_numpy(np.float64), propensities=propensities,
         logging=_padded(list(logging), counts, width) if logging.notna().any() else None,
         expected=_padded(list(expected), counts, width) if expected.notna().all() else None,
-        valid=np.arange(width)[None, :] < counts[:, None], dropped=len(frame) - len(rewarded))
+        valid=np.arange(width)[None, :] < counts[:, None], dropped=len(frame) - len(rewarded),
+        event_ids=rewarded["event_id"].to_numpy(dtype=object))
 
 
 def target_probabilities(policy: CandidatePolicy, decisions: Decisions, samples: int = 200,
@@ -98,35 +115,69 @@ def target_probabilities(policy: CandidatePolicy, decisions: Decisions, samples:
     return out, None if exact else samples
 
 
+def folds_of(event_ids: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
+    """Each row's cross-fitting fold, from a hash of its event id: the same for a row wherever it is read."""
+    hashes = pd.util.hash_array(np.asarray(event_ids, dtype=object), hash_key=f"{seed:016d}"[-16:])
+    return (hashes % np.uint64(max(folds, 1))).astype(np.int64)
+
+
+def _learning_inputs(decisions: Decisions):
+    """(contexts, learned candidates' features or None, models) of the rows' logged actions."""
+    contexts = np.stack([job.context for job in decisions.jobs])
+    pairs = zip(decisions.jobs, decisions.actions, strict=True)
+    if decisions.jobs and decisions.jobs[0].arm_features is not None:
+        return contexts, np.stack([job.arm_features[action] for job, action in pairs]), \
+            np.zeros(len(decisions.jobs), dtype=np.int64)
+    return contexts, None, np.array([job.arms[action] for job, action in pairs])
+
+
+def model_fields(fields: dict[str, Any], lambda_: float) -> dict[str, Any]:
+    return {**fields, "model_config": {"exploration": "greedy", "lambda_": lambda_}}
+
+
+def fold_statistics(decisions: Decisions, fields: dict[str, Any], folds: int, seed: int = 0) -> list:
+    """Per fold, the kernel's sufficient statistics (numpy) of the fold's rows (summable over shards)."""
+    probe = build_module(model_fields(fields, 1.0))
+    contexts, learned, models = _learning_inputs(decisions)
+    fold_of = folds_of(decisions.event_ids, folds, seed)
+    out = []
+    for fold in range(folds):
+        mine = fold_of == fold
+        statistics = kernel.row_statistics(contexts[mine], None if learned is None else learned[mine], models[mine],
+                                           decisions.rewards[mine], probe.num_models, bool(fields["interaction"]))
+        out.append([value.numpy() for value in statistics])
+    return out
+
+
+def fold_models(statistics: list, fields: dict[str, Any], lambda_: float) -> list[LinearCandidatePolicy]:
+    """Fold f's reward model: the ridge regression on every other fold's rows."""
+    import torch
+
+    total = [sum(parts) for parts in zip(*statistics, strict=True)]
+    policies = []
+    for own in statistics:
+        module = build_module(model_fields(fields, lambda_))
+        module.absorb(*(torch.from_numpy(np.asarray(all_ - mine)) for all_, mine in zip(total, own, strict=True)))
+        policies.append(LinearCandidatePolicy(model_fields(fields, lambda_), module.get_state()))
+    return policies
+
+
+def fold_predictions(decisions: Decisions, models: list[LinearCandidatePolicy], seed: int = 0) -> np.ndarray:
+    """[n, c] q(x_i, k) of every candidate by the model of the row's fold (0 on padding)."""
+    fold_of = folds_of(decisions.event_ids, len(models), seed)
+    predictions = np.zeros(decisions.valid.shape)
+    for fold, model in enumerate(models):
+        rows = np.flatnonzero(fold_of == fold)
+        for index, decision in zip(rows, model.decide([decisions.jobs[row] for row in rows]), strict=True):
+            predictions[index, :len(decision.scores)] = decision.scores
+    return predictions
+
+
 def reward_model_predictions(decisions: Decisions, fields: dict[str, Any], folds: int = 5, seed: int = 0,
                              lambda_: float = 1.0) -> np.ndarray:
     """[n, c] cross-fitted ridge predictions q(x_i, k) of every candidate (``fields``: the dataset's policy fields)."""
-    fields = {**fields, "model_config": {"exploration": "greedy", "lambda_": lambda_}}
-    n = len(decisions.jobs)
-    fold_of = np.random.default_rng(seed).permutation(n) % max(min(folds, n), 1)
-    probe = LinearCandidatePolicy(fields)
-    shared = fields["shape"] == "shared"
-    contexts = np.stack([job.context for job in decisions.jobs])
-    if shared:
-        learned = np.stack([job.arm_features[action] for job, action in zip(decisions.jobs, decisions.actions,
-                                                                             strict=True)])
-        models = np.zeros(n, dtype=np.int64)
-    else:
-        learned = None
-        models = np.array([job.arms[action] for job, action in zip(decisions.jobs, decisions.actions, strict=True)])
-    predictions = np.full(decisions.valid.shape, np.nan)
-    for fold in range(int(fold_of.max(initial=0)) + 1):
-        train = fold_of != fold
-        statistics = kernel.row_statistics(contexts[train], None if learned is None else learned[train],
-                                           models[train], decisions.rewards[train], probe.num_models,
-                                           probe.interaction)
-        module = build_module(fields)
-        module.absorb(*statistics)
-        model = LinearCandidatePolicy(fields, module.get_state())
-        rows = np.flatnonzero(~train)
-        for index, decision in zip(rows, model.decide([decisions.jobs[row] for row in rows]), strict=True):
-            predictions[index, :len(decision.scores)] = decision.scores
-    return np.where(decisions.valid, predictions, 0.0)
+    models = fold_models(fold_statistics(decisions, fields, folds, seed), fields, lambda_)
+    return fold_predictions(decisions, models, seed)
 
 
 def true_value(decisions: Decisions, target: np.ndarray) -> float | None:
@@ -136,20 +187,8 @@ def true_value(decisions: Decisions, target: np.ndarray) -> float | None:
     return float((target * np.nan_to_num(decisions.expected)).sum(1).mean())
 
 
-def evaluate(dataset: LoggedDataset, policy: CandidatePolicy, estimators=ESTIMATORS, *, folds: int = 5,
-             bootstrap: int = 200, tau: float = 10.0, seed: int = 0, samples: int = 200,
-             model_interaction: bool | None = None, model_lambda: float = 1.0) -> dict[str, Any]:
-    """Every estimator's ``Estimate`` of ``policy`` on ``dataset``, with the support check and, for simulator
-    data, the true value. The reward model: ``model_interaction``, its interaction features on a shared dataset
-    (None: the dataset's own setting); ``model_lambda``, its ridge regularization."""
-    unknown = [name for name in estimators if name not in ESTIMATORS]
-    if unknown:
-        raise ValueError(f"--estimators {', '.join(unknown)}: the estimators are {', '.join(ESTIMATORS)}")
-    decisions = decisions_of(dataset)
-    if not len(decisions.jobs):
-        raise ValueError("the dataset has no row with a reward: nothing to evaluate on")
-    target, monte_carlo = target_probabilities(policy, decisions, samples=samples)
-    spec = dataset.spec
+def dataset_fields(spec, model_interaction: bool | None = None) -> dict[str, Any]:
+    """The policy fields of a reward model over the dataset's features."""
     fields = {"shape": spec.shape, "context_dim": spec.context_dim,
               "num_arms": len(spec.arm_ids) if spec.shape == "disjoint" else 0, "arm_dim": spec.arm_dim,
               "arm_ids": spec.arm_ids,
@@ -158,12 +197,121 @@ def evaluate(dataset: LoggedDataset, policy: CandidatePolicy, estimators=ESTIMAT
         if model_interaction and spec.shape == "disjoint":
             raise ValueError("the reward model's interaction features apply to shared (per-arm) datasets only")
         fields["interaction"] = bool(model_interaction)
-    predictions = reward_model_predictions(decisions, fields, folds=folds, seed=seed, lambda_=model_lambda) \
-        if any(name in ("dm", "dr", "sndr", "switch-dr") for name in estimators) else None
+    return fields
+
+
+def shard_sums(decisions: Decisions, policy: CandidatePolicy, models: list | None, tau: float, samples: int,
+               seed: int) -> tuple[dict[str, Any], LoggedRows]:
+    """Everything ``evaluate`` reports as sums over one shard's rows (they add up over shards), and its rows."""
+    target, monte_carlo = target_probabilities(policy, decisions, samples=samples)
+    predictions = fold_predictions(decisions, models, seed) if models else None
     rows = LoggedRows(decisions.rewards, decisions.actions, decisions.propensities, target, predictions,
                       decisions.valid, decisions.logging)
-    results: dict[str, Estimate] = {name: estimate(name, rows, tau=tau, bootstrap=bootstrap, seed=seed)
-                                    for name in estimators}
-    return {"estimates": results, "support": support(rows), "true_value": true_value(decisions, target),
-            "logging_value": float(decisions.rewards.mean()), "rows": len(decisions.jobs),
-            "dropped_rows": decisions.dropped, "monte_carlo_samples": monte_carlo}
+    unknown = ~(np.isfinite(rows.propensities) & (rows.propensities > 0))
+    off = support(rows)["target_mass_off_support"] * target.sum()
+    sums = {"estimators": row_sums(rows, tau), "unknown": float(unknown.sum()), "target_mass": float(target.sum()),
+            "off_mass": float(off), "reward": float(decisions.rewards.sum()), "dropped": decisions.dropped,
+            "true": None if decisions.expected is None else float(
+                (target * np.nan_to_num(decisions.expected)).sum()), "monte_carlo_samples": monte_carlo}
+    return sums, rows
+
+
+def add_shard_sums(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    out = {key: first[key] + second[key] for key in ("unknown", "target_mass", "off_mass", "reward", "dropped")}
+    out["estimators"] = add_sums(first["estimators"], second["estimators"])
+    out["true"] = None if first["true"] is None or second["true"] is None else first["true"] + second["true"]
+    out["monte_carlo_samples"] = first["monte_carlo_samples"] or second["monte_carlo_samples"]
+    return out
+
+
+def report(sums: dict[str, Any], estimators, confidence: float = 0.95) -> dict[str, Any]:
+    n = sums["estimators"]["n"]
+    return {"estimates": {name: estimate_from_sums(name, sums["estimators"], confidence) for name in estimators},
+            "support": {"unknown_propensity_share": sums["unknown"] / n,
+                        "target_mass_off_support": sums["off_mass"] / max(sums["target_mass"], 1e-300)},
+            "true_value": None if sums["true"] is None else sums["true"] / n, "logging_value": sums["reward"] / n,
+            "rows": int(n), "dropped_rows": int(sums["dropped"]), "monte_carlo_samples": sums["monte_carlo_samples"]}
+
+
+def _check_estimators(estimators) -> None:
+    unknown = [name for name in estimators if name not in ESTIMATORS]
+    if unknown:
+        raise ValueError(f"--estimators {', '.join(unknown)}: the estimators are {', '.join(ESTIMATORS)}")
+
+
+def evaluate(dataset: LoggedDataset, policy: CandidatePolicy, estimators=ESTIMATORS, *, folds: int = 5,
+             bootstrap: int = 200, tau: float = 10.0, seed: int = 0, samples: int = 200,
+             model_interaction: bool | None = None, model_lambda: float = 1.0) -> dict[str, Any]:
+    """Every estimator's ``Estimate`` of ``policy`` on ``dataset`` (in memory), with the support check and, for
+    simulator data, the true value. The reward model: ``model_interaction``, its interaction features on a shared
+    dataset (None: the dataset's own setting); ``model_lambda``, its ridge regularization. ``bootstrap``: resamples
+    for the percentile intervals."""
+    _check_estimators(estimators)
+    decisions = decisions_of(dataset)
+    if not len(decisions.jobs):
+        raise ValueError("the dataset has no row with a reward: nothing to evaluate on")
+    fields = dataset_fields(dataset.spec, model_interaction)
+    models = None
+    if any(name in NEEDS_MODEL for name in estimators):
+        models = fold_models(fold_statistics(decisions, fields, folds, seed), fields, model_lambda)
+    sums, rows = shard_sums(decisions, policy, models, tau, samples, seed)
+    result = report(sums, estimators)
+    if bootstrap:
+        for name in estimators:
+            result["estimates"][name].bootstrap_interval = estimate(
+                name, rows, tau=tau, bootstrap=bootstrap, seed=seed).bootstrap_interval
+    return result
+
+
+def evaluate_files(directory, policy_fields: dict[str, Any], policy_state: dict[str, np.ndarray],
+                   estimators=ESTIMATORS, *, folds: int = 5, tau: float = 10.0, seed: int = 0, samples: int = 200,
+                   model_interaction: bool | None = None, model_lambda: float = 1.0,
+                   workers: int | None = None) -> dict[str, Any]:
+    """``evaluate`` over Ray Data, one task per Parquet file (logs larger than memory): the fold statistics in one
+    pass, the sums in a second; the same value and normal intervals as ``evaluate`` on the same rows (no
+    bootstrap). The target is a ``LinearCandidatePolicy`` rebuilt in each task from its fields and state."""
+    import ray
+
+    from recbandits.logs.dataset import DatasetSpec, dataset_files, read_table
+
+    _check_estimators(estimators)
+    spec = DatasetSpec.read(directory)
+    files = [str(path) for path in dataset_files(directory)]
+    fields = dataset_fields(spec, model_interaction)
+    needs_model = any(name in NEEDS_MODEL for name in estimators)
+
+    def shard(path: str) -> Decisions:
+        table = read_table(Path(path))
+        return decisions_of(LoggedDataset(spec, table.to_pandas(), [Path(path)]))
+
+    def statistics_task(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        parts = [fold_statistics(shard(path), fields, folds, seed) for path in batch["path"]]
+        return {f"s{fold}_{k}": np.stack([part[fold][k] for part in parts])
+                for fold in range(folds) for k in range(4)}
+
+    paths = ray.data.from_items([{"path": path} for path in files], override_num_blocks=len(files))
+    if needs_model:
+        totals: dict[str, np.ndarray] = {}
+        for rows in paths.map_batches(statistics_task, batch_size=1, concurrency=workers).iter_batches(
+                batch_size=None):
+            for key, value in rows.items():
+                totals[key] = totals.get(key, 0) + value.sum(0)
+        statistics = [[totals[f"s{fold}_{k}"] for k in range(4)] for fold in range(folds)]
+    else:
+        statistics = None
+
+    def sums_task(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        target = LinearCandidatePolicy(policy_fields, policy_state)
+        reward_models = fold_models(statistics, fields, model_lambda) if statistics is not None else None
+        total = None
+        for path in batch["path"]:
+            part, _ = shard_sums(shard(path), target, reward_models, tau, samples, seed)
+            total = part if total is None else add_shard_sums(total, part)
+        return {"sums": np.array([json.dumps(total)])}
+
+    total = None
+    for rows in paths.map_batches(sums_task, batch_size=1, concurrency=workers).iter_batches(batch_size=None):
+        for text in rows["sums"]:
+            part = json.loads(str(text))
+            total = part if total is None else add_shard_sums(total, part)
+    return report(total, estimators)
