@@ -44,7 +44,7 @@ Defaults follow TF-Agents' MovieLens example (``train_eval_movielens.py``) and `
 env runner with 8 sub-envs ("batch 8") and 2 steps per iteration ("2 steps per loop"); LinUCB alpha 10,
 tikhonov 0.001; LinTS alpha 10, tikhonov 1.0; neural agents (50, 50, 50) layers, Adam at 0.005, epsilon 0.05;
 NeuralLinUCB encoding dim 20, 1000 encoding-network train steps. TensorFlow / torch coexistence and thread
-settings: see ``recbandits.algos.tf_agents_module``.
+settings: see ``recbandits.algos.tf_agents_setup``.
 """
 
 from __future__ import annotations
@@ -62,13 +62,12 @@ from ray.rllib.utils.annotations import override
 
 from recbandits.algos.env_runner import ORACLE, BanditEnvRunner
 from recbandits.algos.linear import LinearBandit, LinearBanditConfig
-from recbandits.algos.tf_agents_module import (
+from recbandits.algos.tf_agents_module import TFAgentsBanditModule, export_policy
+from recbandits.algos.tf_agents_setup import (
     AGENTS,
     DEFAULT_MODEL_CONFIG,
-    TFAgentsBanditModule,
     canonical_agent_name,
     configure_tensorflow,
-    export_policy,
     resolve_model_config,
 )
 

@@ -181,7 +181,7 @@ def run_one(contender: Contender, spec: ComparisonSpec, seed: int, data_dir: str
     # One CPU per run: intra-op threads of torch or TensorFlow would only fight over the machine's cores.
     torch.set_num_threads(1)
     if contender.library == "TF-Agents":
-        from recbandits.algos.tf_agents_module import configure_tensorflow
+        from recbandits.algos.tf_agents_setup import configure_tensorflow
 
         configure_tensorflow(num_threads=1)
     runner = _run_tf_agents if contender.library == "TF-Agents" else _run_recbandits
