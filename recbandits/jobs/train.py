@@ -232,7 +232,8 @@ def _reduce_with_ray_data(files: list[Path], spec: DatasetSpec, fields: dict[str
     # One block per file: ``read_parquet`` would merge small files into one read task and reduce them serially.
     paths = ray.data.from_items([{"path": str(path)} for path in files], override_num_blocks=len(files))
     totals, batches = None, 0
-    for rows in paths.map_batches(reduce_files, batch_size=1, concurrency=workers).iter_batches(batch_size=None):
+    pool = {"compute": ray.data.TaskPoolStrategy(size=workers)} if workers else {}
+    for rows in paths.map_batches(reduce_files, batch_size=1, **pool).iter_batches(batch_size=None):
         part = {name: rows[name].sum(0) for name in STATISTICS}
         batches += int(rows["batches"].sum())
         totals = part if totals is None else {name: totals[name] + part[name] for name in STATISTICS}

@@ -289,11 +289,12 @@ def evaluate_files(directory, policy_fields: dict[str, Any], policy_state: dict[
         return {f"s{fold}_{k}": np.stack([part[fold][k] for part in parts])
                 for fold in range(folds) for k in range(4)}
 
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    pool = {"compute": ray.data.TaskPoolStrategy(size=workers)} if workers else {}
     paths = ray.data.from_items([{"path": path} for path in files], override_num_blocks=len(files))
     if needs_model:
         totals: dict[str, np.ndarray] = {}
-        for rows in paths.map_batches(statistics_task, batch_size=1, concurrency=workers).iter_batches(
-                batch_size=None):
+        for rows in paths.map_batches(statistics_task, batch_size=1, **pool).iter_batches(batch_size=None):
             for key, value in rows.items():
                 totals[key] = totals.get(key, 0) + value.sum(0)
         statistics = [[totals[f"s{fold}_{k}"] for k in range(4)] for fold in range(folds)]
@@ -310,7 +311,7 @@ def evaluate_files(directory, policy_fields: dict[str, Any], policy_state: dict[
         return {"sums": np.array([json.dumps(total)])}
 
     total = None
-    for rows in paths.map_batches(sums_task, batch_size=1, concurrency=workers).iter_batches(batch_size=None):
+    for rows in paths.map_batches(sums_task, batch_size=1, **pool).iter_batches(batch_size=None):
         for text in rows["sums"]:
             part = json.loads(str(text))
             total = part if total is None else add_shard_sums(total, part)
