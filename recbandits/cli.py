@@ -306,9 +306,12 @@ def train(
                                            "tfa-neural-eps-greedy | tfa-neural-linucb")] = "linucb",
     out: Annotated[Path, typer.Option(help="Output directory (checkpoint/, train.json).")] = Path("runs/train"),
     address: Address = None,
-    alpha: Annotated[float | None, typer.Option(help="UCB width \\[default: 1.0]")] = None,
-    lambda_: Annotated[float | None, typer.Option("--lambda", help="Ridge regularization \\[default: 1.0]")] = None,
-    epsilon: Annotated[float | None, typer.Option(help="Exploration rate of eps-greedy \\[default: 0.05]")] = None,
+    alpha: Annotated[float | None, typer.Option(
+        help="UCB width (tfa-lints: sample scale) \\[default: 1.0; tfa-* 10.0]")] = None,
+    lambda_: Annotated[float | None, typer.Option(
+        "--lambda", help="Ridge regularization \\[default: 1.0; tfa-linucb 0.001, tfa-lints 1.0]")] = None,
+    epsilon: Annotated[float | None, typer.Option(
+        help="Exploration rate (eps-greedy, neural tfa-*) \\[default: 0.05]")] = None,
     interaction: Annotated[bool | None, typer.Option(
         "--interaction/--no-interaction",
         help="Shared datasets: learn on the outer product of context and candidate features \\[default: on]")] = None,
