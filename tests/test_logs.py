@@ -471,3 +471,23 @@ def test_tf_agents_agents_train_offline_to_the_closed_form_ridge_and_their_check
     with pytest.raises(ValueError, match="TF-Agents' per-arm agents score a fixed number of candidates; the rows of "
                                          ".*ragged have 3, 4"):
         train(tmp_path / "ragged", "tfa-neural-linucb", tmp_path / "refused")
+
+
+def test_a_log_without_decisions_exports_to_a_dataset_of_no_rows(tmp_path):
+    import asyncio
+
+    from recbandits.jobs.train import train
+    from recbandits.serve.config import ServeConfig
+    from recbandits.serve.core import BanditCore
+    from recbandits.serve.export import export_log
+    from recbandits.serve.state import prepare_state_dir
+
+    config = prepare_state_dir(ServeConfig(state_dir=str(tmp_path / "state"), context_dim=2, num_arms=3))
+
+    async def start_and_stop():
+        await BanditCore(config).close()
+
+    asyncio.run(start_and_stop())
+    assert export_log(config.state_path, tmp_path / "out")["decisions"] == 0
+    assert len(read_dataset(tmp_path / "out").frame) == 0
+    assert train(tmp_path / "out", "linucb", tmp_path / "model", use_ray=False)["learned_rows"] == 0

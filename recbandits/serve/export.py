@@ -81,14 +81,15 @@ def export_log(state_dir: str | Path, out: str | Path, rows_per_file: int = 100_
 
     def parts():
         chunk: list[dict[str, Any]] = []
+        written = False
         for row in scan_log(log_path):
             if row["kind"] == "decision":
                 chunk.append(row)
                 if len(chunk) == rows_per_file:
                     yield table(chunk)
-                    chunk = []
-        if chunk:
-            yield table(chunk)
+                    chunk, written = [], True
+        if chunk or not written:  # a log without decisions is a dataset of no rows, not a missing one
+            yield table(chunk) if chunk else []
 
     write_dataset(out, spec, parts())
     return {"out": str(out), "decisions": len(decided), "rewarded": len(rewards),
