@@ -345,6 +345,9 @@ def evaluate(
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the intervals (0: normal only).")] = 200,
     tau: Annotated[float, typer.Option(help="Weight threshold of switch-DR and clipped IPS.")] = 10.0,
     seed: Annotated[int, typer.Option(help="Seed of the folds and the bootstrap.")] = 0,
+    samples: Annotated[int, typer.Option(
+        help="Thompson-sampling targets: decisions sampled per row for their probabilities (the cost grows with "
+             "it).")] = 200,
     ray_data: Annotated[bool, typer.Option(
         "--ray-data/--in-memory", help="One Ray Data task per file, for logs larger than memory (normal intervals "
                                        "only).")] = False,
@@ -357,20 +360,26 @@ def evaluate(
     names = tuple(name.strip() for name in estimators.split(",") if name.strip())
     try:
         summary = run_evaluation(data, [str(path) for path in policy], out, estimators=names, folds=folds,
-                                 bootstrap=bootstrap, tau=tau, seed=seed, ray_data=ray_data, address=address)
+                                 bootstrap=bootstrap, tau=tau, seed=seed, ray_data=ray_data, address=address,
+                                 samples=samples)
+        if ray_data and bootstrap:
+            typer.echo("note: --ray-data gives normal intervals only (the bootstrap needs the rows in memory)",
+                       err=True)
     except (ValueError, LogFormatError, ConnectionError) as error:
         raise fail(str(error)) from None
     for name, result in summary["results"].items():
         rows = [[row["estimator"], f"{row['value']:.4f}", f"[{row['low']:.4f}, {row['high']:.4f}]",
                  f"{row['vs_logging']:+.4f}",
                  "" if row["effective_sample_size"] is None else f"{row['effective_sample_size']:,.0f}"]
+                if row["value"] == row["value"] else [row["estimator"], "n/a", "no logged propensities", "", ""]
                 for row in summary["rows"] if row["policy"] == name]
         _print_table(f"{name}: {result['rows']:,} rows, logging policy's mean reward {result['logging_value']:.4f}",
                      ["estimator", "value", "95% interval", "vs logging", "ESS"], rows)
         off = result["support"]["target_mass_off_support"]
         if off > 0 and any(name_ != "dm" for name_ in names):
             typer.echo(f"warning: {off:.1%} of the policy's probability mass is on rows or candidates without a "
-                       "logging propensity: the estimators that weight by propensities do not see it", err=True)
+                       "logging propensity: the estimators that weight by propensities do not see it"
+                       + (" (only dm means anything here)" if off >= 1.0 else ""), err=True)
         if result["true_value"] is not None:
             typer.echo(f"true value (simulator's expected rewards): {result['true_value']:.4f}")
     typer.echo(f"outputs in {out}: table.md, table.csv, evaluation.json, forest.png")

@@ -54,6 +54,16 @@ def test_every_estimator_gives_its_hand_computed_value():
         estimate("magic", rows)
 
 
+def test_without_any_propensity_the_weighted_estimators_say_so_instead_of_zero():
+    rows = _tiny()
+    rows.propensities[:] = np.nan
+    for name in ("ips", "snips", "dr", "sndr", "switch-dr", "clipped-ips"):
+        result = estimate(name, rows, bootstrap=20)
+        assert np.isnan(result.value) and result.normal_interval is None and result.bootstrap_interval is None
+        assert result.details == {"reason": "no row has a logged propensity"}, name
+    assert estimate("dm", rows).value == pytest.approx((0.8 + 0.6 + 1.5) / 3)
+
+
 def test_support_counts_unknown_propensities_and_mass_the_logging_policy_never_puts():
     rows = _tiny()
     assert support(rows) == {"unknown_propensity_share": 0.0, "target_mass_off_support": 0.0}

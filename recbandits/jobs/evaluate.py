@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from recbandits.ope.estimators import ESTIMATORS
 
 COLUMNS = ("policy", "estimator", "value", "low", "high", "interval", "vs_logging", "effective_sample_size",
@@ -57,7 +59,7 @@ def _ids(ids) -> str:
 
 def run_evaluation(data: str | Path, policies: list[str], out: str | Path, *, estimators=ESTIMATORS,
                    folds: int = 5, bootstrap: int = 200, tau: float = 10.0, seed: int = 0, ray_data: bool = False,
-                   address: str | None = None) -> dict[str, Any]:
+                   address: str | None = None, samples: int = 200) -> dict[str, Any]:
     """Evaluate every checkpoint in ``policies`` on the dataset at ``data``; write the outputs to ``out``.
 
     ``ray_data``: one Ray Data task per file (logs larger than memory; normal intervals only, no bootstrap)."""
@@ -89,14 +91,16 @@ def run_evaluation(data: str | Path, policies: list[str], out: str | Path, *, es
     for name, policy in targets.items():
         if ray_data:
             result = evaluate_files(data, policy.fields, policy.get_state(), estimators, folds=folds, tau=tau,
-                                    seed=seed)
+                                    seed=seed, samples=samples)
         else:
-            result = evaluate(dataset, policy, estimators, folds=folds, bootstrap=bootstrap, tau=tau, seed=seed)
+            result = evaluate(dataset, policy, estimators, folds=folds, bootstrap=bootstrap, tau=tau, seed=seed,
+                              samples=samples)
         results[name] = result
         for estimator, value in result["estimates"].items():
             low, high = value.normal_interval or value.bootstrap_interval or (float("nan"), float("nan"))
             rows.append({"policy": name, "estimator": estimator, "value": value.value, "low": low, "high": high,
-                         "interval": "normal" if value.normal_interval else "bootstrap",
+                         "interval": "normal" if value.normal_interval else
+                         "bootstrap" if value.bootstrap_interval else "none",
                          "vs_logging": value.value - result["logging_value"],
                          "effective_sample_size": value.effective_sample_size, "max_weight": value.max_weight,
                          "true_value": result["true_value"]})
@@ -106,14 +110,26 @@ def run_evaluation(data: str | Path, policies: list[str], out: str | Path, *, es
         writer.writerows(rows)
     (out / "table.md").write_text(_markdown(rows))
     summary = {"data": str(Path(data).resolve()), "estimators": list(estimators), "folds": folds,
-               "bootstrap": bootstrap, "tau": tau, "seed": seed, "policies": {
+               "bootstrap": 0 if ray_data else bootstrap, "tau": tau, "seed": seed, "ray_data": ray_data,
+               "policies": {
                    name: {**{key: value for key, value in result.items() if key != "estimates"},
                           "estimates": {estimator: vars(estimate) for estimator, estimate in
                                         result["estimates"].items()}}
                    for name, result in results.items()}}
-    (out / "evaluation.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+    (out / "evaluation.json").write_text(json.dumps(_strict(summary), indent=1, default=float) + "\n")
     _forest_plot(rows, results, out / "forest.png")
     return {"out": str(out), "rows": rows, "results": results}
+
+
+def _strict(value):
+    """JSON without NaN (not valid JSON): a value that is not a number is null."""
+    if isinstance(value, dict):
+        return {key: _strict(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(item) for item in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 def _number(value) -> str:
@@ -124,6 +140,9 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| policy | estimator | value | 95% interval | vs logging | effective sample size | largest weight |",
              "|---|---|---|---|---|---|---|"]
     for row in rows:
+        if not np.isfinite(row["value"]):
+            lines.append(f"| {row['policy']} | {row['estimator']} | n/a (no logged propensities) | | | | |")
+            continue
         lines.append(f"| {row['policy']} | {row['estimator']} | {row['value']:.4f} | [{row['low']:.4f}, "
                      f"{row['high']:.4f}] ({row['interval']}) | {row['vs_logging']:+.4f} | "
                      f"{_number(row['effective_sample_size'])} | {_number(row['max_weight'])} |")

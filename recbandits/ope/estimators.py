@@ -122,7 +122,9 @@ def row_sums(rows: LoggedRows, tau: float = 10.0) -> dict[str, float]:
     """The sums over rows every estimator's value and normal interval are functions of: sums of shards add up
     (``add_sums``), so an estimate over files read in parallel equals the one over all rows in memory."""
     weights, rewards = rows.weights, rows.rewards
-    sums = {"n": float(len(rewards)), "w": weights.sum(), "w2": (weights ** 2).sum(), "max_w": weights.max(initial=0.0),
+    known = np.isfinite(rows.propensities) & (rows.propensities > 0)
+    sums = {"n": float(len(rewards)), "known": float(known.sum()),
+            "w": weights.sum(), "w2": (weights ** 2).sum(), "max_w": weights.max(initial=0.0),
             "wr": (weights * rewards).sum(), "w2r": (weights ** 2 * rewards).sum(),
             "w2r2": (weights ** 2 * rewards ** 2).sum()}
     clipped = np.minimum(weights, tau) * rewards
@@ -179,6 +181,10 @@ def estimate_from_sums(name: str, sums: dict[str, float], confidence: float = 0.
     """The estimate, its normal (delta-method for the ratios) interval and diagnostics from ``row_sums``."""
     from scipy import stats
 
+    if name in NEEDS_PROPENSITIES and sums["known"] == 0:
+        # Not an estimate of 0: with no propensity logged the weights are unknown, not zero.
+        return Estimate(name, float("nan"), None, rows=int(sums["n"]), effective_sample_size=0.0, max_weight=0.0,
+                        details={"reason": "no row has a logged propensity"})
     value, variance = value_and_variance(name, sums)
     normal = None
     if sums["n"] > 1 and np.isfinite(variance):
@@ -198,7 +204,7 @@ def estimate(name: str, rows: LoggedRows, *, tau: float = 10.0, bootstrap: int =
     if name not in ESTIMATORS:
         raise ValueError(f"estimator {name!r} is not one of {', '.join(ESTIMATORS)}")
     result = estimate_from_sums(name, row_sums(rows, tau), confidence)
-    if bootstrap:
+    if bootstrap and np.isfinite(result.value):
         numerator, denominator = _terms(name, rows, tau)
         n = len(numerator)
         rng = np.random.default_rng(seed)
@@ -209,8 +215,9 @@ def estimate(name: str, rows: LoggedRows, *, tau: float = 10.0, bootstrap: int =
                 draws[b] = _value(*_terms(name, rows.take(index), tau))
             else:
                 draws[b] = _value(numerator[index], None if denominator is None else denominator[index])
-        low, high = np.nanpercentile(draws, [50 * (1 - confidence), 50 * (1 + confidence)])
-        result.bootstrap_interval = (float(low), float(high))
+        if np.isfinite(draws).any():
+            low, high = np.nanpercentile(draws, [50 * (1 - confidence), 50 * (1 + confidence)])
+            result.bootstrap_interval = (float(low), float(high))
     return result
 
 
