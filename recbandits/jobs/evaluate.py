@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from recbandits.ope.estimators import ESTIMATORS
+from recbandits.ope.estimators import ESTIMATORS, check_estimators
 
 COLUMNS = ("policy", "estimator", "value", "low", "high", "interval", "vs_logging", "effective_sample_size",
            "max_weight", "true_value")
@@ -66,9 +66,7 @@ def run_evaluation(data: str | Path, policies: list[str], out: str | Path, *, es
     from recbandits.logs import read_dataset
     from recbandits.ope.evaluation import evaluate, evaluate_files
 
-    unknown = [name for name in estimators if name not in ESTIMATORS]
-    if unknown:
-        raise ValueError(f"--estimators {', '.join(unknown)}: the estimators are {', '.join(ESTIMATORS)}")
+    check_estimators(estimators)
     if not policies:
         raise ValueError("give at least one --policy CHECKPOINT")
     if ray_data:

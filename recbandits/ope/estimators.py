@@ -57,10 +57,15 @@ class LoggedRows:
     logging: np.ndarray | None = None  # [n, c] pi_0(k | x_i) where logged (NaN rows: unknown)
 
     @property
+    def known(self) -> np.ndarray:
+        """[n] bool: the rows with a logged propensity (finite and > 0)."""
+        return np.isfinite(self.propensities) & (self.propensities > 0)
+
+    @property
     def weights(self) -> np.ndarray:
         """w_i = pi(a_i | x_i) / p_i (0 where p_i is unknown)."""
         chosen = self.target[np.arange(len(self.actions)), self.actions]
-        known = np.isfinite(self.propensities) & (self.propensities > 0)
+        known = self.known
         return np.where(known, chosen / np.where(known, self.propensities, 1.0), 0.0)
 
     def take(self, index: np.ndarray) -> LoggedRows:
@@ -122,8 +127,7 @@ def row_sums(rows: LoggedRows, tau: float = 10.0) -> dict[str, float]:
     """The sums over rows every estimator's value and normal interval are functions of: sums of shards add up
     (``add_sums``), so an estimate over files read in parallel equals the one over all rows in memory."""
     weights, rewards = rows.weights, rows.rewards
-    known = np.isfinite(rows.propensities) & (rows.propensities > 0)
-    sums = {"n": float(len(rewards)), "known": float(known.sum()),
+    sums = {"n": float(len(rewards)), "known": float(rows.known.sum()),
             "w": weights.sum(), "w2": (weights ** 2).sum(), "max_w": weights.max(initial=0.0),
             "wr": (weights * rewards).sum(), "w2r": (weights ** 2 * rewards).sum(),
             "w2r2": (weights ** 2 * rewards ** 2).sum()}
@@ -197,6 +201,13 @@ def estimate_from_sums(name: str, sums: dict[str, float], confidence: float = 0.
     return result
 
 
+def check_estimators(names) -> None:
+    """A ValueError naming every one of ``names`` that is not an estimator, and the estimators."""
+    unknown = [name for name in names if name not in ESTIMATORS]
+    if unknown:
+        raise ValueError(f"--estimators {', '.join(unknown)}: the estimators are {', '.join(ESTIMATORS)}")
+
+
 def estimate(name: str, rows: LoggedRows, *, tau: float = 10.0, bootstrap: int = 0, seed: int = 0,
              confidence: float = 0.95) -> Estimate:
     """The estimate of ``name`` on ``rows`` (``estimate_from_sums``); ``bootstrap`` resamples of the rows give
@@ -229,7 +240,7 @@ def support(rows: LoggedRows) -> dict[str, float]:
     that sits on rows without a propensity or on candidates the logging policy gave probability 0. IPS-type
     estimators miss that mass entirely: a share above 0 biases them down.
     """
-    unknown = ~(np.isfinite(rows.propensities) & (rows.propensities > 0))
+    unknown = ~rows.known
     off = rows.target[unknown].sum()
     if rows.logging is not None:
         logged = ~unknown & np.isfinite(rows.logging).all(1)

@@ -27,6 +27,7 @@ from recbandits.ope.estimators import (
     NEEDS_MODEL,
     LoggedRows,
     add_sums,
+    check_estimators,
     estimate,
     estimate_from_sums,
     row_sums,
@@ -180,13 +181,6 @@ def reward_model_predictions(decisions: Decisions, fields: dict[str, Any], folds
     return fold_predictions(decisions, models, seed)
 
 
-def true_value(decisions: Decisions, target: np.ndarray) -> float | None:
-    """The target policy's exact value on these contexts (simulator data: every candidate's expected reward)."""
-    if decisions.expected is None:
-        return None
-    return float((target * np.nan_to_num(decisions.expected)).sum(1).mean())
-
-
 def dataset_fields(spec, model_interaction: bool | None = None) -> dict[str, Any]:
     """The policy fields of a reward model over the dataset's features."""
     fields = {"shape": spec.shape, "context_dim": spec.context_dim,
@@ -207,9 +201,9 @@ def shard_sums(decisions: Decisions, policy: CandidatePolicy, models: list | Non
     predictions = fold_predictions(decisions, models, seed) if models else None
     rows = LoggedRows(decisions.rewards, decisions.actions, decisions.propensities, target, predictions,
                       decisions.valid, decisions.logging)
-    unknown = ~(np.isfinite(rows.propensities) & (rows.propensities > 0))
     off = support(rows)["target_mass_off_support"] * target.sum()
-    sums = {"estimators": row_sums(rows, tau), "unknown": float(unknown.sum()), "target_mass": float(target.sum()),
+    sums = {"estimators": row_sums(rows, tau), "unknown": float((~rows.known).sum()),
+            "target_mass": float(target.sum()),
             "off_mass": float(off), "reward": float(decisions.rewards.sum()), "dropped": decisions.dropped,
             "true": None if decisions.expected is None else float(
                 (target * np.nan_to_num(decisions.expected)).sum()), "monte_carlo_samples": monte_carlo}
@@ -233,12 +227,6 @@ def report(sums: dict[str, Any], estimators, confidence: float = 0.95) -> dict[s
             "rows": int(n), "dropped_rows": int(sums["dropped"]), "monte_carlo_samples": sums["monte_carlo_samples"]}
 
 
-def _check_estimators(estimators) -> None:
-    unknown = [name for name in estimators if name not in ESTIMATORS]
-    if unknown:
-        raise ValueError(f"--estimators {', '.join(unknown)}: the estimators are {', '.join(ESTIMATORS)}")
-
-
 def evaluate(dataset: LoggedDataset, policy: CandidatePolicy, estimators=ESTIMATORS, *, folds: int = 5,
              bootstrap: int = 200, tau: float = 10.0, seed: int = 0, samples: int = 200,
              model_interaction: bool | None = None, model_lambda: float = 1.0) -> dict[str, Any]:
@@ -246,7 +234,7 @@ def evaluate(dataset: LoggedDataset, policy: CandidatePolicy, estimators=ESTIMAT
     simulator data, the true value. The reward model: ``model_interaction``, its interaction features on a shared
     dataset (None: the dataset's own setting); ``model_lambda``, its ridge regularization. ``bootstrap``: resamples
     for the percentile intervals."""
-    _check_estimators(estimators)
+    check_estimators(estimators)
     decisions = decisions_of(dataset)
     if not len(decisions.jobs):
         raise ValueError("the dataset has no row with a reward: nothing to evaluate on")
@@ -274,7 +262,7 @@ def evaluate_files(directory, policy_fields: dict[str, Any], policy_state: dict[
 
     from recbandits.logs.dataset import DatasetSpec, dataset_files, read_table
 
-    _check_estimators(estimators)
+    check_estimators(estimators)
     spec = DatasetSpec.read(directory)
     files = [str(path) for path in dataset_files(directory)]
     fields = dataset_fields(spec, model_interaction)
