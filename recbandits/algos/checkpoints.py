@@ -32,3 +32,14 @@ def load_module(path: str | Path):
     import recbandits.algos  # noqa: F401  (the environment TF-Agents modules need, before RLlib builds one)
 
     return RLModule.from_checkpoint(str(find_module_checkpoint(path)))
+
+
+def load_linear_module(path: str | Path, use: str):
+    """The ``LinearBanditModule`` of a checkpoint; a one-line ValueError naming ``use`` when it holds another."""
+    from recbandits.algos.module import LinearBanditModule
+
+    module = load_module(path)
+    if not isinstance(module, LinearBanditModule):
+        raise ValueError(f"checkpoint {path} holds a {type(module).__name__}, not a LinearBanditModule: {use} takes "
+                         "recbandits' linear policies")
+    return module

@@ -284,10 +284,7 @@ def collect(env: str, policy: str, steps: int, out: str | Path, *, data_dir=None
 
 def _checkpoint_policy(path: str, env: str) -> dict[str, Any]:
     from recbandits.algos.candidates import module_policy_fields
-    from recbandits.algos.checkpoints import load_module
-    from recbandits.algos.module import LinearBanditModule
+    from recbandits.algos.checkpoints import load_linear_module
 
-    module = load_module(path)
-    if not isinstance(module, LinearBanditModule):
-        raise ValueError(f"--policy {path}: a {type(module).__name__}; logging takes recbandits' linear policies")
+    module = load_linear_module(path, "logs collect")
     return {"fields": module_policy_fields(module), "state": module.get_state()}

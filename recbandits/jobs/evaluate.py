@@ -27,12 +27,9 @@ COLUMNS = ("policy", "estimator", "value", "low", "high", "interval", "vs_loggin
 def policy_from_checkpoint(path: str | Path, spec):
     """The ``LinearCandidatePolicy`` of a checkpoint, refused in one line when its features do not fit ``spec``."""
     from recbandits.algos.candidates import LinearCandidatePolicy, module_policy_fields
-    from recbandits.algos.checkpoints import load_module
-    from recbandits.algos.module import LinearBanditModule
+    from recbandits.algos.checkpoints import load_linear_module
 
-    module = load_module(path)
-    if not isinstance(module, LinearBanditModule):
-        raise ValueError(f"--policy {path}: a {type(module).__name__}; evaluate takes recbandits' linear policies")
+    module = load_linear_module(path, "evaluate")
     fields = module_policy_fields(module)
     shared = spec.shape == "shared"
     model = (fields["shape"], fields["context_dim"], fields["arm_dim"] if shared else fields["num_arms"])

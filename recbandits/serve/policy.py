@@ -5,23 +5,13 @@ The policy itself, scored over any candidate set, is ``recbandits.algos.candidat
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from recbandits.algos.candidates import build_module, module_policy_fields
-from recbandits.algos.checkpoints import load_module
+from recbandits.algos.checkpoints import load_linear_module
 from recbandits.serve.config import ServeConfig
-
-
-def load_checkpoint_module(path: str | Path):
-    from recbandits.algos.module import LinearBanditModule
-
-    module = load_module(path)
-    if not isinstance(module, LinearBanditModule):
-        raise ValueError(f"checkpoint {path} holds a {type(module).__name__}, not a LinearBanditModule")
-    return module
 
 
 def policy_fields_of_module(module, config: ServeConfig) -> dict[str, Any]:
@@ -49,7 +39,7 @@ def cold_policy_fields(config: ServeConfig) -> dict[str, Any]:
 def initial_policy(config: ServeConfig) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
     """(policy fields, initial state, origin) of a first start: the checkpoint's module, or a cold start."""
     if config.checkpoint:
-        module = load_checkpoint_module(config.checkpoint)
+        module = load_linear_module(config.checkpoint, "the service")
         return policy_fields_of_module(module, config), module.get_state(), f"checkpoint:{config.checkpoint}"
     fields = cold_policy_fields(config)
     return fields, build_module(fields).get_state(), "cold"
