@@ -44,15 +44,8 @@ STATISTICS = ("data_precision", "data_response", "response_square", "counts")
 
 def policy_fields(spec: DatasetSpec, algo: str, training: dict[str, Any]) -> dict[str, Any]:
     """The policy fields (``candidates.build_module``) of a model for the dataset's shape."""
-    interaction = training.pop("interaction", None)
-    if interaction is None:
-        interaction = spec.interaction if spec.interaction is not None else spec.shape == "shared"
-    if interaction and spec.shape == "disjoint":
-        raise ValueError("--interaction applies to shared (per-arm features) datasets only")
-    return {"shape": spec.shape, "context_dim": spec.context_dim,
-            "num_arms": len(spec.arm_ids) if spec.shape == "disjoint" else 0, "arm_dim": spec.arm_dim,
-            "arm_ids": spec.arm_ids, "interaction": bool(interaction),
-            "model_config": {"exploration": OFFLINE_ALGOS[algo], **training}}
+    fields = spec.model_fields(training.pop("interaction", None))
+    return {**fields, "model_config": {"exploration": OFFLINE_ALGOS[algo], **training}}
 
 
 def rows_statistics(rows: tuple, spec: DatasetSpec, fields: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -108,6 +108,17 @@ class DatasetSpec:
         if self.shape == "shared" and self.arm_dim < 1:
             raise ValueError(f"a shared dataset needs arm_dim >= 1, got {self.arm_dim}")
 
+    def model_fields(self, interaction: bool | None = None) -> dict[str, Any]:
+        """The policy fields (``algos.candidates.build_module``, without ``model_config``) of a linear model over
+        this dataset's features; ``interaction`` None: the dataset's own setting (shared datasets: on)."""
+        if interaction is None:
+            interaction = self.interaction if self.interaction is not None else self.shape == "shared"
+        if interaction and self.shape == "disjoint":
+            raise ValueError("--interaction applies to shared (per-arm features) datasets only")
+        return {"shape": self.shape, "context_dim": self.context_dim,
+                "num_arms": len(self.arm_ids) if self.shape == "disjoint" else 0, "arm_dim": self.arm_dim,
+                "arm_ids": self.arm_ids, "interaction": bool(interaction)}
+
     @classmethod
     def read(cls, directory: str | Path) -> DatasetSpec:
         path = Path(directory) / SPEC_FILE

@@ -132,13 +132,13 @@ def _learning_inputs(decisions: Decisions):
     return contexts, None, np.array([job.arms[action] for job, action in pairs])
 
 
-def model_fields(fields: dict[str, Any], lambda_: float) -> dict[str, Any]:
+def reward_model_fields(fields: dict[str, Any], lambda_: float) -> dict[str, Any]:
     return {**fields, "model_config": {"exploration": "greedy", "lambda_": lambda_}}
 
 
 def fold_statistics(decisions: Decisions, fields: dict[str, Any], folds: int, seed: int = 0) -> list:
     """Per fold, the kernel's sufficient statistics (numpy) of the fold's rows (summable over shards)."""
-    probe = build_module(model_fields(fields, 1.0))
+    probe = build_module(reward_model_fields(fields, 1.0))
     contexts, learned, models = _learning_inputs(decisions)
     fold_of = folds_of(decisions.event_ids, folds, seed)
     out = []
@@ -157,9 +157,9 @@ def fold_models(statistics: list, fields: dict[str, Any], lambda_: float) -> lis
     total = [sum(parts) for parts in zip(*statistics, strict=True)]
     policies = []
     for own in statistics:
-        module = build_module(model_fields(fields, lambda_))
+        module = build_module(reward_model_fields(fields, lambda_))
         module.absorb(*(torch.from_numpy(np.asarray(all_ - mine)) for all_, mine in zip(total, own, strict=True)))
-        policies.append(LinearCandidatePolicy(model_fields(fields, lambda_), module.get_state()))
+        policies.append(LinearCandidatePolicy(reward_model_fields(fields, lambda_), module.get_state()))
     return policies
 
 
@@ -179,19 +179,6 @@ def reward_model_predictions(decisions: Decisions, fields: dict[str, Any], folds
     """[n, c] cross-fitted ridge predictions q(x_i, k) of every candidate (``fields``: the dataset's policy fields)."""
     models = fold_models(fold_statistics(decisions, fields, folds, seed), fields, lambda_)
     return fold_predictions(decisions, models, seed)
-
-
-def dataset_fields(spec, model_interaction: bool | None = None) -> dict[str, Any]:
-    """The policy fields of a reward model over the dataset's features."""
-    fields = {"shape": spec.shape, "context_dim": spec.context_dim,
-              "num_arms": len(spec.arm_ids) if spec.shape == "disjoint" else 0, "arm_dim": spec.arm_dim,
-              "arm_ids": spec.arm_ids,
-              "interaction": bool(spec.interaction if spec.interaction is not None else spec.shape == "shared")}
-    if model_interaction is not None:
-        if model_interaction and spec.shape == "disjoint":
-            raise ValueError("the reward model's interaction features apply to shared (per-arm) datasets only")
-        fields["interaction"] = bool(model_interaction)
-    return fields
 
 
 def shard_sums(decisions: Decisions, policy: CandidatePolicy, models: list | None, tau: float, samples: int,
@@ -238,7 +225,7 @@ def evaluate(dataset: LoggedDataset, policy: CandidatePolicy, estimators=ESTIMAT
     decisions = decisions_of(dataset)
     if not len(decisions.jobs):
         raise ValueError("the dataset has no row with a reward: nothing to evaluate on")
-    fields = dataset_fields(dataset.spec, model_interaction)
+    fields = dataset.spec.model_fields(model_interaction)
     models = None
     if any(name in NEEDS_MODEL for name in estimators):
         models = fold_models(fold_statistics(decisions, fields, folds, seed), fields, model_lambda)
@@ -265,7 +252,7 @@ def evaluate_files(directory, policy_fields: dict[str, Any], policy_state: dict[
     check_estimators(estimators)
     spec = DatasetSpec.read(directory)
     files = [str(path) for path in dataset_files(directory)]
-    fields = dataset_fields(spec, model_interaction)
+    fields = spec.model_fields(model_interaction)
     needs_model = any(name in NEEDS_MODEL for name in estimators)
 
     def shard(path: str) -> Decisions:
