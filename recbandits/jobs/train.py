@@ -32,6 +32,7 @@ from recbandits.logs.dataset import (
     dataset_files,
     learning_columns,
     learning_rows,
+    per_file_tasks,
     read_table,
     select_columns,
     validate_table,
@@ -201,32 +202,25 @@ def file_statistics(path: str | Path, spec: DatasetSpec, fields: dict[str, Any],
 
 
 def _connect(address: str | None) -> None:
-    import ray
-
     from recbandits.cluster import connect
     from recbandits.verbosity import quiet_libraries
 
     quiet_libraries()
     connect(address)
-    ray.data.DataContext.get_current().enable_progress_bars = False
 
 
 def _reduce_with_ray_data(files: list[Path], spec: DatasetSpec, fields: dict[str, Any], workers: int | None,
                           batch_rows: int) -> tuple[dict[str, np.ndarray], int]:
     """(sum of the files' statistics, number of batches): one Ray Data task per file reduces it to one row of
     statistics (``file_statistics``), at most ``workers`` at a time; the driver adds the rows up."""
-    import ray
 
     def reduce_files(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = [file_statistics(path, spec, fields, batch_rows) for path in batch["path"]]
         rows = {name: np.stack([statistics[name] for statistics, _ in results]) for name in STATISTICS}
         return {**rows, "batches": np.array([batches for _, batches in results])}
 
-    # One block per file: ``read_parquet`` would merge small files into one read task and reduce them serially.
-    paths = ray.data.from_items([{"path": str(path)} for path in files], override_num_blocks=len(files))
     totals, batches = None, 0
-    pool = {"compute": ray.data.TaskPoolStrategy(size=workers)} if workers else {}
-    for rows in paths.map_batches(reduce_files, batch_size=1, **pool).iter_batches(batch_size=None):
+    for rows in per_file_tasks(files, reduce_files, workers):
         part = {name: rows[name].sum(0) for name in STATISTICS}
         batches += int(rows["batches"].sum())
         totals = part if totals is None else {name: totals[name] + part[name] for name in STATISTICS}

@@ -571,3 +571,16 @@ def _flat(column) -> np.ndarray:
     """The float64 values of a list column (or chunked array) of equal-length lists, as one flat array."""
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     return array.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def per_file_tasks(files: Sequence[str | Path], task, workers: int | None = None):
+    """Run ``task`` (a Ray Data batch function of ``{"path": [one path]}``) over Ray Data, one task per file, at
+    most ``workers`` at a time (None: as the cluster's CPUs allow); yield each task's output batch.
+
+    One block per file: ``read_parquet`` would merge small files into one read task and process them serially."""
+    import ray
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    pool = {"compute": ray.data.TaskPoolStrategy(size=workers)} if workers else {}
+    paths = ray.data.from_items([{"path": str(path)} for path in files], override_num_blocks=len(files))
+    yield from paths.map_batches(task, batch_size=1, **pool).iter_batches(batch_size=None)

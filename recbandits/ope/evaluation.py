@@ -245,9 +245,8 @@ def evaluate_files(directory, policy_fields: dict[str, Any], policy_state: dict[
     """``evaluate`` over Ray Data, one task per Parquet file (logs larger than memory): the fold statistics in one
     pass, the sums in a second; the same value and normal intervals as ``evaluate`` on the same rows (no
     bootstrap). The target is a ``LinearCandidatePolicy`` rebuilt in each task from its fields and state."""
-    import ray
 
-    from recbandits.logs.dataset import DatasetSpec, dataset_files, read_table
+    from recbandits.logs.dataset import DatasetSpec, dataset_files, per_file_tasks, read_table
 
     check_estimators(estimators)
     spec = DatasetSpec.read(directory)
@@ -264,12 +263,9 @@ def evaluate_files(directory, policy_fields: dict[str, Any], policy_state: dict[
         return {f"s{fold}_{k}": np.stack([part[fold][k] for part in parts])
                 for fold in range(folds) for k in range(4)}
 
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    pool = {"compute": ray.data.TaskPoolStrategy(size=workers)} if workers else {}
-    paths = ray.data.from_items([{"path": path} for path in files], override_num_blocks=len(files))
     if needs_model:
         totals: dict[str, np.ndarray] = {}
-        for rows in paths.map_batches(statistics_task, batch_size=1, **pool).iter_batches(batch_size=None):
+        for rows in per_file_tasks(files, statistics_task, workers):
             for key, value in rows.items():
                 totals[key] = totals.get(key, 0) + value.sum(0)
         statistics = [[totals[f"s{fold}_{k}"] for k in range(4)] for fold in range(folds)]
@@ -286,7 +282,7 @@ def evaluate_files(directory, policy_fields: dict[str, Any], policy_state: dict[
         return {"sums": np.array([json.dumps(total)])}
 
     total = None
-    for rows in paths.map_batches(sums_task, batch_size=1, **pool).iter_batches(batch_size=None):
+    for rows in per_file_tasks(files, sums_task, workers):
         for text in rows["sums"]:
             part = json.loads(str(text))
             total = part if total is None else add_shard_sums(total, part)
