@@ -383,3 +383,54 @@ def evaluate(
         if result["true_value"] is not None:
             typer.echo(f"true value (simulator's expected rewards): {result['true_value']:.4f}")
     typer.echo(f"outputs in {out}: table.md, table.csv, evaluation.json, forest.png")
+
+
+@app.command()
+def promote(
+    service: Annotated[str, typer.Option(help="The service's URL, e.g. http://127.0.0.1:8000.")],
+    checkpoint: Annotated[Path, typer.Option(help="The candidate: a `recbandits simulate` or `train` output (the "
+                                                  "service reads it: same machine or shared storage).")],
+    admin_token_file: Annotated[Path, typer.Option(
+        envvar="RECBANDITS_ADMIN_TOKEN_FILE",
+        help="The service's admin token (its --admin-token-file, default STATE_DIR/admin.token).")],
+    estimator: Annotated[str, typer.Option(help="dr, sndr, snips, ips, switch-dr, clipped-ips or dm.")] = "dr",
+    window: Annotated[int, typer.Option(help="Evaluate on the newest N rewarded decisions of the log.")] = 10_000,
+    force: Annotated[bool, typer.Option(help="Promote whatever the evaluation says (it is still recorded).")]
+    = False,
+) -> None:
+    """The promotion gate: the service evaluates the checkpoint against its serving policy on its own recent log
+    and serves it only if it is better (exit 0 promoted, 1 refused, 2 error)."""
+    from recbandits.algos.checkpoints import find_module_checkpoint
+    from recbandits.ope.estimators import check_estimators
+    from recbandits.serve.promotion import request_promotion
+
+    try:
+        check_estimators([estimator])
+        find_module_checkpoint(checkpoint)
+        token = admin_token_file.expanduser().read_text().strip()
+        status, answer = request_promotion(service, token, {"checkpoint": str(checkpoint.expanduser().resolve()),
+                                                            "estimator": estimator, "window": window, "force": force})
+    except (ValueError, ConnectionError) as error:
+        raise fail(str(error)) from None
+    except OSError as error:
+        raise fail(f"--admin-token-file {admin_token_file}: {error.strerror or error}") from None
+    if status != 200:
+        raise fail(f"the service refused the request ({status}): {answer.get('message', answer)}")
+    evaluation = answer["evaluation"]
+    if "candidate" in evaluation:
+        rows = [[name, _number(evaluation[name]["value"]),
+                 f"[{_number(evaluation[name]['low'])}, {_number(evaluation[name]['high'])}]",
+                 _number(evaluation[name]["effective_sample_size"], ",.0f")] for name in ("candidate", "serving")]
+        _print_table(f"{estimator} on the {evaluation['rows']:,} newest rewarded decisions",
+                     ["policy", "value", "95% interval", "ESS"], rows)
+    if answer["promoted"]:
+        forced = " (forced)" if force and not evaluation["promote"] else ""
+        typer.echo(f"promoted{forced} as policy version {answer['policy_version']}: {answer['message']}")
+        return
+    typer.echo(f"refused: {answer['message']}", err=True)
+    raise typer.Exit(code=1)
+
+
+def _number(value, style: str = ".4f") -> str:
+    return "n/a" if value is None else format(value, style)
+

@@ -95,3 +95,32 @@ def pytest_unconfigure(config):
         except (OSError, ValueError, AttributeError):
             pass
     os._exit(_session_exit_status[0])
+
+
+def linear_world_rewards(contexts, arms, rng, theta):
+    """A linear world's rewards: x . theta[arm] + N(0, 0.1^2)."""
+    import numpy as np
+
+    return np.einsum("nd,nd->n", contexts, theta[arms]) + rng.normal(scale=0.1, size=len(arms))
+
+
+def train_linear_checkpoint(out: Path, arm_ids, theta, sign: float = 1.0, rows: int = 3_000, seed: int = 0) -> Path:
+    """A linucb checkpoint (``recbandits train``, in-process) at ``out``, trained on ``rows`` uniformly logged rows of
+    the linear world ``theta`` ([arms, context dim]) with its rewards times ``sign``."""
+    import numpy as np
+
+    from recbandits.jobs.train import train
+    from recbandits.logs.dataset import DatasetSpec, table_from_arrays, write_dataset
+
+    rng = np.random.default_rng(seed)
+    contexts = rng.normal(size=(rows, theta.shape[1]))
+    arms = rng.integers(len(arm_ids), size=rows)
+    table = table_from_arrays({
+        "event_id": np.array([f"{out.name}{index}" for index in range(rows)]), "context": contexts,
+        "candidates": np.array([list(arm_ids)] * rows), "action": np.array(arm_ids)[arms],
+        "propensity": np.full(rows, 1.0 / len(arm_ids)),
+        "reward": sign * linear_world_rewards(contexts, arms, rng, theta), "policy": "uniform"})
+    data = out.parent / f"{out.name}-data"
+    write_dataset(data, DatasetSpec(shape="disjoint", context_dim=theta.shape[1], arm_ids=list(arm_ids)), [table])
+    train(data, "linucb", out, {"lambda_": 1.0}, use_ray=False)
+    return out

@@ -121,6 +121,42 @@ def test_sum_rule_and_dropped_events(service):
     assert state["state"]["response_square"][1] == 3.5**2
 
 
+def test_promotion_through_the_learner_reaches_every_replica(service, tmp_path):
+    """The gate's calls travel through the learner's handle: a model of 2 arms is refused (422, naming both), a
+    candidate on fewer than 100 rewarded decisions is refused by the gate, the same one forced is served by both
+    replicas with the checkpoint's statistics."""
+    from conftest import train_linear_checkpoint
+
+    from recbandits.algos.checkpoints import load_module
+
+    theta = np.eye(3)
+    good = train_linear_checkpoint(tmp_path / "good", ["0", "1", "2"], theta, seed=1)
+    other = train_linear_checkpoint(tmp_path / "other", ["0", "1"], theta[:2], seed=2)
+    url, token = f"{service['url']}/v1/policy/promote", service["token"]
+    status, answer = request("POST", url, {"checkpoint": str(other)}, token=token)
+    assert status == 422 and answer["message"] == (
+        f"checkpoint: {other}: its model (disjoint, context 3, arms 2) does not fit the service "
+        "(disjoint, context 3, arms 3)"), answer
+    status, refused = request("POST", url, {"checkpoint": str(good)}, token=token)
+    assert status == 200 and not refused["promoted"] and refused["policy_version"] is None
+    assert refused["message"].endswith("rewarded decision(s); the gate needs at least 100 to compare the policies")
+    status, forced = request("POST", url, {"checkpoint": str(good), "force": True}, token=token)
+    assert status == 200 and forced["promoted"], forced
+    version = forced["policy_version"]
+    status, row = request("GET", f"{service['url']}/v1/policy/versions/{version}", token=token)
+    assert row["version_kind"] == "promote" and row["forced"] and row["source"] == str(good)
+    status, state = request("GET", f"{service['url']}/v1/policy/versions/{version}/state", token=token)
+    trained = load_module(good).get_state()
+    for name in ("data_precision", "data_response", "counts"):
+        np.testing.assert_array_equal(np.asarray(state["state"][name]), trained[name], err_msg=name)
+    for base in service["replicas"]:
+        deadline = time.monotonic() + 10
+        while (answer := rank(base, {"context": [0.0, 0.0, 5.0]}))["policy_version"] < version:
+            assert time.monotonic() < deadline, answer
+            time.sleep(0.1)
+        assert answer["action"] == "2"  # theta: arm 2 is the context's third feature
+
+
 def test_kill_9_under_traffic_loses_nothing_acknowledged(service):
     """Last in this module: SIGKILLs the whole service (driver, Ray, both replicas, the learner) with requests in
     flight on both replicas, then restores its state dir as a restart does (its checks and its BanditCore, in this

@@ -26,27 +26,43 @@ COLUMNS = ("policy", "estimator", "value", "low", "high", "interval", "vs_loggin
 
 def policy_from_checkpoint(path: str | Path, spec):
     """The ``LinearCandidatePolicy`` of a checkpoint, refused in one line when its features do not fit ``spec``."""
-    from recbandits.algos.candidates import LinearCandidatePolicy, module_policy_fields
+    from recbandits.algos.candidates import LinearCandidatePolicy
+
+    fields, state = fitting_checkpoint(path, spec.model_fields(), f"--policy {path}", "the dataset")
+    return LinearCandidatePolicy(fields, state)
+
+
+def fitting_checkpoint(path: str | Path, target: dict[str, Any], name: str, what: str, use: str = "evaluate",
+                       same_features: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(policy fields, statistics) of a linear checkpoint whose model fits ``target`` (policy fields: a dataset's
+    or a service's): the same shape, context and arm dimensions, and arms in the same order; ``same_features``:
+    the same interaction setting too (statistics that replace another model's). Refused in one line naming
+    ``name`` (the checkpoint) and ``what`` (the target); ``use``: what needs it, named when it is not linear."""
+    from recbandits.algos.candidates import module_policy_fields
     from recbandits.algos.checkpoints import load_linear_module
 
-    module = load_linear_module(path, "evaluate")
+    module = load_linear_module(path, use)
     fields = module_policy_fields(module)
-    shared = spec.shape == "shared"
-    model = (fields["shape"], fields["context_dim"], fields["arm_dim"] if shared else fields["num_arms"])
-    data = (spec.shape, spec.context_dim, spec.arm_dim if shared else len(spec.arm_ids or []))
-    if model != data:
-        unit = "arm features" if shared else "arms"
-        raise ValueError(f"--policy {path}: its model ({model[0]}, context {model[1]}, {unit} {model[2]}) does "
-                         f"not fit the dataset ({data[0]}, context {data[1]}, {unit} {data[2]})")
+    shared = target["shape"] == "shared"
+    unit = "arm features" if shared else "arms"
+    size = "arm_dim" if shared else "num_arms"
+    model = (fields["shape"], fields["context_dim"], fields[size])
+    wanted = (target["shape"], target["context_dim"], target[size])
+    if same_features and shared:
+        model, wanted = (*model, bool(fields["interaction"])), (*wanted, bool(target["interaction"]))
+    if model != wanted:
+        describe = lambda item: (f"{item[0]}, context {item[1]}, {unit} {item[2]}"  # noqa: E731
+                                 + (f", interaction {'on' if item[3] else 'off'}" if len(item) > 3 else ""))
+        raise ValueError(f"{name}: its model ({describe(model)}) does not fit {what} ({describe(wanted)})")
     if not shared:
         from recbandits.jobs.train import trained_arm_ids
 
         arm_ids = trained_arm_ids(path)
-        if arm_ids is not None and list(arm_ids) != list(spec.arm_ids):
-            raise ValueError(f"--policy {path}: its arms are {_ids(arm_ids)}, the dataset's {_ids(spec.arm_ids)} "
-                             "(the same count, another order or other ids: its models would score the wrong arms)")
-        fields["arm_ids"] = list(spec.arm_ids)
-    return LinearCandidatePolicy(fields, module.get_state())
+        if arm_ids is not None and list(arm_ids) != list(target["arm_ids"]):
+            raise ValueError(f"{name}: its arms are {_ids(arm_ids)}, {what}'s {_ids(target['arm_ids'])} (the "
+                             "same count, another order or other ids: its models would score the wrong arms)")
+        fields["arm_ids"] = list(target["arm_ids"])
+    return fields, module.get_state()
 
 
 def _ids(ids) -> str:

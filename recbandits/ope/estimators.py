@@ -82,7 +82,7 @@ class Estimate:
 
     estimator: str
     value: float
-    normal_interval: tuple[float, float] | None  # None where the estimator is a ratio (bootstrap only)
+    normal_interval: tuple[float, float] | None  # None without a finite variance (no propensity, one row)
     bootstrap_interval: tuple[float, float] | None = None
     effective_sample_size: float | None = None  # (sum w)^2 / sum w^2 (weighted estimators)
     max_weight: float | None = None

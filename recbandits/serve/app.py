@@ -43,6 +43,7 @@ from recbandits.serve.learner import Learner, joined, raise_if_rejected, single_
 from recbandits.serve.limits import error_response_bytes
 from recbandits.serve.schemas import (
     ErrorResponse,
+    PromoteRequest,
     RankJob,
     RankRequest,
     RankResponse,
@@ -66,7 +67,9 @@ DESCRIPTION = """Contextual-bandit recommendation with online learning.
 * `POST /v1/reward`: the reward of a decision, joined within the join window.
 * `GET /healthz`: readiness.
 * Admin API (`Authorization: Bearer <token>`, the token in `--admin-token-file`, default `STATE_DIR/admin.token`):
-  `GET /v1/policy`, `GET /v1/policy/versions`, `GET /v1/policy/versions/{v}[/state]`, `POST /v1/policy/rollback`.
+  `GET /v1/policy`, `GET /v1/policy/versions`, `GET /v1/policy/versions/{v}[/state]`, `POST /v1/policy/rollback`,
+  `POST /v1/policy/promote` (the promotion gate: a checkpoint evaluated on the recent log, served if better),
+  `GET /v1/policy/promotions`.
 
 Every error has `message` naming the field (`field: what is wrong`) and FastAPI-style `detail` (`loc`, `msg`,
 `type`). Bodies are JSON (`Content-Type: application/json`, else 415) of at most `max_body_bytes` (else 413).
@@ -81,7 +84,7 @@ ADMIN_ERRORS = {401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}}
 # metrics and traces, so they are off.
 api = FastAPI(title="recbandits serving", version="1", description=DESCRIPTION, docs_url=None, redoc_url=None,
               telemetry={"tracing": False, "metrics": False, "logs": False})
-BODY_MODELS = (RankRequest, RewardRequest, RewardBatchRequest, RollbackRequest)
+BODY_MODELS = (RankRequest, RewardRequest, RewardBatchRequest, RollbackRequest, PromoteRequest)
 DOCS_ASSETS = "/docs-assets"
 
 
@@ -480,6 +483,23 @@ class Recommender:
         request = await _parse(http, RollbackRequest)
         row = await self._call("rollback", request.version)
         return _json({"policy_version": row["policy_version"], "rolled_back_to": request.version, "version": row})
+
+    @api.post("/v1/policy/promote", responses={**ERRORS, **ADMIN_ERRORS}, openapi_extra=_body(PromoteRequest))
+    async def promote(self, http: Request) -> Response:
+        """Admin: the promotion gate. The checkpoint is evaluated against the serving version on the newest
+        rewarded decisions and served as a new version only if the lower end of its interval beats the serving
+        value (or ``force``); 200 either way (``promoted``, ``message`` with the numbers, ``evaluation``), 422 when
+        its model does not fit the service's."""
+        self._authorize(http)
+        request = await _parse(http, PromoteRequest)
+        return _json(await self._call("promote", request.checkpoint, request.estimator, request.window,
+                                      request.force, request.samples))
+
+    @api.get("/v1/policy/promotions", responses=ADMIN_ERRORS)
+    async def promotions(self, http: Request, limit: int = Query(50, ge=1, le=10_000)) -> Response:
+        """Admin: the promotion gate's decisions, newest first."""
+        self._authorize(http)
+        return _json({"promotions": await self._call("list_promotions", limit)})
 
     @api.get("/healthz")
     async def healthz(self) -> Response:

@@ -11,12 +11,16 @@ Every event is a row of the log (``eventlog.py``) with a sequence number ``seq``
 * ``expire``: the window ended. Outcome ``default`` (no reward came: ``default_reward`` is learned, a learning
   record), ``dropped`` (no reward, ``default_reward`` None: nothing learned) or ``rewarded`` (rule ``sum``).
 * ``version``: a new policy version: ``update`` (learning records absorbed up to ``watermark``), ``rollback``
-  (the statistics of an older version, ``source``), ``restore`` (after a restart), ``initial``.
+  (the statistics of an older version, ``source``), ``promote`` (a checkpoint's statistics, ``source``, that
+  passed the promotion gate), ``restore`` (after a restart), ``initial``.
+* ``promotion``: the promotion gate's decision on a checkpoint, promoted or refused, with its evaluation
+  (``promotion.py``).
 * ``quarantine``: the learning record at ``record_seq`` was not learned (``reason``: not finite, or too large for
   float64 statistics; ``LinearCandidatePolicy.absorb``). The test reads the record alone, so every replay skips it too;
   later records are learned as usual.
 
-Learning records are absorbed in ``seq`` order and only once durable, so a version's statistics are exactly
+Rollback and promote versions start a lineage (their statistics are not the log's): their snapshots are never
+pruned. Learning records are absorbed in ``seq`` order and only once durable, so a version's statistics are exactly
 those of its nearest snapshotted ancestor plus the learning records in ``(ancestor.watermark,
 version.watermark]``. A restart loads the newest snapshot whose version row is in the log and replays the
 learning records after its watermark; the open events (decided, not yet closed) are restored with their
@@ -46,6 +50,7 @@ logger = logging.getLogger("recbandits.serve")
 
 MAX_VERSIONS_IN_MEMORY = 20_000  # older versions are in the log (not listed, not rolled back to)
 RECENT_QUARANTINED = 100  # quarantined records listed in GET /v1/policy (all are in the log)
+LINEAGE_STARTS = ("initial", "rollback", "promote")  # version kinds whose statistics are their snapshot's alone
 LEARNING_STUCK_S = 30.0  # a learning record waiting longer than this turns /healthz degraded
 
 
@@ -106,6 +111,8 @@ class BanditCore:
         self._learning_failure: str | None = None
         self._last_learn = 0.0
         self._learning_paused = False
+        self._changing: str | None = None  # the admin change in progress: "rollback" or "promotion"
+        self.promotions: list[dict[str, Any]] = []  # every promotion row, oldest first
         self._version_changed: asyncio.Event | None = None
         self._tasks: list[asyncio.Task] = []
         self._snapshot_running = False
@@ -124,8 +131,9 @@ class BanditCore:
         logged = {row["policy_version"]: row for row in replay.versions}
         for row in replay.versions[-MAX_VERSIONS_IN_MEMORY:]:
             self.versions[row["policy_version"]] = row
-            if row.get("version_kind") in ("rollback", "initial"):
+            if row.get("version_kind") in LINEAGE_STARTS:
                 self.protected.add(row["policy_version"])
+        self.promotions = replay.promotions
         self.log = EventLog(log_path, next_seq=replay.last_seq + 1, fsync=self.config.fsync)
         if not logged:
             # First start (or a crash before the first version row was durable).
@@ -278,11 +286,11 @@ class BanditCore:
         if meta["snapshot"]:
             return self.snapshots.load(version)[0]
         bases = [v for v in self.snapshots.versions() if v < version and v in self.versions]
-        later_rollbacks = [v for v, row in self.versions.items()
-                           if row.get("version_kind") == "rollback" and (not bases or v > max(bases)) and v <= version]
-        if later_rollbacks:
-            raise Rejection(409, "version", f"version {version} cannot be rebuilt (its rollback snapshot is gone)",
-                            "version_unavailable")
+        later_starts = [v for v, row in self.versions.items() if row.get("version_kind") in LINEAGE_STARTS[1:]
+                        and (not bases or v > max(bases)) and v <= version]
+        if later_starts:
+            raise Rejection(409, "version", f"version {version} cannot be rebuilt (the snapshot of version "
+                            f"{max(later_starts)}, where its lineage starts, is gone)", "version_unavailable")
         if bases:
             base = max(bases)
             state, watermark = self.snapshots.load(base)[0], int(self.versions[base]["watermark"])
@@ -299,29 +307,82 @@ class BanditCore:
             return self.policy.get_state()
         return await asyncio.get_running_loop().run_in_executor(None, self._state_of, version)
 
-    async def rollback(self, version: int) -> dict[str, Any]:
-        """A new version with the statistics of ``version``; what was learned since is discarded."""
-        self.version_info(version, location="body")
-        if self._learning_paused:
-            raise Rejection(409, "version", "another rollback is in progress", "rollback_in_progress")
+    def _begin_change(self, what: str) -> None:
+        if self._changing is not None:
+            raise Rejection(409, "version", f"a {self._changing} is in progress; retry when it is done",
+                            f"{self._changing}_in_progress")
+        self._changing = what
+
+    async def _install_statistics(self, state: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, Any]:
+        """A new version (a lineage start: ``meta["kind"]``) with the statistics ``state``; what was learned since
+        the current version is learned first and then left behind with it."""
         self.learn(force=True)
         self._learning_paused = True
         try:
-            watermark = self.watermark
-            state = await self.version_state(version)
             number = max(self.versions) + 1
-            # The snapshot first: a durable rollback row always has its snapshot.
-            meta = {"policy_version": number, "version_kind": "rollback", "source": version, "watermark": watermark}
-            await asyncio.get_running_loop().run_in_executor(None, self.snapshots.save, number, state, meta)
+            meta = {**meta, "parent": self.version_id, "watermark": self.watermark, "learned": 0}
+            # The snapshot first: a durable lineage start always has its snapshot.
+            snapshot_meta = {"policy_version": number, "version_kind": meta["kind"], "source": meta.get("source"),
+                             "watermark": meta["watermark"]}
+            await asyncio.get_running_loop().run_in_executor(None, self.snapshots.save, number, state, snapshot_meta)
             self.protected.add(number)
             self.policy.set_state(state)
-            row = self._install_version({"kind": "rollback", "parent": self.version_id, "source": version,
-                                         "watermark": watermark, "learned": 0})
+            row = self._install_version(meta)
             assert row["policy_version"] == number
             await self.log.drain()
         finally:
             self._learning_paused = False
         return dict(row)
+
+    async def rollback(self, version: int) -> dict[str, Any]:
+        """A new version with the statistics of ``version``; what was learned since is discarded."""
+        self.version_info(version, location="body")
+        self._begin_change("rollback")
+        try:
+            state = await self.version_state(version)
+            return await self._install_statistics(state, {"kind": "rollback", "source": version})
+        finally:
+            self._changing = None
+
+    async def promote(self, checkpoint: str, estimator: str = "dr", window: int = 10_000, force: bool = False,
+                      samples: int = 200) -> dict[str, Any]:
+        """The promotion gate (``promotion.py``): evaluate the checkpoint against the serving version on the
+        ``window`` newest rewarded decisions and serve it as a new version if it is better (or ``force``); the
+        decision is logged either way. Its ``promotion`` row is returned."""
+        from recbandits.serve.export import recent_dataset
+        from recbandits.serve.promotion import candidate_statistics, evaluate_promotion
+
+        self._begin_change("promotion")
+        loop = asyncio.get_running_loop()
+        try:
+            try:
+                candidate = await loop.run_in_executor(None, candidate_statistics, checkpoint, self.fields)
+            except ValueError as error:
+                raise Rejection(422, "checkpoint", str(error), "checkpoint_does_not_fit") from None
+            await self.log.drain()  # the newest decisions and rewards are in the file
+            self.learn(force=True)
+            serving_version, serving_state = self.version_id, self.policy.get_state()
+            dataset = await loop.run_in_executor(None, recent_dataset, self.state_dir, self.fields, window)
+            evaluation = await loop.run_in_executor(
+                None, lambda: evaluate_promotion(dataset, self.fields, serving_state, candidate, serving_version,
+                                                 estimator, samples, int(self.fields["model_config"].get("seed", 0))))
+            promoted = bool(evaluation["promote"] or force)
+            row = {"kind": "promotion", "checkpoint": checkpoint, "estimator": estimator, "window": window,
+                   "force": force, "promoted": promoted, "serving_version": serving_version,
+                   "policy_version": None, "message": evaluation.pop("message"), "evaluation": evaluation,
+                   "created_at": time.time()}
+            if promoted:
+                version = await self._install_statistics(candidate, {
+                    "kind": "promote", "source": checkpoint, "forced": force and not evaluation["promote"],
+                    "evaluation": evaluation})
+                row["policy_version"] = version["policy_version"]
+            await self.log.append([row])
+            self.promotions.append(row)
+            logger.info("promotion of %s: %s (%s)", checkpoint, "promoted as version "
+                           f"{row['policy_version']}" if promoted else "refused", row["message"])
+            return dict(row)
+        finally:
+            self._changing = None
 
     async def snapshot(self) -> int | None:
         """Snapshot the current version (if not yet) and prune old snapshots."""
@@ -543,6 +604,9 @@ class BanditCore:
             "statistics": self.policy.statistics(),
             "log": {"rows_written": self.log.rows_written, "commits": self.log.commits, "path": str(self.log.path)},
         }
+
+    def list_promotions(self, limit: int = 50) -> list[dict[str, Any]]:
+        return [dict(row) for row in self.promotions[-limit:][::-1]]
 
     def list_versions(self, limit: int = 50) -> list[dict[str, Any]]:
         snapshots = set(self.snapshots.versions())

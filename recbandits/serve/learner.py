@@ -108,6 +108,14 @@ class Learner:
     async def rollback(self, version: int) -> dict[str, Any]:
         return await self.core.rollback(version)
 
+    @_rejection_as_dict
+    async def promote(self, checkpoint: str, estimator: str, window: int, force: bool, samples: int) -> dict[str, Any]:
+        return await self.core.promote(checkpoint, estimator, window, force, samples)
+
+    @_rejection_as_dict
+    def list_promotions(self, limit: int) -> list[dict[str, Any]]:
+        return self.core.list_promotions(limit)
+
     def learning_problem(self) -> str | None:
         return self.core.learning_problem()
 

@@ -78,27 +78,30 @@ class Replay:
     open: dict[str, OpenEvent] = field(default_factory=dict)
     closed: ClosedEvents = field(default_factory=ClosedEvents)
     versions: list[dict[str, Any]] = field(default_factory=list)
+    promotions: list[dict[str, Any]] = field(default_factory=list)  # with after=None only
     last_seq: int = 0
     rows: int = 0
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     quarantine_rows: list[dict[str, Any]] = field(default_factory=list)
 
 
-def index_log(path: Path) -> tuple[list[dict[str, Any]], int, int]:
-    """(version rows, last seq, number of rows) of a log, after cutting off a torn last line."""
+def index_log(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int, int]:
+    """(version rows, promotion rows, last seq, number of rows) of a log, after cutting off a torn last line."""
     repair_log(path)
-    marker = b'"kind":"version"'
-    versions, last, count = [], b"", 0
+    markers = {b'"kind":"version"': ("version", []), b'"kind":"promotion"': ("promotion", [])}
+    last, count = b"", 0
     if not path.exists():
-        return versions, 0, 0
+        return [], [], 0, 0
     with open(path, "rb") as handle:
         for line in handle:
             if len(line) > 1:
                 count += 1
                 last = line
-                if marker in line:
-                    versions.append(json.loads(line))
-    return versions, (json.loads(last)["seq"] if last else 0), count
+                for marker, (kind, rows) in markers.items():
+                    if marker in line and (row := json.loads(line))["kind"] == kind:
+                        rows.append(row)
+    (_, versions), (_, promotions) = markers.values()
+    return versions, promotions, (json.loads(last)["seq"] if last else 0), count
 
 
 def replay_log(path: Path, fields: dict[str, Any], window: float, after: int | None, until: int | None = None,
@@ -110,7 +113,7 @@ def replay_log(path: Path, fields: dict[str, Any], window: float, after: int | N
     """
     replay = Replay()
     if after is None:
-        replay.versions, replay.last_seq, replay.rows = index_log(path)
+        replay.versions, replay.promotions, replay.last_seq, replay.rows = index_log(path)
         return replay
     helper = LinearCandidatePolicy(fields, policy_state)  # the features each decision's reward teaches
     for row in scan_log(path, repair=True):

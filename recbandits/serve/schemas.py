@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
 
 from recbandits.algos.candidates import CandidateSet
 from recbandits.logs.features import read_feature_table
+from recbandits.ope.estimators import ESTIMATORS
 from recbandits.serve.config import ServeConfig
 from recbandits.serve.core import Rejection
 
@@ -136,6 +137,19 @@ class RewardBatchResponse(BaseModel):
 
 class RollbackRequest(_Strict):
     version: int = Field(strict=True, ge=1)
+
+
+class PromoteRequest(_Strict):
+    """A candidate for the promotion gate (``recbandits.serve.promotion``)."""
+
+    checkpoint: str = Field(min_length=1, max_length=4096, description="The checkpoint directory (a `recbandits "
+                            "simulate` or `train` output) as the service's machine sees it.")
+    estimator: Literal[ESTIMATORS] = "dr"
+    window: int = Field(10_000, strict=True, ge=100, le=1_000_000,
+                        description="The newest rewarded decisions of the log evaluated on.")
+    force: bool = Field(False, strict=True, description="Promote whatever the evaluation says.")
+    samples: int = Field(200, strict=True, ge=10, le=10_000,
+                         description="Thompson sampling: decisions sampled per row for its probabilities.")
 
 
 class ErrorItem(BaseModel):
