@@ -339,8 +339,9 @@ def evaluate(
     policy: Annotated[list[Path], typer.Option(help="A checkpoint to evaluate (repeat for several).")],
     out: Annotated[Path, typer.Option(help="Output directory (table.md/csv, evaluation.json, forest.png).")]
     = Path("runs/evaluate"),
-    estimators: Annotated[str, typer.Option(help="Comma-separated: dm, ips, snips, dr, sndr, switch-dr, "
-                                                 "clipped-ips.")] = "dm,ips,snips,dr,sndr,switch-dr,clipped-ips",
+    estimators: Annotated[str | None, typer.Option(
+        help="Comma-separated: dm, ips, snips, dr, sndr, switch-dr, clipped-ips; rankings: sips, iips, rips "
+             "\\[default: all of the dataset's kind]", show_default=False)] = None,
     folds: Annotated[int, typer.Option(help="Cross-fitting folds of the reward model (DM, DR).")] = 5,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the intervals (0: normal only).")] = 200,
     tau: Annotated[float, typer.Option(help="Weight threshold of switch-DR and clipped IPS.")] = 10.0,
@@ -357,7 +358,7 @@ def evaluate(
     from recbandits.jobs.evaluate import run_evaluation
     from recbandits.logs import LogFormatError
 
-    names = tuple(name.strip() for name in estimators.split(",") if name.strip())
+    names = None if estimators is None else tuple(name.strip() for name in estimators.split(",") if name.strip())
     try:
         summary = run_evaluation(data, [str(path) for path in policy], out, estimators=names, folds=folds,
                                  bootstrap=bootstrap, tau=tau, seed=seed, ray_data=ray_data, address=address,
@@ -371,12 +372,12 @@ def evaluate(
         rows = [[row["estimator"], f"{row['value']:.4f}", f"[{row['low']:.4f}, {row['high']:.4f}]",
                  f"{row['vs_logging']:+.4f}",
                  "" if row["effective_sample_size"] is None else f"{row['effective_sample_size']:,.0f}"]
-                if row["value"] == row["value"] else [row["estimator"], "n/a", "no logged propensities", "", ""]
+                if row["value"] == row["value"] else [row["estimator"], "n/a", row["note"], "", ""]
                 for row in summary["rows"] if row["policy"] == name]
         _print_table(f"{name}: {result['rows']:,} rows, logging policy's mean reward {result['logging_value']:.4f}",
                      ["estimator", "value", "95% interval", "vs logging", "ESS"], rows)
         off = result["support"]["target_mass_off_support"]
-        if off > 0 and any(name_ != "dm" for name_ in names):
+        if off > 0 and any(name_ != "dm" for name_ in result["estimates"]):
             typer.echo(f"warning: {off:.1%} of the policy's probability mass is on rows or candidates without a "
                        "logging propensity: the estimators that weight by propensities do not see it"
                        + (" (only dm means anything here)" if off >= 1.0 else ""), err=True)

@@ -76,6 +76,11 @@ BAD_ROWS = [
      r"row 1 column slot_propensities: not the probabilities of a slate's prefixes \(in \(0, 1\], never rising\)"),
     ({"action": "a", "slate": ["a", "b"], "slot_propensities": [1 / 3]},
      "row 1 column slot_propensities: 1 values for a slate of 2"),
+    ({"slot_marginals": [0.5]}, "row 1 column slot_marginals: given without a slate"),
+    ({"action": "a", "slate": ["a", "b"], "slot_marginals": [0.5]},
+     "row 1 column slot_marginals: 1 values for a slate of 2"),
+    ({"action": "a", "slate": ["a", "b"], "slot_marginals": [0.5, 0.0]},
+     r"row 1 column slot_marginals: not in \(0, 1\]"),
     ({"action": "a", "slate": ["a", "b"], "slot_propensities": [0.2, 0.1]},
      r"row 1 column propensity: 0.333333+ differs from slot_propensities\[0\]"),
     ({"action": "a", "slate": ["a", "b"], "slot_rewards": [1.0, 0.0, 0.0]},
@@ -360,6 +365,7 @@ def test_collect_logs_slates_with_exact_prefix_probabilities_and_training_learns
     prefixes = np.cumprod(chosen / left, axis=1)
     np.testing.assert_allclose(np.stack(frame["slot_propensities"].to_numpy()), prefixes, rtol=1e-12)
     np.testing.assert_allclose(frame["propensity"], prefixes[:, 0], rtol=1e-12)
+    assert frame["slot_marginals"].isna().all()  # Plackett-Luce marginals have no closed form: not logged
     assert (frame["action"] == frame["slate"].map(lambda slate: slate[0])).all()
     # The sampler draws what it reports: the best two candidates on top, in order, as often as their probability.
     best = np.argsort(-attraction, axis=1, kind="stable")[:, :2]
@@ -399,6 +405,7 @@ def test_collect_logs_slates_with_exact_prefix_probabilities_and_training_learns
     uniform = read_dataset(tmp_path / "uniform").frame
     np.testing.assert_allclose(np.stack(uniform["slot_propensities"].to_numpy()),
                                np.tile([1 / 6, 1 / 30, 1 / 120], (500, 1)), rtol=1e-12)
+    np.testing.assert_allclose(np.stack(uniform["slot_marginals"].to_numpy()), np.full((500, 3), 1 / 6), rtol=1e-12)
     collect("movielens-ranking", "eps-greedy", 2_000, tmp_path / "greedy", data_dir=small_data_dir, epsilon=0.2,
             env_config={**settings, "choice_model": "position_based"})
     greedy = read_dataset(tmp_path / "greedy").frame
@@ -407,6 +414,10 @@ def test_collect_logs_slates_with_exact_prefix_probabilities_and_training_learns
     slates = np.array([[list(row["candidates"]).index(item) for item in row["slate"]] for _, row in greedy.iterrows()])
     exploit = (slates == oracle).all(1)
     assert abs(exploit.mean() - (0.8 + 0.2 / 120)) < 0.04
+    # Each slot holds the oracle's item with probability 0.8 + 0.2 / 6, as logged and as often.
+    np.testing.assert_allclose(np.stack(greedy["slot_marginals"].to_numpy()),
+                               np.where(slates == oracle, 0.8 + 0.2 / 6, 0.2 / 6), rtol=1e-12)
+    assert abs((slates == oracle).mean() - (0.8 + 0.2 / 6)) < 0.03
     np.testing.assert_allclose(np.stack(greedy["slot_propensities"][exploit].to_numpy()),
                                0.8 + 0.2 * np.tile([1 / 6, 1 / 30, 1 / 120], (int(exploit.sum()), 1)), rtol=1e-12)
     slot_rewards = np.stack(greedy["slot_rewards"].to_numpy())

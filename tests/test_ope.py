@@ -271,3 +271,106 @@ def test_the_estimates_over_ray_data_equal_the_in_memory_ones(per_arm_world, sma
         assert (ours.effective_sample_size is None) == (theirs.effective_sample_size is None)
         if theirs.effective_sample_size is not None:
             assert ours.effective_sample_size == pytest.approx(theirs.effective_sample_size, rel=1e-9)
+
+
+def test_slate_estimators_give_their_hand_computed_values(tmp_path):
+    """Two uniformly logged slates of 3 among 3 candidates; the target is a cold eps-greedy policy (every score
+    0: each candidate on top with probability 1/3, then the others in index order). By hand: top a gives
+    [a, b, c], top b [b, a, c], top c [c, a, b], so slot 2 holds a with 2/3, b with 1/3, and slot 3 c with 2/3."""
+    from recbandits.algos.candidates import LinearCandidatePolicy
+    from recbandits.logs.dataset import DatasetSpec, read_dataset, write_dataset
+    from recbandits.ope.evaluation import evaluate
+
+    spec = DatasetSpec(shape="disjoint", context_dim=1, arm_ids=["a", "b", "c"])
+    rows = [{"event_id": f"e{index}", "context": [1.0], "candidates": ["a", "b", "c"], "action": slate[0],
+             "propensity": 1 / 3, "slate": slate, "slot_propensities": [1 / 3, 1 / 6, 1 / 6],
+             "slot_marginals": [1 / 3] * 3, "slot_rewards": slot_rewards, "reward": sum(r or 0 for r in slot_rewards),
+             "policy": "uniform"}
+            for index, (slate, slot_rewards) in enumerate([(["b", "a", "c"], [1.0, 0.0, 1.0]),
+                                                           (["c", "b", "a"], [0.0, 1.0, None])])]
+    write_dataset(tmp_path, spec, [rows])
+    policy = LinearCandidatePolicy({**spec.model_fields(), "model_config": {"exploration": "eps_greedy",
+                                                                          "epsilon": 0.3}})
+    result = evaluate(read_dataset(tmp_path), policy, bootstrap=0)
+    # sips: row 1 (the target's [b, a, c]): weight (1/3)/(1/6) = 2 times 2 clicks; row 2: not a target slate.
+    # rips: row 1: 1*1 + 2*0 + 2*1; row 2: 1*0 + 0*1 + 0*0. iips: row 1: 1*1 + 2*0 + 2*1; row 2: 1*0 + 1*1 + 0.
+    values = {name: estimate.value for name, estimate in result["estimates"].items()}
+    assert values == pytest.approx({"sips": 2.0, "rips": 1.5, "iips": 2.0}, rel=1e-12)
+    # Terms 4 and 0: standard deviation 2 sqrt(2), standard error 2.
+    assert result["estimates"]["sips"].normal_interval == pytest.approx((2.0 - 1.959964 * 2, 2.0 + 1.959964 * 2))
+    assert result["estimates"]["sips"].max_weight == 2.0 and result["rows"] == 2 and result["logging_value"] == 1.5
+    assert result["support"]["rows_off_the_target_slates"] == 0.5
+    with pytest.raises(ValueError, match="a ranking dataset takes the slate estimators sips, iips, rips"):
+        evaluate(read_dataset(tmp_path), policy, ("dr",))
+
+
+@pytest.fixture(scope="module")
+def slate_worlds(small_data_dir, tmp_path_factory):
+    """Per click model: a ranking model trained on eps-greedy slates, and 40,000 uniformly logged slates."""
+    from recbandits.algos.checkpoints import load_module
+    from recbandits.jobs.collect import collect
+    from recbandits.jobs.train import train
+    from recbandits.logs import read_dataset
+
+    out = tmp_path_factory.mktemp("slates")
+    worlds = {}
+    for choice_model in ("position_based", "cascade"):
+        settings = {"rank": 4, "num_candidates": 6, "slate_size": 3, "choice_model": choice_model}
+        collect("movielens-ranking", "eps-greedy", 3_000, out / f"train-{choice_model}", data_dir=small_data_dir,
+                env_config=settings, epsilon=0.5, seed=99)
+        train(out / f"train-{choice_model}", "linucb", out / f"model-{choice_model}", use_ray=False)
+        collect("movielens-ranking", "uniform", 40_000, out / f"log-{choice_model}", data_dir=small_data_dir,
+                env_config=settings, seed=3)
+        worlds[choice_model] = load_module(out / f"model-{choice_model}"), read_dataset(out / f"log-{choice_model}")
+    return worlds
+
+
+@pytest.mark.parametrize("choice_model", ["position_based", "cascade"])
+def test_slate_estimators_against_the_truth_of_each_click_model(slate_worlds, choice_model):
+    """50 slices of 800 uniformly logged slates, an eps-greedy ranking target. Under the position-based model a
+    slot's clicks depend on its own item: IIPS and RIPS cover each slice's true value (the click model's expected
+    clicks of the target's slates) at least 45 times, without visible bias. Under the cascade they depend on the
+    slots above: RIPS still does, and IIPS is biased."""
+    from recbandits.algos.candidates import LinearCandidatePolicy, module_policy_fields
+    from recbandits.logs.dataset import LoggedDataset
+    from recbandits.ope.evaluation import evaluate
+
+    module, dataset = slate_worlds[choice_model]
+    fields = module_policy_fields(module)
+    fields["model_config"] = {**fields["model_config"], "exploration": "eps_greedy", "epsilon": 0.3}
+    policy = LinearCandidatePolicy(fields, module.get_state())
+    covered, errors = {"iips": 0, "rips": 0}, {"iips": [], "rips": []}
+    for part in range(50):
+        frame = dataset.frame.iloc[part * 800:(part + 1) * 800].reset_index(drop=True)
+        result = evaluate(LoggedDataset(dataset.spec, frame, dataset.files), policy, ("iips", "rips"), bootstrap=0)
+        for name in covered:
+            low, high = result["estimates"][name].normal_interval
+            covered[name] += low <= result["true_value"] <= high
+            errors[name].append(result["estimates"][name].value - result["true_value"])
+    bias = {name: abs(np.mean(values)) / (np.std(values) / np.sqrt(50)) for name, values in errors.items()}
+    unbiased = ("iips", "rips") if choice_model == "position_based" else ("rips",)
+    for name in unbiased:
+        assert covered[name] >= 45 and bias[name] < 3, (name, covered, bias)
+    if choice_model == "cascade":
+        assert bias["iips"] > 5, (covered, bias)  # its mean error over the slices, in standard errors
+
+
+def test_a_thompson_ranking_target_is_sampled_to_the_same_estimates_as_its_mean(slate_worlds):
+    """Thompson sampling has no closed-form ranking probabilities: they are the share of sampled rankings. With a
+    posterior scale of 1e-9 every sample is the greedy ranking, so the estimates are the greedy target's (exact)."""
+    from recbandits.algos.candidates import LinearCandidatePolicy, module_policy_fields
+    from recbandits.logs.dataset import LoggedDataset
+    from recbandits.ope.evaluation import evaluate
+
+    module, dataset = slate_worlds["position_based"]
+    dataset = LoggedDataset(dataset.spec, dataset.frame.iloc[:1_000].reset_index(drop=True), dataset.files)
+    results = {}
+    for exploration in ("greedy", "thompson"):
+        fields = module_policy_fields(module)
+        fields["model_config"] = {**fields["model_config"], "exploration": exploration, "posterior_scale": 1e-9}
+        results[exploration] = evaluate(dataset, LinearCandidatePolicy(fields, module.get_state()), bootstrap=0,
+                                        samples=20)
+    assert results["thompson"]["monte_carlo_samples"] == 20 and results["greedy"]["monte_carlo_samples"] is None
+    for name, greedy in results["greedy"]["estimates"].items():
+        assert results["thompson"]["estimates"][name].value == pytest.approx(greedy.value, rel=1e-12), name
+    assert results["thompson"]["true_value"] == pytest.approx(results["greedy"]["true_value"], rel=1e-12)

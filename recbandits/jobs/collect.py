@@ -18,7 +18,8 @@ validated against.
 On the ranking env (``movielens-ranking``) a decision is a slate of ``slate_size`` of the candidates, drawn slot by
 slot: ``uniform`` without replacement, ``softmax`` by Plackett-Luce on the attractions (each slot a softmax over
 the candidates left), ``eps-greedy`` the oracle's slate (most attractive first) or, with probability epsilon, a
-uniform one. A row logs the slate, each prefix's probability (``slot_propensities``), the feedback per slot
+uniform one. A row logs the slate, each prefix's probability (``slot_propensities``), each slot's item's
+probability at its slot (``slot_marginals``; uniform and eps-greedy only), the feedback per slot
 (``slot_rewards``: clicks; under cascading feedback the slots below the click are null, not examined) and, in
 ``expected_rewards``, every candidate's attraction. A checkpoint policy does not log rankings.
 
@@ -79,6 +80,18 @@ def sample_slates(policy: str, expected: np.ndarray, size: int, epsilon: float, 
     slates = np.where(explore[:, None], uniform_slates, oracle)
     same_prefix = np.cumprod(slates == oracle, axis=1).astype(bool)
     return slates, (1.0 - epsilon) * same_prefix + epsilon * uniform_prefix
+
+
+def slot_marginals(policy: str, expected: np.ndarray, slates: np.ndarray, epsilon: float) -> np.ndarray | None:
+    """[B, size] probability of each slot's candidate at that slot under ``sample_slates``' policy; None for
+    ``softmax``, whose Plackett-Luce marginals below the top slot have no closed form (a sum over the prefixes)."""
+    count = expected.shape[1]
+    if policy == "uniform":
+        return np.full(slates.shape, 1.0 / count)
+    if policy == "eps-greedy":
+        oracle = np.argsort(-expected, axis=1, kind="stable")[:, :slates.shape[1]]
+        return (1.0 - epsilon) * (slates == oracle) + epsilon / count
+    return None
 
 
 def _top_slot_probabilities(policy: str, expected: np.ndarray, epsilon: float, temperature: float) -> np.ndarray:
@@ -192,6 +205,9 @@ def collect_part(worker: int, steps: int, out: str, env: str, policy: str, data_
             slot_rewards, positions = _slot_feedback(info, batch, simulator.slate_size)
             columns.update(slate=candidates[rows[:, None], slates], slot_propensities=slot_propensities,
                            slot_rewards=slot_rewards, position=positions)
+            marginals = slot_marginals(policy, expected, slates, epsilon)
+            if marginals is not None:
+                columns["slot_marginals"] = marginals
         if probabilities is not None:
             columns["propensity"] = probabilities[rows, actions]
             columns["action_probabilities"] = probabilities

@@ -21,7 +21,7 @@ import numpy as np
 from recbandits.ope.estimators import ESTIMATORS, check_estimators
 
 COLUMNS = ("policy", "estimator", "value", "low", "high", "interval", "vs_logging", "effective_sample_size",
-           "max_weight", "true_value")
+           "max_weight", "true_value", "note")
 
 
 def policy_from_checkpoint(path: str | Path, spec):
@@ -70,25 +70,36 @@ def _ids(ids) -> str:
     return f"[{shown}{', ...' if len(ids) > 5 else ''}]"
 
 
-def run_evaluation(data: str | Path, policies: list[str], out: str | Path, *, estimators=ESTIMATORS,
+def run_evaluation(data: str | Path, policies: list[str], out: str | Path, *, estimators=None,
                    folds: int = 5, bootstrap: int = 200, tau: float = 10.0, seed: int = 0, ray_data: bool = False,
                    address: str | None = None, samples: int = 200) -> dict[str, Any]:
     """Evaluate every checkpoint in ``policies`` on the dataset at ``data``; write the outputs to ``out``.
 
-    ``ray_data``: one Ray Data task per file (logs larger than memory; normal intervals only, no bootstrap)."""
+    ``estimators``: None, every one of the dataset's kind (single choices: ``ESTIMATORS``; rankings:
+    ``SLATE_ESTIMATORS``). ``ray_data``: one Ray Data task per file (logs larger than memory; single choices only;
+    normal intervals only, no bootstrap)."""
     from recbandits.logs import read_dataset
-    from recbandits.ope.evaluation import evaluate, evaluate_files
+    from recbandits.ope.evaluation import evaluate, evaluate_files, has_slates
 
-    check_estimators(estimators)
     if not policies:
         raise ValueError("give at least one --policy CHECKPOINT")
     if ray_data:
+        import pyarrow.parquet as pq
+
         from recbandits.jobs.train import validate_files
 
-        spec, dataset = validate_files(data)[0], None
+        spec, files, _ = validate_files(data)
+        dataset = None
+        if any(pq.read_table(path, columns=["slate"]).column("slate").null_count < pq.read_metadata(path).num_rows
+               for path in files):
+            raise ValueError(f"{data} logs rankings (slates): evaluate them in memory (without --ray-data)")
+        estimators = ESTIMATORS if estimators is None else estimators
+        check_estimators(estimators)
     else:
         dataset = read_dataset(data)
         spec = dataset.spec
+        if estimators is not None and not has_slates(dataset.frame):
+            check_estimators(estimators)
     targets = {str(path): policy_from_checkpoint(path, spec) for path in policies}  # all checked first
     if ray_data:
         from recbandits.cluster import connect
@@ -114,13 +125,14 @@ def run_evaluation(data: str | Path, policies: list[str], out: str | Path, *, es
                          "bootstrap" if value.bootstrap_interval else "none",
                          "vs_logging": value.value - result["logging_value"],
                          "effective_sample_size": value.effective_sample_size, "max_weight": value.max_weight,
-                         "true_value": result["true_value"]})
+                         "true_value": result["true_value"], "note": value.details.get("reason", "")})
     with open(out / "table.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
     (out / "table.md").write_text(_markdown(rows))
-    summary = {"data": str(Path(data).resolve()), "estimators": list(estimators), "folds": folds,
+    summary = {"data": str(Path(data).resolve()), "estimators": list(next(iter(results.values()))["estimates"]),
+               "folds": folds,
                "bootstrap": 0 if ray_data else bootstrap, "tau": tau, "seed": seed, "ray_data": ray_data,
                "policies": {
                    name: {**{key: value for key, value in result.items() if key != "estimates"},
@@ -152,7 +164,7 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
              "|---|---|---|---|---|---|---|"]
     for row in rows:
         if not np.isfinite(row["value"]):
-            lines.append(f"| {row['policy']} | {row['estimator']} | n/a (no logged propensities) | | | | |")
+            lines.append(f"| {row['policy']} | {row['estimator']} | n/a ({row['note']}) | | | | |")
             continue
         lines.append(f"| {row['policy']} | {row['estimator']} | {row['value']:.4f} | [{row['low']:.4f}, "
                      f"{row['high']:.4f}] ({row['interval']}) | {row['vs_logging']:+.4f} | "

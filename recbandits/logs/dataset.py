@@ -17,6 +17,7 @@ shape and dimensions every row must have. One row is one logged decision:
 | ``reward_source`` | string or null | ``observed`` or ``default_on_expiry`` |
 | ``slate`` | list<string> [k] or null | rankings: the ids shown, in slot order (among ``candidates``) |
 | ``slot_propensities`` | list<float64> [k] or null | rankings: probability of the slate's first 1, 2, ..., k slots |
+| ``slot_marginals`` | list<float64> [k] or null | rankings: probability of each slot's item at that slot |
 | ``position`` | int32 or null | the clicked slot of ``slate``; no slate: the slot of ``action`` in ``candidates`` |
 | ``slot_rewards`` | list<float64> or null | feedback per slot: of ``slate`` [k], else of ``candidates`` [n] |
 | ``policy`` | string | name of the logging policy |
@@ -72,6 +73,7 @@ SCHEMA = pa.schema([
     pa.field("reward_source", pa.string()),
     pa.field("slate", pa.list_(pa.string())),
     pa.field("slot_propensities", pa.list_(pa.float64())),
+    pa.field("slot_marginals", pa.list_(pa.float64())),
     pa.field("position", pa.int32()),
     pa.field("slot_rewards", pa.list_(pa.float64())),
     pa.field("policy", pa.string(), nullable=False),
@@ -446,6 +448,13 @@ def validate_table(table: pa.Table, spec: DatasetSpec, file: str, seen_event_ids
         top[nonempty] = flat[slot_propensities.offsets.to_numpy()[:-1][nonempty]]
         check(known & has_slot_propensities & ~np.isclose(top, values, rtol=1e-9, atol=1e-12), "propensity",
               lambda row: f"{values[row]} differs from slot_propensities[0]")
+    slot_marginals, has_slot_marginals, sizes = optional_list("slot_marginals")
+    check(has_slot_marginals & ~has_slate, "slot_marginals", "given without a slate")
+    check(has_slot_marginals & (sizes != shown), "slot_marginals",
+          lambda row: f"{sizes[row]} values for a slate of {shown[row]}")
+    if has_slot_marginals.any():
+        flat = pc.fill_null(slot_marginals.flatten(), np.nan).to_numpy(zero_copy_only=False)
+        check(per_row(~((flat > 0) & (flat <= 1)), slot_marginals), "slot_marginals", "not in (0, 1]")
     positions = column("position")
     has_position = pc.is_valid(positions).to_numpy(zero_copy_only=False)
     position_values = pc.fill_null(positions, 0).to_numpy(zero_copy_only=False)

@@ -25,6 +25,7 @@ from recbandits.logs.dataset import LoggedDataset
 from recbandits.ope.estimators import (
     ESTIMATORS,
     NEEDS_MODEL,
+    Estimate,
     LoggedRows,
     add_sums,
     check_estimators,
@@ -33,6 +34,7 @@ from recbandits.ope.estimators import (
     row_sums,
     support,
 )
+from recbandits.ope.slates import SLATE_ESTIMATORS
 
 
 @dataclass
@@ -58,27 +60,35 @@ def _padded(rows: list, counts: np.ndarray, width: int, fill: float = np.nan) ->
     return out
 
 
+def candidate_sets(spec, frame: pd.DataFrame) -> list[CandidateSet]:
+    """Each row's candidates as a ``CandidateSet``: a disjoint row's are its arms' model indices, a shared row's
+    their features."""
+    if spec.shape == "disjoint":
+        arm_index = {arm: k for k, arm in enumerate(spec.arm_ids)}
+        return [CandidateSet(context=np.asarray(context, dtype=np.float64),
+                             arms=np.array([arm_index[arm] for arm in row]))
+                for context, row in zip(frame["context"], frame["candidates"], strict=True)]
+    return [CandidateSet(context=np.asarray(context, dtype=np.float64),
+                         arm_features=np.stack([np.asarray(vector, dtype=np.float64) for vector in features]))
+            for context, features in zip(frame["context"], frame["candidate_features"], strict=True)]
+
+
+def has_slates(frame: pd.DataFrame) -> bool:
+    return "slate" in frame and bool(frame["slate"].notna().any())
+
+
 def decisions_of(dataset: LoggedDataset) -> Decisions:
-    """The rows with a reward, with each row's candidates as a ``CandidateSet`` (a disjoint row's candidates are
-    its arms' model indices, a shared row's their features)."""
+    """The rows with a reward, with each row's candidates as a ``CandidateSet`` (``candidate_sets``)."""
     spec, frame = dataset.spec, dataset.frame
-    if "slate" in frame and frame["slate"].notna().any():
-        raise ValueError("the dataset logs rankings (slates): their reward is the slate's, and the slate estimators "
-                         "are not implemented yet; evaluate takes single-choice datasets")
+    if has_slates(frame):
+        raise ValueError("the dataset logs rankings (slates): their reward is the slate's; the slate estimators "
+                         f"({', '.join(SLATE_ESTIMATORS)}) evaluate them")
     rewarded = frame[frame["reward"].notna()].reset_index(drop=True)
     candidates = [list(row) for row in rewarded["candidates"]]
     counts = np.array([len(row) for row in candidates])
     width = int(counts.max(initial=1))
     actions = np.array([row.index(action) for row, action in zip(candidates, rewarded["action"], strict=True)])
-    if spec.shape == "disjoint":
-        arm_index = {arm: k for k, arm in enumerate(spec.arm_ids)}
-        jobs = [CandidateSet(context=np.asarray(context, dtype=np.float64),
-                             arms=np.array([arm_index[arm] for arm in row]))
-                for context, row in zip(rewarded["context"], candidates, strict=True)]
-    else:
-        jobs = [CandidateSet(context=np.asarray(context, dtype=np.float64),
-                             arm_features=np.stack([np.asarray(vector, dtype=np.float64) for vector in features]))
-                for context, features in zip(rewarded["context"], rewarded["candidate_features"], strict=True)]
+    jobs = candidate_sets(spec, rewarded)
     propensities = rewarded["propensity"].to_numpy(dtype=np.float64, na_value=np.nan)
     logging = rewarded["action_probabilities"]
     expected = rewarded["expected_rewards"]
@@ -214,13 +224,17 @@ def report(sums: dict[str, Any], estimators, confidence: float = 0.95) -> dict[s
             "rows": int(n), "dropped_rows": int(sums["dropped"]), "monte_carlo_samples": sums["monte_carlo_samples"]}
 
 
-def evaluate(dataset: LoggedDataset, policy: CandidatePolicy, estimators=ESTIMATORS, *, folds: int = 5,
+def evaluate(dataset: LoggedDataset, policy: CandidatePolicy, estimators=None, *, folds: int = 5,
              bootstrap: int = 200, tau: float = 10.0, seed: int = 0, samples: int = 200,
              model_interaction: bool | None = None, model_lambda: float = 1.0) -> dict[str, Any]:
     """Every estimator's ``Estimate`` of ``policy`` on ``dataset`` (in memory), with the support check and, for
-    simulator data, the true value. The reward model: ``model_interaction``, its interaction features on a shared
-    dataset (None: the dataset's own setting); ``model_lambda``, its ridge regularization. ``bootstrap``: resamples
-    for the percentile intervals."""
+    simulator data, the true value. ``estimators``: None, all of the dataset's kind (``ESTIMATORS``, or
+    ``SLATE_ESTIMATORS`` for rankings: ``evaluate_slates``). The reward model: ``model_interaction``, its
+    interaction features on a shared dataset (None: the dataset's own setting); ``model_lambda``, its ridge
+    regularization. ``bootstrap``: resamples for the percentile intervals."""
+    if has_slates(dataset.frame):
+        return evaluate_slates(dataset, policy, estimators, bootstrap=bootstrap, seed=seed, samples=samples)
+    estimators = ESTIMATORS if estimators is None else estimators
     check_estimators(estimators)
     decisions = decisions_of(dataset)
     if not len(decisions.jobs):
@@ -236,6 +250,39 @@ def evaluate(dataset: LoggedDataset, policy: CandidatePolicy, estimators=ESTIMAT
             result["estimates"][name].bootstrap_interval = estimate(
                 name, rows, tau=tau, bootstrap=bootstrap, seed=seed).bootstrap_interval
     return result
+
+
+def evaluate_slates(dataset: LoggedDataset, policy: CandidatePolicy, estimators=None, *, bootstrap: int = 200,
+                    seed: int = 0, samples: int = 200) -> dict[str, Any]:
+    """``evaluate`` on a ranking dataset: the slate estimators (``slates``) of ``policy``'s rankings, with the
+    true value where the dataset comes from ``logs collect`` (the simulator's click model)."""
+    from recbandits.ope import slates as slate
+
+    estimators = SLATE_ESTIMATORS if estimators is None else estimators
+    unknown = [name for name in estimators if name not in SLATE_ESTIMATORS]
+    if unknown:
+        raise ValueError(f"--estimators {', '.join(unknown)}: a ranking dataset takes the slate estimators "
+                         f"{', '.join(SLATE_ESTIMATORS)}")
+    data = slate.slates_of(dataset, lambda frame: candidate_sets(dataset.spec, frame))
+    prefixes, marginals, tops, monte_carlo = slate.target_slate_probabilities(policy, data, samples)
+    results = {}
+    for name in estimators:
+        logging, target = (data.marginals, marginals) if name == "iips" else (data.prefixes, prefixes)
+        if logging is None:
+            results[name] = Estimate(name, float("nan"), None, rows=len(data.jobs),
+                                     details={"reason": "the dataset logs no slot_marginals"})
+            continue
+        terms = slate.slate_terms(name, data.slot_rewards, logging, target)
+        results[name] = slate.slate_estimate(name, terms, target / logging, bootstrap=bootstrap, seed=seed)
+    off = float((prefixes[:, -1] == 0).mean())
+    model = slate.click_model(dataset.spec.producer)
+    true_value = None
+    if model is not None and data.attraction is not None:
+        true_value = slate.true_slate_value(policy, data, tops, *model, samples=samples)
+    return {"estimates": results, "support": {"unknown_propensity_share": 0.0, "target_mass_off_support": 0.0,
+                                              "rows_off_the_target_slates": off},
+            "true_value": true_value, "logging_value": float(data.rewards.mean()), "rows": len(data.jobs),
+            "dropped_rows": data.dropped, "monte_carlo_samples": monte_carlo}
 
 
 def evaluate_files(directory, policy_fields: dict[str, Any], policy_state: dict[str, np.ndarray],
