@@ -336,7 +336,8 @@ def train(
 @app.command()
 def evaluate(
     data: Annotated[Path, typer.Option(help="A logged-feedback dataset directory (with propensities for IPS/DR).")],
-    policy: Annotated[list[Path], typer.Option(help="A checkpoint to evaluate (repeat for several).")],
+    policy: Annotated[list[Path], typer.Option(
+        help="A checkpoint to evaluate, linear or TF-Agents-backed (repeat for several).")],
     out: Annotated[Path, typer.Option(help="Output directory (table.md/csv, evaluation.json, forest.png).")]
     = Path("runs/evaluate"),
     estimators: Annotated[str | None, typer.Option(
@@ -352,6 +353,9 @@ def evaluate(
     ray_data: Annotated[bool, typer.Option(
         "--ray-data/--in-memory", help="One Ray Data task per file, for logs larger than memory (normal intervals "
                                        "only).")] = False,
+    tf_agents_policy: Annotated[str, typer.Option(
+        help="TF-Agents-backed checkpoints: which of the agent's policies (policy: what TF-Agents deploys, "
+             "greedy, collect).")] = "policy",
     address: Address = None,
 ) -> None:
     """Off-policy evaluation: each policy's value on logged data, with 95% intervals (docs/evaluation.md)."""
@@ -362,7 +366,7 @@ def evaluate(
     try:
         summary = run_evaluation(data, [str(path) for path in policy], out, estimators=names, folds=folds,
                                  bootstrap=bootstrap, tau=tau, seed=seed, ray_data=ray_data, address=address,
-                                 samples=samples)
+                                 samples=samples, tf_agents_policy=tf_agents_policy)
         if ray_data and bootstrap:
             typer.echo("note: --ray-data gives normal intervals only (the bootstrap needs the rows in memory)",
                        err=True)

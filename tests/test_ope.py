@@ -114,7 +114,7 @@ def per_arm_world(small_data_dir, tmp_path_factory):
     train(out / "train", "linucb", out / "model", use_ray=False)
     collect("movielens-per-arm", "softmax", 40_000, out / "log", data_dir=small_data_dir, env_config=settings,
             seed=7, temperature=1.0)
-    return load_module(out / "model"), read_dataset(out / "log")
+    return load_module(out / "model"), read_dataset(out / "log"), out
 
 
 @pytest.mark.parametrize("target", ["greedy", "eps_greedy"])
@@ -125,7 +125,7 @@ def test_dr_and_snips_intervals_cover_the_true_value(per_arm_world, target):
     from recbandits.logs.dataset import LoggedDataset
     from recbandits.ope.evaluation import evaluate
 
-    module, dataset = per_arm_world
+    module, dataset, _ = per_arm_world
     fields = module_policy_fields(module)
     fields["model_config"] = {**fields["model_config"], "exploration": target, "epsilon": 0.3}
     policy = LinearCandidatePolicy(fields, module.get_state())
@@ -155,7 +155,7 @@ def test_evaluate_command_writes_its_table_and_refuses_what_does_not_fit(per_arm
     from recbandits.jobs.collect import collect
     from recbandits.jobs.train import train
 
-    module, dataset = per_arm_world
+    module, dataset, _ = per_arm_world
     model = dataset.files[0].parent.parent / "model"
     log = dataset.files[0].parent
     result = CliRunner().invoke(app, ["evaluate", "--data", str(log), "--policy", str(model), "--out",
@@ -211,7 +211,7 @@ def test_dm_is_biased_under_a_misspecified_model_and_dr_is_not(per_arm_world):
     from 0, DR's (the same model, corrected by the propensities) within 3."""
     from recbandits.ope.evaluation import evaluate
 
-    module, dataset = per_arm_world
+    module, dataset, _ = per_arm_world
     policy = _greedy(module)
     errors = {"dm": [], "dr": []}
     for part in _slices(dataset, 1_000, 20):
@@ -228,7 +228,7 @@ def test_ips_and_dr_errors_shrink_as_one_over_root_n(per_arm_world):
     sqrt(10) = 3.2 times larger (between 1.8 and 6: 8 slices measure the larger size's error to about 25%)."""
     from recbandits.ope.evaluation import evaluate
 
-    module, dataset = per_arm_world
+    module, dataset, _ = per_arm_world
     policy = _greedy(module)
     rmse = {}
     for size, count in ((500, 40), (5_000, 8)):
@@ -250,7 +250,7 @@ def test_the_estimates_over_ray_data_equal_the_in_memory_ones(per_arm_world, sma
     from recbandits.ope.estimators import ESTIMATORS
     from recbandits.ope.evaluation import evaluate, evaluate_files
 
-    module, _ = per_arm_world
+    module, _, _ = per_arm_world
     collect("movielens-per-arm", "softmax", 2_000, tmp_path / "log", data_dir=small_data_dir,
             env_config={"rank": 4, "num_actions": 5, "reward_noise_std": 0.5}, seed=3, rows_per_file=700,
             num_envs=256)
@@ -374,3 +374,54 @@ def test_a_thompson_ranking_target_is_sampled_to_the_same_estimates_as_its_mean(
     for name, greedy in results["greedy"]["estimates"].items():
         assert results["thompson"]["estimates"][name].value == pytest.approx(greedy.value, rel=1e-12), name
     assert results["thompson"]["true_value"] == pytest.approx(results["greedy"]["true_value"], rel=1e-12)
+
+
+@pytest.fixture(scope="module")
+def tf_agents_target(per_arm_world, tmp_path_factory):
+    """TF-Agents' LinUCB, trained (``recbandits train --algo tfa-linucb``) on 3,000 uniformly logged per-arm rows."""
+    from recbandits.jobs.train import train
+
+    out = tmp_path_factory.mktemp("tfa-target")
+    train(per_arm_world[2] / "train", "tfa-linucb", out / "model", use_ray=False)
+    return out / "model"
+
+
+@pytest.mark.parametrize("which", ["greedy", "policy"])
+def test_a_tf_agents_target_is_evaluated_through_the_policy_interface(per_arm_world, tf_agents_target, which):
+    """TF-Agents' LinUCB, greedy and optimistic (what TF-Agents deploys), both deterministic (exact one-hot
+    probabilities): over 20 slices of 400 softmax-logged rows DR's interval covers the true value at least 18
+    times."""
+    from recbandits.jobs.evaluate import policy_from_checkpoint
+    from recbandits.logs.dataset import LoggedDataset
+    from recbandits.ope.evaluation import evaluate
+
+    _, dataset, _ = per_arm_world
+    policy = policy_from_checkpoint(tf_agents_target, dataset.spec, which)
+    covered = 0
+    for part in range(20):
+        frame = dataset.frame.iloc[part * 400:(part + 1) * 400].reset_index(drop=True)
+        result = evaluate(LoggedDataset(dataset.spec, frame, dataset.files), policy, ("dr",), bootstrap=0)
+        low, high = result["estimates"]["dr"].normal_interval
+        covered += low <= result["true_value"] <= high
+        assert result["monte_carlo_samples"] is None
+    assert covered >= 18, covered
+
+
+def test_a_tf_agents_sampling_target_is_sampled(per_arm_world, tmp_path):
+    """TF-Agents' LinTS samples its decisions: no closed-form probabilities, so they are the share of ``samples``
+    sampled decisions (each row's sum to 1, on the row's candidates)."""
+    from recbandits.jobs.evaluate import policy_from_checkpoint
+    from recbandits.jobs.train import train
+    from recbandits.logs.dataset import LoggedDataset
+    from recbandits.ope.evaluation import decisions_of, evaluate, target_probabilities
+
+    _, dataset, out = per_arm_world
+    train(out / "train", "tfa-lints", tmp_path / "lints", use_ray=False)
+    policy = policy_from_checkpoint(tmp_path / "lints", dataset.spec)
+    frame = LoggedDataset(dataset.spec, dataset.frame.iloc[:400].reset_index(drop=True), dataset.files)
+    probabilities, samples = target_probabilities(policy, decisions_of(frame), samples=20)
+    assert samples == 20 and np.allclose(probabilities.sum(1), 1.0) and set(np.unique(probabilities * 20)) <= set(
+        range(21))
+    assert 0 < (probabilities.max(1) < 1).mean() < 1  # it explores on some rows, not on all
+    result = evaluate(frame, policy, ("dr",), bootstrap=0, samples=20)
+    assert result["monte_carlo_samples"] == 20 and np.isfinite(result["estimates"]["dr"].value)

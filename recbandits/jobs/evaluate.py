@@ -2,11 +2,11 @@
 
     recbandits evaluate --data logs/mf-softmax --policy runs/a --policy runs/b --out runs/eval
 
-Each policy (a checkpoint of recbandits' linear bandits) is evaluated on the dataset's rewarded rows by every
-estimator of ``recbandits.ope`` (docs/evaluation.md). Writes ``table.md`` and ``table.csv`` (one row per policy
-and estimator), ``evaluation.json`` (everything, with the diagnostics) and ``forest.png`` (every estimate with
-its 95% interval, per policy; the logging policy's observed mean reward as a line, the true value where the
-dataset comes from a simulator).
+Each policy (a checkpoint of recbandits' linear bandits or of a TF-Agents-backed module) is evaluated on the
+dataset's rewarded rows by every estimator of ``recbandits.ope`` (docs/evaluation.md). Writes ``table.md`` and
+``table.csv`` (one row per policy and estimator), ``evaluation.json`` (everything, with the diagnostics) and
+``forest.png`` (every estimate with its 95% interval, per policy; the logging policy's observed mean reward as a
+line, the true value where the dataset comes from a simulator).
 """
 
 from __future__ import annotations
@@ -24,25 +24,42 @@ COLUMNS = ("policy", "estimator", "value", "low", "high", "interval", "vs_loggin
            "max_weight", "true_value", "note")
 
 
-def policy_from_checkpoint(path: str | Path, spec):
-    """The ``LinearCandidatePolicy`` of a checkpoint, refused in one line when its features do not fit ``spec``."""
-    from recbandits.algos.candidates import LinearCandidatePolicy
+def policy_from_checkpoint(path: str | Path, spec, which: str = "policy"):
+    """The ``CandidatePolicy`` of a checkpoint (recbandits' linear bandit, or a TF-Agents-backed module's
+    ``which`` policy: ``algos.tf_agents_candidates``), refused in one line when its features do not fit ``spec``."""
+    from recbandits.algos.candidates import LinearCandidatePolicy, module_policy_fields
+    from recbandits.algos.checkpoints import load_module
+    from recbandits.algos.module import LinearBanditModule
 
-    fields, state = fitting_checkpoint(path, spec.model_fields(), f"--policy {path}", "the dataset")
-    return LinearCandidatePolicy(fields, state)
+    module = load_module(path)
+    target = spec.model_fields()
+    if isinstance(module, LinearBanditModule):
+        fields = check_fits(path, module_policy_fields(module), target, f"--policy {path}", "the dataset")
+        return LinearCandidatePolicy(fields, module.get_state())
+    from recbandits.algos.tf_agents_candidates import TFAgentsCandidatePolicy
+
+    policy = TFAgentsCandidatePolicy(module, which)
+    check_fits(path, policy.fields(), target, f"--policy {path}", "the dataset")
+    return policy
 
 
 def fitting_checkpoint(path: str | Path, target: dict[str, Any], name: str, what: str, use: str = "evaluate",
                        same_features: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(policy fields, statistics) of a linear checkpoint whose model fits ``target`` (policy fields: a dataset's
-    or a service's): the same shape, context and arm dimensions, and arms in the same order; ``same_features``:
-    the same interaction setting too (statistics that replace another model's). Refused in one line naming
-    ``name`` (the checkpoint) and ``what`` (the target); ``use``: what needs it, named when it is not linear."""
+    """(policy fields, statistics) of a linear checkpoint whose model fits ``target`` (``check_fits``); ``use``:
+    what needs it, named when it is not linear."""
     from recbandits.algos.candidates import module_policy_fields
     from recbandits.algos.checkpoints import load_linear_module
 
     module = load_linear_module(path, use)
-    fields = module_policy_fields(module)
+    return check_fits(path, module_policy_fields(module), target, name, what, same_features), module.get_state()
+
+
+def check_fits(path: str | Path, fields: dict[str, Any], target: dict[str, Any], name: str, what: str,
+               same_features: bool = False) -> dict[str, Any]:
+    """``fields`` (a checkpoint's model at ``path``) with ``target``'s arm ids, if its model fits ``target``
+    (policy fields: a dataset's or a service's): the same shape, context and arm dimensions, and arms in the same
+    order; ``same_features``: the same interaction setting too (statistics that replace another model's).
+    Refused in one line naming ``name`` (the checkpoint) and ``what`` (the target)."""
     shared = target["shape"] == "shared"
     unit = "arm features" if shared else "arms"
     size = "arm_dim" if shared else "num_arms"
@@ -61,8 +78,8 @@ def fitting_checkpoint(path: str | Path, target: dict[str, Any], name: str, what
         if arm_ids is not None and list(arm_ids) != list(target["arm_ids"]):
             raise ValueError(f"{name}: its arms are {_ids(arm_ids)}, {what}'s {_ids(target['arm_ids'])} (the "
                              "same count, another order or other ids: its models would score the wrong arms)")
-        fields["arm_ids"] = list(target["arm_ids"])
-    return fields, module.get_state()
+        fields = {**fields, "arm_ids": list(target["arm_ids"])}
+    return fields
 
 
 def _ids(ids) -> str:
@@ -72,12 +89,15 @@ def _ids(ids) -> str:
 
 def run_evaluation(data: str | Path, policies: list[str], out: str | Path, *, estimators=None,
                    folds: int = 5, bootstrap: int = 200, tau: float = 10.0, seed: int = 0, ray_data: bool = False,
-                   address: str | None = None, samples: int = 200) -> dict[str, Any]:
+                   address: str | None = None, samples: int = 200,
+                   tf_agents_policy: str = "policy") -> dict[str, Any]:
     """Evaluate every checkpoint in ``policies`` on the dataset at ``data``; write the outputs to ``out``.
 
     ``estimators``: None, every one of the dataset's kind (single choices: ``ESTIMATORS``; rankings:
-    ``SLATE_ESTIMATORS``). ``ray_data``: one Ray Data task per file (logs larger than memory; single choices only;
-    normal intervals only, no bootstrap)."""
+    ``SLATE_ESTIMATORS``). ``tf_agents_policy``: which policy of a TF-Agents-backed checkpoint is evaluated
+    (``policy``, what TF-Agents deploys; ``greedy``; ``collect``). ``ray_data``: one Ray Data task per file (logs
+    larger than memory; single choices and linear policies only; normal intervals only, no bootstrap)."""
+    from recbandits.algos.candidates import LinearCandidatePolicy
     from recbandits.logs import read_dataset
     from recbandits.ope.evaluation import evaluate, evaluate_files, has_slates
 
@@ -100,7 +120,10 @@ def run_evaluation(data: str | Path, policies: list[str], out: str | Path, *, es
         spec = dataset.spec
         if estimators is not None and not has_slates(dataset.frame):
             check_estimators(estimators)
-    targets = {str(path): policy_from_checkpoint(path, spec) for path in policies}  # all checked first
+    targets = {str(path): policy_from_checkpoint(path, spec, tf_agents_policy) for path in policies}  # checked first
+    if ray_data and any(not isinstance(policy, LinearCandidatePolicy) for policy in targets.values()):
+        raise ValueError("--ray-data evaluates recbandits' linear policies (rebuilt in each task from their "
+                         "statistics); evaluate TF-Agents-backed ones in memory")
     if ray_data:
         from recbandits.cluster import connect
         from recbandits.verbosity import quiet_libraries
