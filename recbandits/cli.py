@@ -142,8 +142,10 @@ def simulate(
 @app.command()
 def compare(
     algos: Annotated[str, typer.Option(help="Comma-separated contenders, e.g. linucb,lints,tfa-linucb,tfa-lints,random "
+                                             "or Vowpal Wabbit's vw-squarecb,vw-egreedy,vw-bag,vw-cover "
                                              "(NAME:batch=N:runners=N for another recbandits sampling layout, "
-                                             "NAME:alpha=X:lambda=X for other hyperparameters).")]
+                                             "NAME:alpha=X:lambda=X for other hyperparameters, VW's "
+                                             "NAME:gamma_scale=X:learning_rate=X, ...).")]
     = "linucb,lints,tfa-linucb,tfa-lints,tfa-neural-eps-greedy,tfa-neural-linucb,random",
     env: Annotated[str, typer.Option(help="movielens (the TF-Agents baselines exist for the MF env).")] = "movielens",
     steps: Annotated[int, typer.Option(help="Samples per contender and seed.")] = 20_000,
@@ -156,7 +158,7 @@ def compare(
     lambda_: Annotated[float, typer.Option(
         "--lambda", help="Ridge regularization (TF-Agents example: 0.001).")] = 0.001,
 ) -> None:
-    """Compare recbandits bandits with TF-Agents baselines: table (mean +- 95% CI), regret.png, config.json."""
+    """Compare recbandits bandits with TF-Agents and Vowpal Wabbit: table (mean +- 95% CI), regret.png, config.json."""
     from rich.console import Console
 
     from recbandits.jobs.compare import ComparisonSpec
@@ -403,34 +405,41 @@ def promote(
     force: Annotated[bool, typer.Option(help="Promote whatever the evaluation says (it is still recorded).")]
     = False,
 ) -> None:
-    """The promotion gate: the service evaluates the checkpoint against its serving policy on its own recent log
-    and serves it only if it is better (exit 0 promoted, 1 refused, 2 error)."""
-    from recbandits.algos.checkpoints import find_module_checkpoint
-    from recbandits.ope.estimators import check_estimators
+    """The promotion gate: the service evaluates the checkpoint on its own recent log against what its serving
+    policy earned there, and serves it only if it is better (exit 0 promoted, 1 refused, 2 error)."""
+    from recbandits.ope.estimators import ESTIMATORS
     from recbandits.serve.promotion import request_promotion
 
+    if estimator not in ESTIMATORS:
+        raise fail(f"--estimator {estimator}: one of {', '.join(ESTIMATORS)}")
     try:
-        check_estimators([estimator])
-        find_module_checkpoint(checkpoint)
         token = admin_token_file.expanduser().read_text().strip()
-        status, answer = request_promotion(service, token, {"checkpoint": str(checkpoint.expanduser().resolve()),
-                                                            "estimator": estimator, "window": window, "force": force})
-    except (ValueError, ConnectionError) as error:
-        raise fail(str(error)) from None
     except OSError as error:
         raise fail(f"--admin-token-file {admin_token_file}: {error.strerror or error}") from None
+    # The service reads the checkpoint (its machine, or shared storage): the path is sent absolute, not checked here.
+    try:
+        status, answer = request_promotion(service, token, {"checkpoint": str(checkpoint.expanduser().resolve()),
+                                                            "estimator": estimator, "window": window, "force": force})
+    except ConnectionError as error:
+        raise fail(str(error)) from None
     if status != 200:
         raise fail(f"the service refused the request ({status}): {answer.get('message', answer)}")
     evaluation = answer["evaluation"]
     if "candidate" in evaluation:
-        rows = [[name, _number(evaluation[name]["value"]),
-                 f"[{_number(evaluation[name]['low'])}, {_number(evaluation[name]['high'])}]",
-                 _number(evaluation[name]["effective_sample_size"], ",.0f")] for name in ("candidate", "serving")]
+        candidate = evaluation["candidate"]
+        rows = [["candidate", _number(candidate["value"]),
+                 f"[{_number(candidate['low'])}, {_number(candidate['high'])}]",
+                 _number(candidate["effective_sample_size"], ",.0f")],
+                [f"serving (v{evaluation['serving_version']}, observed)", _number(evaluation["observed_value"]),
+                 "", ""]]
         _print_table(f"{estimator} on the {evaluation['rows']:,} newest rewarded decisions",
-                     ["policy", "value", "95% interval", "ESS"], rows)
+                     ["policy", "value", "95% interval", "effective sample size"], rows)
     if answer["promoted"]:
-        forced = " (forced)" if force and not evaluation["promote"] else ""
-        typer.echo(f"promoted{forced} as policy version {answer['policy_version']}: {answer['message']}")
+        if force and not evaluation["promote"]:
+            typer.echo(f"promoted (forced) as policy version {answer['policy_version']}; the gate alone would have "
+                       f"refused it: {answer['message']}")
+        else:
+            typer.echo(f"promoted as policy version {answer['policy_version']}: {answer['message']}")
         return
     typer.echo(f"refused: {answer['message']}", err=True)
     raise typer.Exit(code=1)

@@ -76,11 +76,11 @@ def test_the_gate_promotes_a_better_policy_refuses_a_worse_one_and_survives_rest
         result = _promote(service, bad)
         assert result.exit_code == 1, result.output
         refused = re.search(r"refused: the candidate's dr value (-?\d+\.\d{4}) \(95% interval \[(-?\d+\.\d{4}), "
-                            r"(-?\d+\.\d{4})\]\) does not beat the serving version (\d+)'s (-?\d+\.\d{4}) on the "
-                            r"1,200 newest rewarded decisions", result.output)
+                            r"(-?\d+\.\d{4})\]\) does not beat what the serving policy earned, (-?\d+\.\d{4}) "
+                            r"\(observed mean reward\), on the 1,200 newest rewarded decisions", result.output)
         assert refused, result.output
-        value, low, high, serving, serving_value = (float(group) for group in refused.groups())
-        assert low < value < high and low < serving_value
+        value, low, high, observed = (float(group) for group in refused.groups())
+        assert low < value < high and low < observed
 
         # The better one: promoted as a new version, which serves at once.
         result = _promote(service, good)
@@ -89,7 +89,7 @@ def test_the_gate_promotes_a_better_policy_refuses_a_worse_one_and_survives_rest
         status, version = request("GET", f"{service['fast']}/v1/policy/versions/{promoted}", token=service["token"])
         assert status == 200 and version["version_kind"] == "promote" and version["snapshot"], version
         assert version["source"] == str(good.resolve()) and version["evaluation"]["candidate"]["low"] > \
-            version["evaluation"]["serving"]["value"]
+            version["evaluation"]["observed_value"]
         status, answer = request("POST", f"{service['fast']}/v1/rank", {"context": [3.0, 0.0, 0.0]})
         assert answer["policy_version"] >= promoted
 
@@ -114,7 +114,7 @@ def test_the_gate_promotes_a_better_policy_refuses_a_worse_one_and_survives_rest
 
     logged = read_event_log(tmp_path / "state", "promotion")
     assert list(logged["promoted"]) == [False, True] and list(logged["policy_version"].fillna(0)) == [0, promoted]
-    assert logged["evaluation"][0]["serving"]["value"] == pytest.approx(serving_value, abs=5e-5)
+    assert logged["evaluation"][0]["observed_value"] == pytest.approx(observed, abs=5e-5)
 
     service = _start(tmp_path, [])
     try:

@@ -486,9 +486,9 @@ class Recommender:
 
     @api.post("/v1/policy/promote", responses={**ERRORS, **ADMIN_ERRORS}, openapi_extra=_body(PromoteRequest))
     async def promote(self, http: Request) -> Response:
-        """Admin: the promotion gate. The checkpoint is evaluated against the serving version on the newest
-        rewarded decisions and served as a new version only if the lower end of its interval beats the serving
-        value (or ``force``); 200 either way (``promoted``, ``message`` with the numbers, ``evaluation``), 422 when
+        """Admin: the promotion gate. The checkpoint is evaluated on the newest rewarded decisions and served as a
+        new version only if the lower end of its interval beats what the serving policy earned on them (or
+        ``force``); 200 either way (``promoted``, ``message`` with the numbers, ``evaluation``), 422 when
         its model does not fit the service's."""
         self._authorize(http)
         request = await _parse(http, PromoteRequest)

@@ -309,7 +309,7 @@ class BanditCore:
 
     def _begin_change(self, what: str) -> None:
         if self._changing is not None:
-            raise Rejection(409, "version", f"a {self._changing} is in progress; retry when it is done",
+            raise Rejection(409, "policy", f"a {self._changing} is in progress; retry when it is done",
                             f"{self._changing}_in_progress")
         self._changing = what
 
@@ -346,9 +346,9 @@ class BanditCore:
 
     async def promote(self, checkpoint: str, estimator: str = "dr", window: int = 10_000, force: bool = False,
                       samples: int = 200) -> dict[str, Any]:
-        """The promotion gate (``promotion.py``): evaluate the checkpoint against the serving version on the
-        ``window`` newest rewarded decisions and serve it as a new version if it is better (or ``force``); the
-        decision is logged either way. Its ``promotion`` row is returned."""
+        """The promotion gate (``promotion.py``): evaluate the checkpoint on the ``window`` newest rewarded
+        decisions against what the serving policy earned on them and serve it as a new version if it is better
+        (or ``force``); the decision is logged either way. Its ``promotion`` row is returned."""
         from recbandits.serve.export import recent_dataset
         from recbandits.serve.promotion import candidate_statistics, evaluate_promotion
 
@@ -360,12 +360,11 @@ class BanditCore:
             except ValueError as error:
                 raise Rejection(422, "checkpoint", str(error), "checkpoint_does_not_fit") from None
             await self.log.drain()  # the newest decisions and rewards are in the file
-            self.learn(force=True)
-            serving_version, serving_state = self.version_id, self.policy.get_state()
+            serving_version = self.version_id
             dataset = await loop.run_in_executor(None, recent_dataset, self.state_dir, self.fields, window)
             evaluation = await loop.run_in_executor(
-                None, lambda: evaluate_promotion(dataset, self.fields, serving_state, candidate, serving_version,
-                                                 estimator, samples, int(self.fields["model_config"].get("seed", 0))))
+                None, lambda: evaluate_promotion(dataset, self.fields, candidate, serving_version, estimator,
+                                                 samples, int(self.fields["model_config"].get("seed", 0))))
             promoted = bool(evaluation["promote"] or force)
             row = {"kind": "promotion", "checkpoint": checkpoint, "estimator": estimator, "window": window,
                    "force": force, "promoted": promoted, "serving_version": serving_version,

@@ -1,12 +1,17 @@
 """The promotion gate: a candidate checkpoint is evaluated on the service's own recent log against the policy it
 serves, and becomes the served version only if it is better (``POST /v1/policy/promote``, ``recbandits promote``).
 
-The rule. On the ``window`` newest decisions the service has learned a reward from, the candidate and the serving
-version are evaluated by the same estimator (``dr`` by default), the same cross-fitted reward model and the
-service's own exploration (what is promoted is the candidate's statistics, served as the service serves). The
-candidate is promoted when the lower end of its 95% normal interval is above the serving version's estimate;
-``force`` promotes it whatever the numbers. A gate needs at least ``MIN_ROWS`` rewarded decisions, and an
-estimator that needs propensities needs logged ones (Thompson sampling logs none: ``dm`` still applies).
+The rule. On the ``window`` newest decisions the service has learned a reward from, the candidate is evaluated by
+an estimator (``dr`` by default, its reward model cross-fitted) under the service's own exploration (what is
+promoted is the candidate's statistics, served as the service serves), and compared with what the serving policy
+earned on those decisions: their observed mean reward, the on-policy value of the versions that decided them.
+The candidate is promoted when the lower end of its 95% normal interval is above that value; ``force`` promotes
+it whatever the numbers. Not the serving version's own estimate on the same rows: it learned from them, so it
+would be scored in-sample, optimistically (a trial measured it at twice what it earned), and a better
+candidate refused. A gate needs at least ``MIN_ROWS`` rewarded decisions, and an estimator that needs
+propensities needs logged ones (Thompson sampling logs none: ``dm`` still applies). A promoted candidate's
+statistics replace the serving ones (the service's settings, e.g. its ``lambda_``, stay); learning continues
+from them.
 
 The decision and its numbers are a ``promotion`` row of the event log, promoted or not; a promoted candidate is a
 ``promote`` policy version (its statistics snapshotted before its row, like a rollback's), so both survive a
@@ -55,11 +60,12 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def evaluate_promotion(dataset: LoggedDataset, fields: dict[str, Any], serving_state: dict[str, np.ndarray],
-                       candidate_state: dict[str, np.ndarray], serving_version: int, estimator: str = "dr",
-                       samples: int = 200, seed: int = 0) -> dict[str, Any]:
-    """The gate's evaluation (see the module docstring): both policies' estimates, the support of the candidate,
-    ``promote`` (whether the rule holds) and ``message`` (the decision with its numbers)."""
+def evaluate_promotion(dataset: LoggedDataset, fields: dict[str, Any], candidate_state: dict[str, np.ndarray],
+                       serving_version: int, estimator: str = "dr", samples: int = 200,
+                       seed: int = 0) -> dict[str, Any]:
+    """The gate's evaluation (see the module docstring): the candidate's estimate, the serving policy's observed
+    value, the support of the candidate, ``promote`` (whether the rule holds) and ``message`` (the decision with
+    its numbers)."""
     from recbandits.algos.candidates import LinearCandidatePolicy
     from recbandits.ope.evaluation import evaluate
 
@@ -68,26 +74,23 @@ def evaluate_promotion(dataset: LoggedDataset, fields: dict[str, Any], serving_s
     if rows < MIN_ROWS:
         return {**base, "promote": False, "message": f"the service's log has {rows} rewarded decision(s); the gate "
                 f"needs at least {MIN_ROWS} to compare the policies"}
-    results = {}
-    for name, state in (("candidate", candidate_state), ("serving", serving_state)):
-        policy = LinearCandidatePolicy(fields, state, seed=seed)
-        results[name] = evaluate(dataset, policy, (estimator,), bootstrap=0, seed=seed, samples=samples)
-    candidate, serving = (results[name]["estimates"][estimator] for name in ("candidate", "serving"))
-    evaluation = {**base, "candidate": _summary(candidate), "serving": _summary(serving),
-                  "observed_value": results["serving"]["logging_value"],
-                  "support": results["candidate"]["support"],
-                  "monte_carlo_samples": results["candidate"]["monte_carlo_samples"]}
+    result = evaluate(dataset, LinearCandidatePolicy(fields, candidate_state, seed=seed), (estimator,), bootstrap=0,
+                      seed=seed, samples=samples)
+    candidate = result["estimates"][estimator]
+    observed = result["logging_value"]
+    evaluation = {**base, "candidate": _summary(candidate), "observed_value": observed,
+                  "support": result["support"], "monte_carlo_samples": result["monte_carlo_samples"]}
     low = evaluation["candidate"]["low"]
-    if not math.isfinite(low) or not math.isfinite(serving.value):
+    if not math.isfinite(low):
         why = ("the log has no propensities (Thompson sampling logs none): use estimator dm"
-               if results["candidate"]["support"]["unknown_propensity_share"] == 1.0 else "it gave no interval")
-        return _finite({**evaluation, "promote": False, "message": f"{estimator} cannot compare the policies: {why}"})
-    promote = low > serving.value
+               if result["support"]["unknown_propensity_share"] == 1.0 else "it gave no interval")
+        return _finite({**evaluation, "promote": False, "message": f"{estimator} cannot evaluate the candidate: {why}"})
+    promote = low > observed
     numbers = (f"the candidate's {estimator} value {candidate.value:.4f} (95% interval [{low:.4f}, "
                f"{evaluation['candidate']['high']:.4f}])" + (" beats" if promote else " does not beat") +
-               f" the serving version {serving_version}'s {serving.value:.4f} on the {rows:,} newest rewarded "
-               f"decisions (observed mean reward {evaluation['observed_value']:.4f})")
-    message = numbers if promote else f"{numbers}: its interval's lower end must be above the serving value"
+               f" what the serving policy earned, {observed:.4f} (observed mean reward), on the {rows:,} newest "
+               "rewarded decisions")
+    message = numbers if promote else f"{numbers}: its interval's lower end must be above it"
     return _finite({**evaluation, "promote": bool(promote), "message": message})
 
 
