@@ -8,6 +8,8 @@ Every contender runs once per seed as a Ray task (one CPU each, so contenders sh
   ``NAME:batch=1024:runners=2`` runs a contender with another sampling layout (e.g. the throughput one).
 - TF-Agents contenders (``tfa-linucb``, ``tfa-lints``, ``tfa-neural-eps-greedy``, ``tfa-neural-linucb``) run the
   way TF-Agents users run them, on TF-Agents' own ``MovieLensPyEnvironment`` (``tf_agents_baseline``).
+- Vowpal Wabbit contenders (``vw-squarecb``, ``vw-egreedy``, ``vw-bag``, ``vw-cover``; ``vw-bag:bag=8:epsilon=0``)
+  learn through VW's Python API on one recbandits MovieLens env, one user per step (``vw_baseline``).
 
 The recbandits env equals TF-Agents' env in its reward matrix and oracle (a test proves it); user arrival
 sequences come from each library's own random generator seeded with the same seed.
@@ -30,6 +32,7 @@ import pandas as pd
 
 from recbandits.algos.linear import ALGORITHM_CONFIGS
 from recbandits.algos.options import TF_AGENTS_ALGOS, USES
+from recbandits.algos.vw_baseline import COMMON, VW_ALGOS, VW_HYPERPARAMETERS
 
 BUDGETS = (1_000, 5_000, 20_000, 100_000)
 
@@ -50,11 +53,16 @@ CONTENDER_HYPERPARAMETERS = {
 }
 
 
+def library_of(algo: str) -> str:
+    return "TF-Agents" if algo in TF_AGENTS_ALGOS else "VW" if algo in VW_ALGOS else "recbandits"
+
+
 def _applies(algo: str) -> tuple[str, ...]:
     """The hyperparameters a contender entry of ``algo`` may set: what it reads (``options.USES``) and its
-    library's runs take."""
-    library = "TF-Agents" if algo in TF_AGENTS_ALGOS else "recbandits"
-    return tuple(name for name in USES[algo] if name in CONTENDER_HYPERPARAMETERS[library])
+    library's runs take (VW: its own, ``vw_baseline``)."""
+    if algo in VW_ALGOS:
+        return (*VW_HYPERPARAMETERS[algo], *COMMON)
+    return tuple(name for name in USES[algo] if name in CONTENDER_HYPERPARAMETERS[library_of(algo)])
 
 
 @dataclass(frozen=True)
@@ -70,10 +78,12 @@ class Contender:
 
     @property
     def library(self) -> str:
-        return "TF-Agents" if self.algo in TF_AGENTS_ALGOS else "recbandits"
+        return library_of(self.algo)
 
     def settings(self) -> dict[str, float]:
         """The contender's own hyperparameters as keywords of its library (``training()`` or the baseline's)."""
+        if self.library == "VW":
+            return dict(self.hyperparameters)
         keys = CONTENDER_HYPERPARAMETERS[self.library]
         return {keys[name]: value for name, value in self.hyperparameters}
 
@@ -83,7 +93,7 @@ class Contender:
         from recbandits.algos.options import check_value
 
         algo, _, options = text.strip().partition(":")
-        known = (*ALGORITHM_CONFIGS, *TF_AGENTS_ALGOS)
+        known = (*ALGORITHM_CONFIGS, *TF_AGENTS_ALGOS, *VW_ALGOS)
         if algo not in known:
             raise ValueError(f"--algos entry {algo!r} is not one of {', '.join(known)}")
         layout: dict[str, int] = {}
@@ -96,16 +106,23 @@ class Contender:
             if key not in _applies(algo):
                 takes = ", ".join(f"{name}=X" for name in _applies(algo))
                 raise ValueError(f"--algos entry {text!r}: options are batch=N and runners=N"
-                                 f"{' (recbandits only)' if algo in TF_AGENTS_ALGOS else ''}"
+                                 f"{' (recbandits only)' if library_of(algo) != 'recbandits' else ''}"
                                  f"{', ' + takes if takes else ''}; got {option!r}")
             try:
                 number = float(value)
             except ValueError:
                 raise ValueError(f"--algos entry {text!r}: {key} must be a number, got {value!r}") from None
-            check_value(key, number)
+            if algo not in VW_ALGOS:
+                check_value(key, number)
             hyperparameters[key] = number
+        if algo in VW_ALGOS:
+            from recbandits.algos.vw_baseline import VWBaselineConfig
+
+            VWBaselineConfig(algo, settings=hyperparameters)  # a bad value is named here
         if layout and algo in TF_AGENTS_ALGOS:
             raise ValueError(f"--algos entry {text!r}: TF-Agents baselines run with the example's batch of 8")
+        if layout and algo in VW_ALGOS:
+            raise ValueError(f"--algos entry {text!r}: VW learns one decision at a time (no batch or runners)")
         if layout.get("batch", 1) < 1:
             raise ValueError(f"--algos entry {text!r}: batch must be at least 1")
         return Contender(text.strip(), algo, **layout, hyperparameters=tuple(hyperparameters.items()))
@@ -174,6 +191,16 @@ def _run_tf_agents(contender: Contender, spec: ComparisonSpec, seed: int, data_d
             "wall_time_s": trace.wall_time_s}
 
 
+def _run_vw(contender: Contender, spec: ComparisonSpec, seed: int, data_dir: str) -> dict[str, Any]:
+    from recbandits.algos.vw_baseline import VWBaselineConfig, run_vw_baseline
+
+    config = VWBaselineConfig(contender.algo, data_dir=data_dir, rank=spec.rank, num_movies=spec.num_movies,
+                              seed=seed, settings=contender.settings())
+    trace = run_vw_baseline(config, spec.steps)
+    return {"samples": trace.samples, "cumulative_regret": trace.cumulative_regret, "suboptimal": trace.suboptimal,
+            "wall_time_s": trace.wall_time_s}
+
+
 def run_one(contender: Contender, spec: ComparisonSpec, seed: int, data_dir: str) -> dict[str, Any]:
     """One contender and seed: the regret trace, summarized at the budgets and on a curve grid."""
     import torch
@@ -184,7 +211,7 @@ def run_one(contender: Contender, spec: ComparisonSpec, seed: int, data_dir: str
         from recbandits.algos.tf_agents_setup import configure_tensorflow
 
         configure_tensorflow(num_threads=1)
-    runner = _run_tf_agents if contender.library == "TF-Agents" else _run_recbandits
+    runner = {"TF-Agents": _run_tf_agents, "VW": _run_vw, "recbandits": _run_recbandits}[contender.library]
     trace = runner(contender, spec, seed, data_dir)
     samples, regret, suboptimal = trace["samples"], trace["cumulative_regret"], trace["suboptimal"]
     total = int(samples[-1])
@@ -218,6 +245,10 @@ def confidence_interval(values: np.ndarray) -> tuple[float, float]:
 
 
 def hyperparameter_text(contender: Contender, spec: ComparisonSpec) -> str:
+    if contender.library == "VW":
+        from recbandits.algos.vw_baseline import VWBaselineConfig, describe
+
+        return describe(VWBaselineConfig(contender.algo, settings=contender.settings())) + "; one decision per update"
     if contender.library == "TF-Agents":
         from recbandits.algos.tf_agents_baseline import TFAgentsBaselineConfig
 
@@ -287,7 +318,7 @@ def plot_curves(runs: pd.DataFrame, spec: ComparisonSpec, path: Path) -> None:
         curves = np.array(runs.loc[runs["contender"] == contender.name, "curve"].tolist())
         mean = curves.mean(axis=0)
         half = np.array([confidence_interval(curves[:, i])[1] for i in range(curves.shape[1])])
-        style = "--" if contender.library == "TF-Agents" else "-"
+        style = {"TF-Agents": "--", "VW": ":"}.get(contender.library, "-")
         (line,) = axis.plot(grid, mean, style, label=f"{contender.name} ({contender.library})")
         # Regret is never negative: the band is clipped at 0 (a symmetric t-interval can cross it).
         axis.fill_between(grid, np.maximum(mean - half, 0.0), mean + half, color=line.get_color(), alpha=0.2)
