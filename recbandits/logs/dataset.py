@@ -432,10 +432,14 @@ def validate_table(table: pa.Table, spec: DatasetSpec, file: str, seen_event_ids
         first = pc.list_element(pc.fill_null(slates, pa.scalar(["?"], pa.list_(pa.string()))), 0)
         check(has_slate & ~pc.fill_null(pc.equal(first, actions), False).to_numpy(zero_copy_only=False), "action",
               lambda row: f"{action_values[row]!r} is not the slate's top item")
-    slot_propensities, has_slot_propensities, sizes = optional_list("slot_propensities")
-    check(has_slot_propensities & ~has_slate, "slot_propensities", "given without a slate")
-    check(has_slot_propensities & (sizes != shown), "slot_propensities",
-          lambda row: f"{sizes[row]} values for a slate of {shown[row]}")
+    def per_slot(name: str) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+        """A list column of one value per slot of the slate (``optional_list``), given only with a slate."""
+        array, given, sizes = optional_list(name)
+        check(given & ~has_slate, name, "given without a slate")
+        check(given & (sizes != shown), name, lambda row: f"{sizes[row]} values for a slate of {shown[row]}")
+        return array, given, sizes
+
+    slot_propensities, has_slot_propensities, sizes = per_slot("slot_propensities")
     if has_slot_propensities.any():
         flat = pc.fill_null(slot_propensities.flatten(), np.nan).to_numpy(zero_copy_only=False)
         parents = pc.list_parent_indices(slot_propensities).to_numpy()
@@ -448,10 +452,7 @@ def validate_table(table: pa.Table, spec: DatasetSpec, file: str, seen_event_ids
         top[nonempty] = flat[slot_propensities.offsets.to_numpy()[:-1][nonempty]]
         check(known & has_slot_propensities & ~np.isclose(top, values, rtol=1e-9, atol=1e-12), "propensity",
               lambda row: f"{values[row]} differs from slot_propensities[0]")
-    slot_marginals, has_slot_marginals, sizes = optional_list("slot_marginals")
-    check(has_slot_marginals & ~has_slate, "slot_marginals", "given without a slate")
-    check(has_slot_marginals & (sizes != shown), "slot_marginals",
-          lambda row: f"{sizes[row]} values for a slate of {shown[row]}")
+    slot_marginals, has_slot_marginals, _ = per_slot("slot_marginals")
     if has_slot_marginals.any():
         flat = pc.fill_null(slot_marginals.flatten(), np.nan).to_numpy(zero_copy_only=False)
         check(per_row(~((flat > 0) & (flat <= 1)), slot_marginals), "slot_marginals", "not in (0, 1]")
