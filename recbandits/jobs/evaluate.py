@@ -162,17 +162,17 @@ def run_evaluation(data: str | Path, policies: list[str], out: str | Path, *, es
                           "estimates": {estimator: vars(estimate) for estimator, estimate in
                                         result["estimates"].items()}}
                    for name, result in results.items()}}
-    (out / "evaluation.json").write_text(json.dumps(_strict(summary), indent=1, default=float) + "\n")
+    (out / "evaluation.json").write_text(json.dumps(strict_json(summary), indent=1, default=float) + "\n")
     _forest_plot(rows, results, out / "forest.png")
     return {"out": str(out), "rows": rows, "results": results}
 
 
-def _strict(value):
+def strict_json(value):
     """JSON without NaN (not valid JSON): a value that is not a number is null."""
     if isinstance(value, dict):
-        return {key: _strict(item) for key, item in value.items()}
+        return {key: strict_json(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_strict(item) for item in value]
+        return [strict_json(item) for item in value]
     if isinstance(value, float) and not np.isfinite(value):
         return None
     return value

@@ -51,15 +51,6 @@ def _summary(estimate) -> dict[str, Any]:
             "effective_sample_size": estimate.effective_sample_size, "max_weight": estimate.max_weight}
 
 
-def _finite(value: Any) -> Any:
-    """JSON-safe numbers (NaN: null), recursively."""
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def evaluate_promotion(dataset: LoggedDataset, fields: dict[str, Any], candidate_state: dict[str, np.ndarray],
                        serving_version: int, estimator: str = "dr", samples: int = 200,
                        seed: int = 0) -> dict[str, Any]:
@@ -67,6 +58,7 @@ def evaluate_promotion(dataset: LoggedDataset, fields: dict[str, Any], candidate
     value, the support of the candidate, ``promote`` (whether the rule holds) and ``message`` (the decision with
     its numbers)."""
     from recbandits.algos.candidates import LinearCandidatePolicy
+    from recbandits.jobs.evaluate import strict_json
     from recbandits.ope.evaluation import evaluate
 
     rows = int(dataset.frame["reward"].notna().sum())
@@ -84,14 +76,15 @@ def evaluate_promotion(dataset: LoggedDataset, fields: dict[str, Any], candidate
     if not math.isfinite(low):
         why = ("the log has no propensities (Thompson sampling logs none): use estimator dm"
                if result["support"]["unknown_propensity_share"] == 1.0 else "it gave no interval")
-        return _finite({**evaluation, "promote": False, "message": f"{estimator} cannot evaluate the candidate: {why}"})
+        message = f"{estimator} cannot evaluate the candidate: {why}"
+        return strict_json({**evaluation, "promote": False, "message": message})
     promote = low > observed
     numbers = (f"the candidate's {estimator} value {candidate.value:.4f} (95% interval [{low:.4f}, "
                f"{evaluation['candidate']['high']:.4f}])" + (" beats" if promote else " does not beat") +
                f" what the serving policy earned, {observed:.4f} (observed mean reward), on the {rows:,} newest "
                "rewarded decisions")
     message = numbers if promote else f"{numbers}: its interval's lower end must be above it"
-    return _finite({**evaluation, "promote": bool(promote), "message": message})
+    return strict_json({**evaluation, "promote": bool(promote), "message": message})
 
 
 def request_promotion(service: str, token: str, body: dict[str, Any], timeout_s: float = 600.0) -> tuple[int, Any]:
