@@ -39,6 +39,9 @@ def test_contenders_parse_and_reject_bad_entries():
         Contender.parse("tfa-linucb:batch=64")
     with pytest.raises(ValueError, match="MF env 'movielens' only"):
         ComparisonSpec(algos=["linucb"], env="movielens-ranking")
+    with pytest.raises(ValueError, match="--env movielens-per-arm: tfa-linucb: the TF-Agents baselines exist for the "
+                                         "MF env 'movielens' only"):
+        ComparisonSpec(algos=["linucb", "tfa-linucb"], env="movielens-per-arm")
 
 
 def test_confidence_interval_is_student_t():
@@ -129,7 +132,8 @@ def test_vw_learns_on_the_same_env_and_its_regret_is_the_envs(small_data_dir):
     from recbandits.algos.vw_baseline import VWBaselineConfig, run_vw_baseline
     from recbandits.envs import MovieLensVectorEnv
 
-    config = VWBaselineConfig("vw-squarecb", data_dir=str(small_data_dir), rank=6, num_movies=12, seed=5,
+    config = VWBaselineConfig("vw-squarecb", data_dir=str(small_data_dir), env_config={"rank": 6, "num_movies": 12},
+                              seed=5,
                               settings={"learning_rate": 32.0})
     assert config.arguments() == "--cb_explore_adf -q sa --quiet --random_seed 5 --squarecb -l 32"
     trace = run_vw_baseline(config, 3_000)
@@ -140,3 +144,14 @@ def test_vw_learns_on_the_same_env_and_its_regret_is_the_envs(small_data_dir):
     rng = np.random.default_rng(0)
     uniform = sum(float(env.step(rng.integers(12, size=1))[4]["regret"][0]) for _ in range(3_000))
     assert trace.cumulative_regret[-1] < 0.5 * uniform, (trace.cumulative_regret[-1], uniform)
+
+
+def test_vw_and_recbandits_compare_on_the_per_arm_env(small_data_dir, tmp_path):
+    """The per-arm env (candidates with features): VW's ADF lines carry each candidate's features; both libraries
+    run on the same seeds and learn (their regret below random's)."""
+    spec = ComparisonSpec(algos=["linucb", "vw-squarecb:learning_rate=32", "random"], steps=600, seeds=1,
+                          env="movielens-per-arm", data_dir=str(small_data_dir), rank=6, num_movies=8)
+    table, runs = compare(spec, tmp_path, progress=False)
+    regret = runs.set_index("contender")["regret@600"]
+    assert regret["linucb"] < regret["random"] and regret["vw-squarecb:learning_rate=32"] < regret["random"], regret
+    assert list(table["library"]) == ["recbandits", "VW", "recbandits"]

@@ -1,11 +1,13 @@
-"""Vowpal Wabbit's contextual bandits on the recbandits MovieLens env: the open-source peer users name most.
+"""Vowpal Wabbit's contextual bandits on the recbandits MovieLens envs: the open-source peer users name most.
 
 VW learns through its Python API (``vowpalwabbit.Workspace``) with action-dependent features
-(``--cb_explore_adf``): a ``shared`` line with the user's context (namespace ``s``) and one line per movie with its
-id (namespace ``a``); ``-q sa`` crosses them, so VW fits one linear model of the context per movie, the model
-disjoint LinUCB fits. Every step VW predicts a probability per movie, the action is drawn from it (a seeded numpy
-generator), the env steps, and VW learns the chosen movie's cost (minus its reward) with its probability. Regret
-is the env's exact ``info["regret"]``, as for every other contender.
+(``--cb_explore_adf``): a ``shared`` line with the user's context (namespace ``s``) and one line per action
+(namespace ``a``): on the MF env the movie's id, on the per-arm env the candidate's features. ``-q sa`` crosses
+them, so VW fits one linear model of the context per movie (the model disjoint LinUCB fits), or one model of
+the context x candidate features (recbandits' shared model with interaction features). Every step VW predicts a
+probability per action, the action is drawn from it (a seeded numpy generator), the env steps, and VW learns
+the chosen action's cost (minus its reward) with its probability. Regret is the env's exact ``info["regret"]``,
+as for every other contender.
 
 | ``algo`` | exploration | hyperparameters (defaults: VW's own) |
 |---|---|---|
@@ -41,8 +43,8 @@ INTEGER = ("bag", "cover")
 class VWBaselineConfig:
     algo: str
     data_dir: str | None = None
-    rank: int = 20
-    num_movies: int = 20
+    env: str = "movielens"  # or "movielens-per-arm"
+    env_config: dict[str, Any] = field(default_factory=lambda: {"rank": 20, "num_movies": 20})
     seed: int = 0
     settings: dict[str, float] = field(default_factory=dict)  # VW_HYPERPARAMETERS / COMMON names
 
@@ -80,19 +82,27 @@ class VWTrace:
     wall_time_s: float
 
 
-def _lines(context: np.ndarray, num_actions: int) -> list[str]:
-    shared = "shared |s " + " ".join(f"c{index}:{value:.9g}" for index, value in enumerate(context))
-    return [shared, *(f"|a m{action}" for action in range(num_actions))]
+def _features(values: np.ndarray, prefix: str) -> str:
+    return " ".join(f"{prefix}{index}:{value:.9g}" for index, value in enumerate(values))
+
+
+def _lines(observation, per_arm: bool, num_actions: int) -> list[str]:
+    """VW's ADF example of one decision: the shared context, then one line per action."""
+    if not per_arm:
+        return [f"shared |s {_features(observation, 'c')}", *(f"|a m{action}" for action in range(num_actions))]
+    return [f"shared |s {_features(observation['global'], 'c')}",
+            *(f"|a {_features(features, 'f')}" for features in observation["per_arm"])]
 
 
 def run_vw_baseline(config: VWBaselineConfig, steps: int) -> VWTrace:
-    """``steps`` decisions of VW on one recbandits MovieLens env seeded ``config.seed`` (one user per step)."""
+    """``steps`` decisions of VW on one recbandits env seeded ``config.seed`` (one user per step)."""
     import vowpalwabbit
 
-    from recbandits.envs import MovieLensVectorEnv
+    from recbandits.envs import MovieLensPerArmVectorEnv, MovieLensVectorEnv
 
-    env = MovieLensVectorEnv(num_envs=1, data_dir=config.data_dir, rank=config.rank, num_movies=config.num_movies,
-                             episode_length=None)
+    per_arm = config.env == "movielens-per-arm"
+    env_class = MovieLensPerArmVectorEnv if per_arm else MovieLensVectorEnv
+    env = env_class(num_envs=1, data_dir=config.data_dir, episode_length=None, **config.env_config)
     observations, _ = env.reset(seed=config.seed)
     learner = vowpalwabbit.Workspace(config.arguments(), enable_logging=False)
     rng = np.random.default_rng(config.seed)
@@ -101,7 +111,8 @@ def run_vw_baseline(config: VWBaselineConfig, steps: int) -> VWTrace:
     started = time.perf_counter()
     try:
         for step in range(steps):
-            lines = _lines(observations[0], num_actions)
+            observation = ({key: value[0] for key, value in observations.items()} if per_arm else observations[0])
+            lines = _lines(observation, per_arm, num_actions)
             probabilities = np.asarray(learner.predict(lines), dtype=np.float64)
             action = int(rng.choice(num_actions, p=probabilities / probabilities.sum()))
             observations, rewards, _, _, info = env.step(np.array([action]))

@@ -35,6 +35,7 @@ from recbandits.algos.options import TF_AGENTS_ALGOS, USES
 from recbandits.algos.vw_baseline import COMMON, VW_ALGOS, VW_HYPERPARAMETERS
 
 BUDGETS = (1_000, 5_000, 20_000, 100_000)
+COMPARE_ENVS = ("movielens", "movielens-per-arm")
 
 
 def budgets(steps: int) -> tuple[int, ...]:
@@ -141,14 +142,28 @@ class ComparisonSpec:
     hyperparameters: dict[str, Any] = field(default_factory=lambda: {"alpha": 10.0, "lambda_": 0.001})
 
     def __post_init__(self):
-        if self.env != "movielens":
-            raise ValueError(f"--env {self.env!r}: the TF-Agents baselines exist for the MF env 'movielens' only")
+        if self.env not in COMPARE_ENVS:
+            raise ValueError(f"--env {self.env!r}: compare runs {' and '.join(map(repr, COMPARE_ENVS))} (the TF-Agents "
+                             "baselines exist for the MF env 'movielens' only)")
         if self.steps < 16 or self.seeds < 1 or self.first_seed < 0:
             raise ValueError(f"--steps {self.steps} must be >= 16, --seeds {self.seeds} >= 1 and --first-seed "
                              f"{self.first_seed} >= 0")
         self.contenders = [Contender.parse(text) for text in self.algos]
         if not self.contenders:
             raise ValueError("--algos is empty")
+        tf_agents = [contender.name for contender in self.contenders if contender.library == "TF-Agents"]
+        if self.env != "movielens" and tf_agents:
+            raise ValueError(f"--env {self.env}: {', '.join(tf_agents)}: the TF-Agents baselines exist for the MF env "
+                             "'movielens' only")
+
+    def env_config(self) -> dict[str, Any]:
+        """The env's settings: the MF env with ``rank`` and ``num_movies``; the per-arm env as ``simulate`` runs it
+        (``ENV_DEFAULTS``), ``num_movies`` candidates per step."""
+        if self.env == "movielens":
+            return {"rank": self.rank, "num_movies": self.num_movies}
+        from recbandits.jobs.simulate import ENV_DEFAULTS
+
+        return {**ENV_DEFAULTS[self.env], "rank": self.rank, "num_actions": self.num_movies}
 
 
 def _run_recbandits(contender: Contender, spec: ComparisonSpec, seed: int, data_dir: str) -> dict[str, Any]:
@@ -162,9 +177,9 @@ def _run_recbandits(contender: Contender, spec: ComparisonSpec, seed: int, data_
     # once per iteration.
     fragment = max(1, min(65536 // per_vector_step, -(-spec.steps // per_vector_step)))
     simulation = SimulationSpec(
-        env="movielens", algo=contender.algo, steps=spec.steps, num_env_runners=contender.runners,
+        env=spec.env, algo=contender.algo, steps=spec.steps, num_env_runners=contender.runners,
         num_envs_per_env_runner=contender.batch, rollout_fragment_length=fragment, data_dir=data_dir, seed=seed,
-        env_config={"rank": spec.rank, "num_movies": spec.num_movies},
+        env_config=spec.env_config(),
         training={**spec.hyperparameters, **contender.settings()},
     )  # fmt: skip
     algorithm = build_config(simulation).training(record_regret_trace=True).build_algo()
@@ -194,7 +209,7 @@ def _run_tf_agents(contender: Contender, spec: ComparisonSpec, seed: int, data_d
 def _run_vw(contender: Contender, spec: ComparisonSpec, seed: int, data_dir: str) -> dict[str, Any]:
     from recbandits.algos.vw_baseline import VWBaselineConfig, run_vw_baseline
 
-    config = VWBaselineConfig(contender.algo, data_dir=data_dir, rank=spec.rank, num_movies=spec.num_movies,
+    config = VWBaselineConfig(contender.algo, data_dir=data_dir, env=spec.env, env_config=spec.env_config(),
                               seed=seed, settings=contender.settings())
     trace = run_vw_baseline(config, spec.steps)
     return {"samples": trace.samples, "cumulative_regret": trace.cumulative_regret, "suboptimal": trace.suboptimal,
@@ -325,7 +340,9 @@ def plot_curves(runs: pd.DataFrame, spec: ComparisonSpec, path: Path) -> None:
     axis.set_xlabel("samples")
     axis.set_ylabel("cumulative regret")
     axis.set_yscale("symlog", linthresh=10)
-    axis.set_title(f"MovieLens MF env (rank {spec.rank}, {spec.num_movies} movies), mean and 95% CI over "
+    what = "MF env" if spec.env == "movielens" else "per-arm env"
+    unit = "movies" if spec.env == "movielens" else "candidates per step"
+    axis.set_title(f"MovieLens {what} (rank {spec.rank}, {spec.num_movies} {unit}), mean and 95% CI over "
                    f"{spec.seeds} seeds")
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3)
