@@ -359,6 +359,9 @@ class BanditCore:
                 candidate = await loop.run_in_executor(None, candidate_statistics, checkpoint, self.fields)
             except ValueError as error:
                 raise Rejection(422, "checkpoint", str(error), "checkpoint_does_not_fit") from None
+            except Exception as error:  # noqa: BLE001 - a damaged checkpoint: name it, never a 500
+                raise Rejection(422, "checkpoint", f"{checkpoint} cannot be loaded ({type(error).__name__}: {error})",
+                                "checkpoint_unreadable") from None
             await self.log.drain()  # the newest decisions and rewards are in the file
             serving_version = self.version_id
             dataset = await loop.run_in_executor(None, recent_dataset, self.state_dir, self.fields, window)
