@@ -103,6 +103,13 @@ def test_the_gate_promotes_a_better_policy_refuses_a_worse_one_and_survives_rest
         status, answer = request("POST", f"{service['fast']}/v1/policy/promote",
                                  {"checkpoint": str(good), "window": 5}, token=service["token"])
         assert status == 422 and answer["detail"][0]["loc"] == ["body", "window"], answer
+        damaged = tmp_path / "damaged"
+        damaged.mkdir()
+        for name in ("module_state.pkl", "class_and_ctor_args.pkl"):
+            (damaged / name).write_bytes(b"not a pickle")
+        status, answer = request("POST", f"{service['fast']}/v1/policy/promote", {"checkpoint": str(damaged)},
+                                 token=service["token"])
+        assert status == 422 and answer["message"].startswith(f"checkpoint: {damaged} cannot be loaded ("), answer
 
         status, before = request("GET", f"{service['fast']}/v1/policy/versions/{promoted - 1}/state",
                                  token=service["token"])
