@@ -25,7 +25,7 @@ from recbandits.serve.eventlog import read_event_log
 
 ARMS = ["a", "b", "c", "d"]
 THETA = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [-0.6, -0.6, -0.6]])
-DECISIONS = 1_200
+DECISIONS = 600
 
 
 def _trained(tmp_path: Path, name: str, sign: float, dim: int = 3) -> Path:
@@ -77,7 +77,7 @@ def test_the_gate_promotes_a_better_policy_refuses_a_worse_one_and_survives_rest
         assert result.exit_code == 1, result.output
         refused = re.search(r"refused: the candidate's dr value (-?\d+\.\d{4}) \(95% interval \[(-?\d+\.\d{4}), "
                             r"(-?\d+\.\d{4})\]\) does not beat what the serving policy earned, (-?\d+\.\d{4}) "
-                            r"\(observed mean reward\), on the 1,200 newest rewarded decisions", result.output)
+                            r"\(observed mean reward\), on the 600 newest rewarded decisions", result.output)
         assert refused, result.output
         value, low, high, observed = (float(group) for group in refused.groups())
         assert low < value < high and low < observed
