@@ -36,10 +36,8 @@ MIN_ROWS = 100
 def candidate_statistics(checkpoint: str, fields: dict[str, Any]) -> dict[str, np.ndarray]:
     """The statistics of a linear checkpoint whose model fits the service's (``fields``); a one-line ValueError
     naming what differs otherwise."""
-    from recbandits.algos.checkpoints import find_module_checkpoint
     from recbandits.jobs.evaluate import fitting_checkpoint
 
-    find_module_checkpoint(checkpoint)
     _, state = fitting_checkpoint(checkpoint, fields, checkpoint, "the service", use="promotion",
                                   same_features=True)
     return state
