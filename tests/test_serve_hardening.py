@@ -468,28 +468,65 @@ def test_connections_that_send_no_complete_request_are_closed(limited):
 
 def test_overload_is_refused_at_once_with_retry_after(limited):
     """2 working + 2 queued per replica, 64 connections per server: of 200 requests arriving at once on their own
-    connections most are refused with 503 and Retry-After, in the service's error format."""
+    connections to the replica and 100 to the proxy most are refused with 503 and Retry-After, in the service's
+    error format."""
     from concurrent.futures import ThreadPoolExecutor
 
     import orjson
 
     body = b'{"context": [0.5, 0.5, 0.0, 1.0]}'
     data = _post_head("/v1/rank", f"Content-Length: {len(body)}\r\nConnection: close\r\n") + body
-    with ThreadPoolExecutor(200) as pool:
-        answers = list(pool.map(lambda _: _raw_exchange(limited["fast"], data), range(200)))
+    bases = [limited["fast"]] * 200 + [limited["url"]] * 100
+    with ThreadPoolExecutor(300) as pool:
+        answers = list(pool.map(lambda base: _raw_exchange(base, data), bases))
     statuses = [status for status, _, _ in answers]
     assert set(statuses) <= {200, 503}, sorted(set(statuses))
     refused = [(headers, body) for status, headers, body in answers if status == 503]
     assert refused and statuses.count(200) >= 4, statuses
     assert all(headers.get("retry-after") == "2" for headers, _ in refused), refused[0]
     # Refused by the in-flight limit or the connection limit (serve/limits.py), or, when a request passed the first
-    # as another finished, by Ray Serve's own admission control (the same limits; its body is plain text).
-    messages = {orjson.loads(body)["message"] if body.startswith(b"{") else body.decode() for _, body in refused}
+    # as another finished, by Ray Serve's own admission control (the same limits), whose plain-text answer the
+    # in-flight limit replaces: every refusal is in the service's error format.
+    messages = {orjson.loads(body)["message"] for _, body in refused}
     assert messages <= {"service: overloaded (4 requests in flight); retry after 2 s",
-                        "connection: the server has 64 connections open; retry later",
-                        "Request dropped due to backpressure"}, messages
+                        "connection: the server has 64 connections open; retry later"}, messages
     status, answer = request("POST", f"{limited['fast']}/v1/rank", {"context": [0.5, 0.5, 0.0, 1.0]})
     assert status == 200, answer  # and serving again right after
+
+
+def test_ray_serves_own_refusal_is_answered_in_the_service_format():
+    """A request that passes the in-flight limit as another finishes can still be refused by Ray Serve's admission
+    control (plain text, Ray's own ASGI messages): the limit answers it with its JSON refusal; a JSON 503 of the
+    application (a failed log write) passes unchanged."""
+    import orjson
+    from ray.serve._private.http_util import convert_object_to_asgi_messages
+
+    from recbandits.serve.limits import InFlightLimit
+
+    async def exchange(inner_messages) -> list[dict]:
+        async def app(scope, receive, send):
+            for message in inner_messages:
+                await send(message)
+
+        sent: list[dict] = []
+
+        async def send(message):
+            sent.append(message)
+
+        await InFlightLimit(app, limit=4, retry_after_s=2)({"type": "http"}, None, send)
+        return sent
+
+    ray_refusal = convert_object_to_asgi_messages("Request dropped due to backpressure", status_code=503,
+                                                  extra_headers=[(b"retry-after", b"2")])
+    start, body = asyncio.run(exchange(ray_refusal))
+    assert start["status"] == 503 and dict(start["headers"])[b"retry-after"] == b"2"
+    assert dict(start["headers"])[b"content-type"] == b"application/json"
+    assert orjson.loads(body["body"]) == {
+        "message": "service: overloaded (4 requests in flight); retry after 2 s",
+        "detail": [{"loc": ["service"], "msg": "overloaded (4 requests in flight); retry after 2 s",
+                    "type": "overloaded"}]}
+    application_503 = convert_object_to_asgi_messages({"message": "log: disk full"}, status_code=503)
+    assert asyncio.run(exchange(application_503)) == application_503
 
 
 def test_the_admin_api_needs_the_token(limited):

@@ -7,7 +7,8 @@ Ray Serve's hook for server middlewares (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_
 ``http_middlewares``, ``runner.serve_environment`` sets it with the limits in the environment):
 
 * ``InFlightLimit``: a request arriving while ``max_ongoing_requests + max_queued_requests`` are in flight in this
-  server gets 503 with Retry-After before Ray Serve sees it. Ray Serve's own admission control (configured on the
+  server gets 503 with Retry-After before Ray Serve sees it, and Ray Serve's own refusals (plain text) are answered
+  in the service's format. Ray Serve's own admission control (configured on the
   deployment, the same limits) refuses too, but only after its request handling: on the fast path a refusal
   there costs about a third of a served request of the replica's one event loop, so at 5x overload refusing
   crowded out serving (docs/BENCHMARKS.md, "Overload"). This refusal costs the parse and a counter.
@@ -64,9 +65,29 @@ class InFlightLimit:
             return
         self.in_flight += 1  # one event loop per server: no lock needed
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, self._in_service_format(send))
         finally:
             self.in_flight -= 1
+
+    def _in_service_format(self, send):
+        """``send`` that answers Ray Serve's own refusal (a plain-text 503: its admission control refused a request
+        that passed this limit as another finished) with this limit's JSON refusal; every other message unchanged."""
+        replacing = False
+
+        async def send_in_service_format(message) -> None:
+            nonlocal replacing
+            if message["type"] == "http.response.start" and message["status"] == 503 and not any(
+                    name == b"content-type" and value.startswith(b"application/json")
+                    for name, value in message.get("headers", ())):
+                replacing = True
+                return await send(self.start)
+            if replacing and message["type"] == "http.response.body":
+                if not message.get("more_body", False):
+                    await send(self.body)
+                return
+            await send(message)
+
+        return send_in_service_format
 
 
 class BodyLimit:
