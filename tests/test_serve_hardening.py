@@ -529,6 +529,71 @@ def test_ray_serves_own_refusal_is_answered_in_the_service_format():
     assert asyncio.run(exchange(application_503)) == application_503
 
 
+def test_the_in_flight_limit_shrinks_under_sustained_overload_and_grows_back():
+    """Windows of 0.1 s: a median latency above half the 50 ms target in two windows in a row halves the limit at
+    most (in proportion to the excess), down to 8; a single slow window (a stall) changes nothing; windows at or
+    under half the target grow it by an eighth back to the ceiling."""
+    from recbandits.serve.limits import InFlightLimit
+
+    limiter = InFlightLimit(None, limit=128, retry_after_s=1, latency_target_s=0.05)
+
+    def window(latency_s: float) -> int:
+        """A window of 8 completions, the last one closing it."""
+        start = limiter._window_start
+        for _ in range(InFlightLimit.MIN_WINDOW_REQUESTS - 1):
+            limiter.completed(start + 0.01, latency_s)
+        limiter.completed(start + InFlightLimit.WINDOW_S + 1e-6, latency_s)
+        return limiter.limit
+
+    assert [window(0.005) for _ in range(2)] == [128, 128]  # at the ceiling already
+    assert [window(0.2), window(0.005)] == [128, 128]  # one stall
+    assert [window(0.03125) for _ in range(2)] == [128, 102]  # 25 ms / 31.25 ms = 0.8
+    assert [window(0.5) for _ in range(5)] == [51, 25, 12, 8, 8]  # by half at most, to the floor
+    assert [window(0.025) for _ in range(6)] == [9, 10, 11, 12, 13, 14]  # at half the target: +1/8, at least 1
+    assert max(window(0.001) for _ in range(40)) == 128
+    fewer = InFlightLimit(None, limit=4, retry_after_s=1, latency_target_s=0.05)
+    assert fewer.floor == 4  # never below the configured limit's own size when that is small
+    fixed = InFlightLimit(None, limit=128, retry_after_s=1, latency_target_s=None)
+    assert fixed.latency_target_s is None  # 0 or None: the limit stays fixed
+
+
+def test_an_overloaded_server_refuses_beyond_the_adapted_limit_and_names_it():
+    """A real asyncio server whose requests take 40 ms whatever the load (above half the 50 ms target): with 32
+    requests arriving every 10 ms the limit falls from 32 to the floor within half a second and the 503s name it."""
+    import orjson
+
+    from recbandits.serve.limits import InFlightLimit
+
+    async def app(scope, receive, send):
+        await asyncio.sleep(0.04)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    limiter = InFlightLimit(app, limit=32, retry_after_s=1, latency_target_s=0.05)
+
+    async def one() -> tuple[int, bytes]:
+        sent: list[dict] = []
+
+        async def send(message):
+            sent.append(message)
+
+        await limiter({"type": "http"}, None, send)
+        return sent[0]["status"], sent[1]["body"]
+
+    async def drive() -> list[tuple[int, bytes]]:
+        tasks = []
+        for _ in range(60):
+            tasks += [asyncio.ensure_future(one()) for _ in range(32)]
+            await asyncio.sleep(0.01)
+        return await asyncio.gather(*tasks)
+
+    answers = asyncio.run(drive())
+    assert limiter.limit == 8
+    messages = {orjson.loads(body)["message"] for status, body in answers if status == 503}
+    assert "service: overloaded (8 requests in flight); retry after 1 s" in messages, messages
+    assert {status for status, _ in answers} == {200, 503}
+
+
 def test_the_admin_api_needs_the_token(limited):
     service, base = limited["service"], limited["fast"]
     for method, path, body in (("GET", "/v1/policy", None), ("GET", "/v1/policy/versions", None),

@@ -90,6 +90,9 @@ def serve_command(
     max_connections: Annotated[int | None, typer.Option(
         help="Open connections per HTTP server; more get 503 before anything is read. \\[default: 1024]")] = None,
     retry_after: Annotated[float | None, typer.Option(help="Retry-After seconds of a 503. \\[default: 1]")] = None,
+    latency_target_ms: Annotated[float | None, typer.Option(
+        help="Under sustained overload the in-flight limits shrink to keep served requests within this; 0: fixed."
+        + _default("latency_target_s", 1000))] = None,
     max_body_bytes: Annotated[int | None, typer.Option(
         help="Largest request body (413 beyond). \\[default: sized for --max-candidates, >= 1 MiB]")] = None,
     header_timeout: Annotated[float | None, typer.Option(
@@ -139,6 +142,7 @@ def serve_command(
         sync_wait_s=None if sync_wait_ms is None else sync_wait_ms / 1000.0,
         max_candidates=max_candidates, max_ongoing_requests=max_ongoing_requests,
         max_queued_requests=max_queued_requests, max_connections=max_connections, retry_after_s=retry_after,
+        latency_target_s=None if latency_target_ms is None else latency_target_ms / 1000.0,
         max_body_bytes=max_body_bytes,
         header_timeout_s=header_timeout, keep_alive_timeout_s=keep_alive_timeout, admin_token_file=admin_token_file,
         join_window_s=join_window, reward_rule=reward_rule,

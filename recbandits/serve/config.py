@@ -73,6 +73,8 @@ class ServeConfig:
     max_ongoing_requests: int = 96
     max_queued_requests: int = 32
     retry_after_s: float = 1.0
+    # Under sustained overload the in-flight limits shrink to keep served requests within this (0: fixed limits).
+    latency_target_s: float = 0.05
     max_connections: int = 1024  # per HTTP server; more get 503 before anything is parsed
     max_body_bytes: int | None = None  # None: sized for max_candidates candidates with arm_dim features
     header_timeout_s: float = 10.0  # a connection must complete its request headers within this
@@ -132,6 +134,8 @@ class ServeConfig:
         check(self.max_connections >= 1, f"max_connections={self.max_connections} must be >= 1")
         check(math.isfinite(self.retry_after_s) and self.retry_after_s >= 1,
               f"retry_after_s={self.retry_after_s} must be a finite number >= 1 (Retry-After is whole seconds)")
+        check(math.isfinite(self.latency_target_s) and self.latency_target_s >= 0,
+              f"latency_target_s={self.latency_target_s} must be a finite number >= 0 (0: fixed in-flight limits)")
         check(self.max_body_bytes is None or self.max_body_bytes >= 1024,
               f"max_body_bytes={self.max_body_bytes} must be >= 1024")
         for name in ("header_timeout_s", "keep_alive_timeout_s"):

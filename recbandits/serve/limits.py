@@ -7,11 +7,12 @@ Ray Serve's hook for server middlewares (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_
 ``http_middlewares``, ``runner.serve_environment`` sets it with the limits in the environment):
 
 * ``InFlightLimit``: a request arriving while ``max_ongoing_requests + max_queued_requests`` are in flight in this
-  server gets 503 with Retry-After before Ray Serve sees it, and Ray Serve's own refusals (plain text) are answered
-  in the service's format. Ray Serve's own admission control (configured on the
-  deployment, the same limits) refuses too, but only after its request handling: on the fast path a refusal
-  there costs about a third of a served request of the replica's one event loop, so at 5x overload refusing
-  crowded out serving (docs/BENCHMARKS.md, "Overload"). This refusal costs the parse and a counter.
+  server gets 503 with Retry-After before Ray Serve sees it. Ray Serve's own admission control (configured on the
+  deployment, the same limits) refuses too, but only after its request handling: on the fast path a refusal there
+  costs about a third of a served request of the replica's one event loop, so at 5x overload refusing crowded out
+  serving (docs/BENCHMARKS.md, "Overload"). This refusal costs the parse and a counter; Ray Serve's (plain text)
+  are answered in the service's format. The limit is a ceiling: under sustained overload it shrinks to what keeps
+  served requests within ``latency_target_s`` (``InFlightLimit`` says how).
 * ``BodyLimit``: a body over ``max_body_bytes`` gets 413 before it is read: at once from its Content-Length, or
   as soon as a chunked body passes the limit (a chunked body is buffered up to the limit, never further).
 * ``install_connection_limits``: a connection whose request headers are not complete ``header_timeout_s`` after
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from typing import Any
 
 import orjson
@@ -35,6 +37,7 @@ MAX_CONNECTIONS_ENV = "RECBANDITS_MAX_CONNECTIONS"
 RETRY_AFTER_ENV = "RECBANDITS_RETRY_AFTER_S"
 MAX_IN_FLIGHT_ENV = "RECBANDITS_MAX_IN_FLIGHT"  # a replica's own server
 MAX_IN_FLIGHT_PROXY_ENV = "RECBANDITS_MAX_IN_FLIGHT_PROXY"  # the proxy, in front of every replica
+LATENCY_TARGET_ENV = "RECBANDITS_LATENCY_TARGET_S"  # the in-flight limits adapt to it ("0": fixed)
 
 
 def error_response_bytes(field: str, message: str, code: str) -> bytes:
@@ -43,31 +46,79 @@ def error_response_bytes(field: str, message: str, code: str) -> bytes:
 
 
 class InFlightLimit:
-    """Pure ASGI middleware: 503 with Retry-After for a request beyond ``limit`` in flight in this server."""
+    """Pure ASGI middleware: 503 with Retry-After for a request beyond the in-flight limit of this server.
 
-    def __init__(self, app, limit: int, retry_after_s: int):
+    The limit adapts to the latency target (``latency_target_s``; ``None``: fixed at ``limit``). A server's
+    requests in flight share its one event loop, so a served request's latency grows with the number in flight,
+    and a fixed ceiling sized to absorb short stalls at the sustainable rate lets latency reach seconds under
+    sustained overload. Every ``WINDOW_S`` the median latency of the requests completed in the window is compared
+    with half the target (additive increase, multiplicative decrease, as TCP's congestion window): above it in
+    two windows in a row (a shorter stall changes nothing) and in each further one, the limit shrinks in
+    proportion (latency grows about linearly with the number in flight), by half at most; at or below it, the
+    limit grows by an eighth towards ``limit``. It stays between ``floor`` (``min(limit, 8)``) and ``limit``.
+    """
+
+    WINDOW_S = 0.1
+    MIN_WINDOW_REQUESTS = 8  # fewer completions: the window goes on
+
+    def __init__(self, app, limit: int, retry_after_s: int, latency_target_s: float | None = None):
         self.app = app
-        self.limit = int(limit)
+        self.ceiling = self.limit = int(limit)
+        self.floor = min(self.ceiling, 8)
+        self.retry_after_s = retry_after_s
+        self.latency_target_s = latency_target_s or None
         self.in_flight = 0
-        body = error_response_bytes("service", f"overloaded ({limit} requests in flight); retry after "
-                                    f"{retry_after_s} s", "overloaded")
-        self.start = {"type": "http.response.start", "status": 503, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"retry-after", str(retry_after_s).encode())]}
-        self.body = {"type": "http.response.body", "body": body}
+        self._refusals: dict[int, tuple[dict, dict]] = {}
+        self._window_start = time.monotonic()
+        self._window: list[float] = []
+        self._windows_over = 0
+
+    def refusal(self) -> tuple[dict, dict]:
+        """The 503's start and body messages (they name the limit in force)."""
+        if self.limit not in self._refusals:
+            body = error_response_bytes("service", f"overloaded ({self.limit} requests in flight); retry after "
+                                        f"{self.retry_after_s} s", "overloaded")
+            self._refusals[self.limit] = (
+                {"type": "http.response.start", "status": 503, "headers": [
+                    (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                    (b"retry-after", str(self.retry_after_s).encode())]},
+                {"type": "http.response.body", "body": body})
+        return self._refusals[self.limit]
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         if self.in_flight >= self.limit:
-            await send(self.start)
-            await send(self.body)
+            start, body = self.refusal()
+            await send(start)
+            await send(body)
             return
         self.in_flight += 1  # one event loop per server: no lock needed
+        started = time.monotonic()
         try:
             await self.app(scope, receive, self._in_service_format(send))
         finally:
             self.in_flight -= 1
+            if self.latency_target_s is not None:
+                now = time.monotonic()
+                self.completed(now, now - started)
+
+    def completed(self, now: float, latency_s: float) -> None:
+        """Count a served request's latency; at the end of a window, adapt the limit."""
+        self._window.append(latency_s)
+        elapsed = now - self._window_start
+        if elapsed < self.WINDOW_S or len(self._window) < self.MIN_WINDOW_REQUESTS:
+            return
+        median = sorted(self._window)[len(self._window) // 2]
+        half_target = self.latency_target_s / 2
+        if median > half_target:
+            self._windows_over += 1
+            if self._windows_over >= 2:
+                self.limit = max(self.floor, int(self.limit * max(0.5, half_target / median)))
+        else:
+            self._windows_over = 0
+            self.limit = min(self.ceiling, self.limit + max(1, self.limit // 8))
+        self._window_start, self._window = now, []
 
     def _in_service_format(self, send):
         """``send`` that answers Ray Serve's own refusal (a plain-text 503: its admission control refused a request
@@ -80,10 +131,10 @@ class InFlightLimit:
                     name == b"content-type" and value.startswith(b"application/json")
                     for name, value in message.get("headers", ())):
                 replacing = True
-                return await send(self.start)
+                return await send(self.refusal()[0])
             if replacing and message["type"] == "http.response.body":
                 if not message.get("more_body", False):
-                    await send(self.body)
+                    await send(self.refusal()[1])
                 return
             await send(message)
 
@@ -238,5 +289,6 @@ def http_middlewares() -> list:
         middlewares.append(Middleware(BodyLimit, max_body_bytes=int(max_body)))
     max_in_flight = os.environ.get(MAX_IN_FLIGHT_PROXY_ENV if _in_ray_serve_proxy() else MAX_IN_FLIGHT_ENV)
     if max_in_flight:  # applied last: the outermost, the first to see a request
-        middlewares.append(Middleware(InFlightLimit, limit=int(max_in_flight), retry_after_s=retry_after))
+        middlewares.append(Middleware(InFlightLimit, limit=int(max_in_flight), retry_after_s=retry_after,
+                                      latency_target_s=float(os.environ.get(LATENCY_TARGET_ENV, "0"))))
     return middlewares

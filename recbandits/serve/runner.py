@@ -55,6 +55,7 @@ def serve_environment(config: ServeConfig) -> dict[str, str]:
         limits.HEADER_TIMEOUT_ENV: str(config.header_timeout_s),
         limits.MAX_CONNECTIONS_ENV: str(config.max_connections),
         limits.RETRY_AFTER_ENV: str(config.retry_after_s),
+        limits.LATENCY_TARGET_ENV: str(config.latency_target_s),
         limits.MAX_IN_FLIGHT_ENV: str(config.max_ongoing_requests + config.max_queued_requests),
         limits.MAX_IN_FLIGHT_PROXY_ENV: str((config.max_ongoing_requests + config.max_queued_requests)
                                             * config.num_replicas),
