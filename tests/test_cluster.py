@@ -29,7 +29,7 @@ import yaml
 from conftest import REPO_ROOT
 from typer.testing import CliRunner
 
-from recbandits.jobs.sweep import Range, SweepSpec, parse_values
+from recbandits.jobs.sweep import SweepSpec, parse_values
 from recbandits.jobs.tune import run_sweep, tune_command
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))  # the scaling model is the scaling benchmark's
@@ -65,8 +65,12 @@ def test_search_space_grid_ranges_seeds_and_errors():
     assert len(defaults) == 4 and all(
         0.1 <= c["alpha"] <= 20 and 0.001 <= c["lambda"] <= 10 for c in defaults
     )
-    assert parse_values("alpha", "0.1:20") == Range(0.1, 20.0, log=True)
-    assert parse_values("gamma", "0.9:1") == Range(0.9, 1.0, log=False)
+    from ray.tune.search.sample import Float, LogUniform, Uniform
+
+    alpha, gamma = parse_values("alpha", "0.1:20"), parse_values("gamma", "0.9:1")  # Ray Tune's own domains
+    assert isinstance(alpha, Float) and (alpha.lower, alpha.upper) == (0.1, 20.0)
+    assert isinstance(alpha.get_sampler(), LogUniform)
+    assert (gamma.lower, gamma.upper) == (0.9, 1.0) and isinstance(gamma.get_sampler(), Uniform)
     assert parse_values("layers", "50x50x50,100x100,8") == [(50, 50, 50), (100, 100), (8,)]
     assert SweepSpec(algo="tfa-neural-eps-greedy", space={"layers": "8,16x16"}).configurations() == [
         {"layers": (8,)},

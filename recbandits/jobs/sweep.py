@@ -3,13 +3,16 @@ varies, and the names of what it measures (``recbandits.jobs.tune`` runs it, ``s
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from recbandits.algos.options import TF_AGENTS_ALGOS
+
+if TYPE_CHECKING:
+    from ray.tune.search.sample import Domain
 
 METRIC = "env_runners/cumulative_regret"
 MODE = "min"
@@ -50,24 +53,9 @@ RESULT_COLUMNS = (
 # ------------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Range:
-    """``low:high`` of a hyperparameter: ``--num-samples`` draws, log-uniform when ``log``."""
-
-    low: float
-    high: float
-    log: bool
-
-    def draw(self, rng) -> float:
-        if self.log:
-            value = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
-        else:
-            value = rng.uniform(self.low, self.high)
-        return float(f"{value:.4g}")  # readable tables; 4 significant digits are plenty for a sweep
-
-
-def parse_values(name: str, text: str) -> list | Range:
-    """``"1,5,10"`` -> [1.0, 5.0, 10.0]; ``"0.1:20"`` -> Range; layers ``"50x50,8"`` -> [(50, 50), (8,)]."""
+def parse_values(name: str, text: str) -> list | Domain:
+    """``"1,5,10"`` -> [1.0, 5.0, 10.0]; ``"0.1:20"`` -> ``tune.loguniform(0.1, 20)`` (``tune.uniform`` for
+    gamma); layers ``"50x50,8"`` -> [(50, 50), (8,)]. ``configurations`` makes lists Tune grids or choices."""
     from recbandits.algos.options import check_value
 
     text = str(text).strip()
@@ -92,10 +80,11 @@ def parse_values(name: str, text: str) -> list | Range:
             check_value(name, value)
         if not low < high:
             raise ValueError(f"--{name} {text!r}: the range needs low < high")
-        log = name in LOG_SCALE
-        if log and low <= 0:
+        if name in LOG_SCALE and low <= 0:
             raise ValueError(f"--{name} {text!r}: a log-uniform range needs low > 0")
-        return Range(low, high, log)
+        from ray import tune
+
+        return tune.loguniform(low, high) if name in LOG_SCALE else tune.uniform(low, high)
     try:
         values = [float(item) for item in text.split(",")]
     except ValueError:
@@ -105,6 +94,15 @@ def parse_values(name: str, text: str) -> list | Range:
     for value in values:
         check_value(name, value)
     return list(dict.fromkeys(values))
+
+
+def _readable(name: str, value: Any, values: list | Domain) -> Any:
+    """A drawn float to 4 significant digits (readable tables; plenty for a sweep); layers as tuples."""
+    from ray.tune.search.sample import Domain
+
+    if isinstance(values, Domain):
+        return float(f"{value:.4g}")
+    return tuple(value) if name == "layers" else value
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -175,7 +173,7 @@ class SweepSpec:
     def uses_tf_agents(self) -> bool:
         return self.algo in TF_AGENTS_ALGOS
 
-    def parameter_space(self) -> dict[str, list | Range]:
+    def parameter_space(self) -> dict[str, list | Domain]:
         """The swept hyperparameters (the algorithm's defaults when none was given), parsed."""
         raw = self.space if self.space else DEFAULT_SPACE[self.algo]
         return {name: parse_values(name, text) for name, text in raw.items()}
@@ -183,27 +181,28 @@ class SweepSpec:
     def configurations(self) -> list[dict[str, Any]]:
         """The hyperparameter configurations, each run once per seed.
 
-        Lists are crossed as a grid (``--search grid``) or drawn from (``--search random``); ranges are drawn
-        from. Every grid point gets ``num_samples`` draws of the drawn parameters (one when nothing is drawn).
+        Ray Tune resolves the space (``generate_variants``, as its ``BasicVariantGenerator`` does): lists are
+        ``tune.grid_search`` (``--search grid``) or ``tune.choice`` (``--search random``); ranges are drawn.
+        Every grid point gets ``num_samples`` draws of the drawn parameters (one when nothing is drawn), seeded
+        by ``search_seed``. The configurations are fixed here, not per trial, so that every seed runs the same
+        ones (``tune.param_space`` crosses them with the seeds); duplicates run once.
         """
-        import numpy as np
+        from ray import tune
+        from ray.tune.search.sample import Domain
+        from ray.tune.search.variant_generator import generate_variants
 
         space = self.parameter_space()
-        rng = np.random.default_rng(self.search_seed)
-        grid = [name for name, values in space.items() if isinstance(values, list) and self.search == "grid"]
-        drawn = [name for name in space if name not in grid]
+        unresolved = {
+            name: values if isinstance(values, Domain)
+            else tune.grid_search(values) if self.search == "grid" else tune.choice(values)
+            for name, values in space.items()
+        }
+        drawn = any(isinstance(value, Domain) for value in unresolved.values())
+        random_state = np.random.default_rng(self.search_seed)
         configurations: list[dict[str, Any]] = []
-        for point in itertools.product(*(space[name] for name in grid)):
-            for _ in range(self.num_samples if drawn else 1):
-                configuration = dict(zip(grid, point, strict=True))
-                for name in drawn:
-                    values = space[name]
-                    configuration[name] = (
-                        values.draw(rng)
-                        if isinstance(values, Range)
-                        else values[int(rng.integers(len(values)))]
-                    )
-                configurations.append({name: configuration[name] for name in space})
+        for _ in range(self.num_samples if drawn else 1):
+            for _, variant in generate_variants(unresolved, random_state=random_state):
+                configurations.append({name: _readable(name, variant[name], space[name]) for name in space})
         unique = {
             json.dumps(configuration, sort_keys=True): configuration for configuration in configurations
         }
