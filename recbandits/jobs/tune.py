@@ -56,7 +56,12 @@ from recbandits.jobs.sweep_results import results_table, write_outputs
 
 
 class _Pick:
-    """``tune.sample_from`` of one hyperparameter: its value in the trial's configuration."""
+    """``tune.sample_from`` of one hyperparameter: its value in the trial's configuration.
+
+    Tune draws a space's samples anew for every point of its grid, so a seed grid next to drawn hyperparameters
+    would give each seed other configurations. The configurations are resolved once
+    (``SweepSpec.configurations``, with Tune's ``generate_variants``); the trials are their index (``CONFIG_ID``)
+    crossed with the seeds, and each trial picks its values here."""
 
     def __init__(self, configurations: list[dict[str, Any]], name: str):
         self.configurations = configurations
