@@ -8,21 +8,35 @@ Three on-disk layouts are understood:
 * ``csv``: ``ratings.csv`` and ``movies.csv`` with headers (ml-latest-small, ml-20m, ml-25m, ml-32m).
 
 Ratings go through pandas' C parser; when that parser rejects the file, or the parsed values fail a
-check, a line-by-line pass finds the first offending line, so every error names the file and line.
+check, a line-by-line pass finds the first offending line, so every error names the file and line
+(``ratings_file``). The small files are parsed line by line (``text_format``'s helpers); this module holds
+what each release's files contain and how they are loaded.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
 
 import numpy as np
 import pandas as pd
+
+from recbandits.data.ratings_file import RatingsLayout, read_ratings
+from recbandits.data.text_format import (
+    HALF_STARS,
+    WHOLE_STARS,
+    MovieLensFormatError,
+    check_gender,
+    check_unique,
+    numbered_lines,
+    parse_id,
+    parse_int,
+    read_text,
+    require_file,
+    split_fields,
+)
 
 __all__ = [
     "ML1M_OCCUPATIONS",
@@ -60,27 +74,11 @@ ML1M_OCCUPATIONS: tuple[str, ...] = (
 
 NO_GENRE = "(no genres listed)"
 MAX_MATRIX_CELLS = 200_000_000
-RATING_COLUMNS = ["user_id", "item_id", "rating", "timestamp"]
 CSV_RATINGS_HEADER = ["userId", "movieId", "rating", "timestamp"]
 CSV_MOVIES_HEADER = ["movieId", "title", "genres"]
 
-# Strict number syntax: Python's int()/float() also accept "1_000", "nan" and "inf", pandas does not.
-_INT_RE = re.compile(r"\s*[+-]?\d+\s*")
-_FLOAT_RE = re.compile(r"\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*")
-
 # The file that identifies each layout, in detection order.
 _MARKER_FILES = {"ml-100k": "u.data", "ml-1m": "ratings.dat", "csv": "ratings.csv"}
-
-
-class MovieLensFormatError(ValueError):
-    """A MovieLens file is missing or malformed; the message names the file and, when known, the line."""
-
-    def __init__(self, file: str, message: str, line: int | None = None):
-        self.file = file
-        self.line = line
-        self.reason = message
-        where = f"{file} line {line}" if line is not None else file
-        super().__init__(f"{where}: {message}")
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: DataFrames have no boolean equality, and identity is enough
@@ -111,39 +109,6 @@ class MovieLensData:
     @property
     def num_ratings(self) -> int:
         return len(self.ratings)
-
-
-@dataclass(frozen=True)
-class _Scale:
-    """The rating values a release allows."""
-
-    low: float
-    high: float
-    step: float  # 1.0 for whole stars, 0.5 for half stars
-
-    def describe(self) -> str:
-        if self.step == 1.0:
-            return f"whole numbers {self.low:g}-{self.high:g}"
-        return f"{self.low:g}-{self.high:g} in steps of {self.step:g}"
-
-    def valid(self, ratings: np.ndarray) -> np.ndarray:
-        steps = ratings / self.step
-        return (ratings >= self.low) & (ratings <= self.high) & (steps == np.round(steps))
-
-
-WHOLE_STARS = _Scale(1.0, 5.0, 1.0)
-HALF_STARS = _Scale(0.5, 5.0, 0.5)
-
-
-@dataclass(frozen=True)
-class _RatingsLayout:
-    """How one release lays out its ratings file."""
-
-    file: str
-    separator: str  # "\t", "::" or ","
-    separator_name: str
-    header: list[str] | None
-    scale: _Scale
 
 
 # --------------------------------------------------------------------------------------------------
@@ -187,68 +152,6 @@ def detect_format(path: str | Path) -> str:
     raise ValueError(message)
 
 
-# --------------------------------------------------------------------------------------------------
-# Small text files: parsed in Python, which gives exact line numbers for free
-# --------------------------------------------------------------------------------------------------
-
-
-def _require(directory: Path, file: str, release: str, files: str) -> Path:
-    path = directory / file
-    if not path.is_file():
-        raise MovieLensFormatError(
-            file, f"required file is missing from {directory} ({release} releases contain {files})"
-        )
-    return path
-
-
-def _read_text(path: Path, encoding: str) -> str:
-    data = path.read_bytes()
-    try:
-        return data.decode(encoding)
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise MovieLensFormatError(path.name, f"text is not valid {encoding}", line) from None
-
-
-def _lines(path: Path, encoding: str = "latin-1") -> Iterator[tuple[int, str]]:
-    """Yield ``(1-based line number, line)`` for the non-empty lines of a file."""
-    # split("\n") rather than splitlines(): latin-1 byte 0x85 decodes to NEL, which splitlines() breaks on.
-    for number, line in enumerate(_read_text(path, encoding).split("\n"), start=1):
-        line = line.rstrip("\r")
-        if line:
-            yield number, line
-
-
-def _split(file: str, line_no: int, line: str, separator: str, expected: int, what: str) -> list[str]:
-    fields = line.split(separator)
-    if len(fields) != expected:
-        raise MovieLensFormatError(file, f"expected {expected} {what} fields, found {len(fields)}", line_no)
-    return fields
-
-
-def _parse_int(file: str, line_no: int, value: str, what: str) -> int:
-    if not _INT_RE.fullmatch(value):
-        raise MovieLensFormatError(file, f"{what} {value!r} is not an integer", line_no)
-    return int(value)
-
-
-def _parse_id(file: str, line_no: int, value: str, what: str) -> int:
-    number = _parse_int(file, line_no, value, what)
-    if number < 1:
-        raise MovieLensFormatError(file, f"{what} {number} is not a positive integer", line_no)
-    return number
-
-
-def _check_unique(file: str, ids: list[int], line_numbers: list[int], what: str) -> None:
-    seen: dict[int, int] = {}
-    for item_id, line_no in zip(ids, line_numbers, strict=True):
-        if item_id in seen:
-            raise MovieLensFormatError(
-                file, f"duplicate {what} {item_id} (first defined on line {seen[item_id]})", line_no
-            )
-        seen[item_id] = line_no
-
-
 def _items_frame(
     ids: list[int], titles: list[str], flags: np.ndarray, genres: tuple[str, ...]
 ) -> pd.DataFrame:
@@ -281,20 +184,14 @@ def _users_frame(
     )
 
 
-def _check_gender(file: str, line_no: int, gender: str) -> str:
-    if gender not in ("M", "F"):
-        raise MovieLensFormatError(file, f"gender {gender!r} is not M or F", line_no)
-    return gender
-
-
 # ml-100k ---------------------------------------------------------------------------------------------
 
 
 def _read_100k_genres(path: Path) -> tuple[str, ...]:
     names: list[str] = []
-    for line_no, line in _lines(path):
-        name, index = _split(path.name, line_no, line, "|", 2, "'|'-separated")
-        position = _parse_int(path.name, line_no, index, "genre index")
+    for line_no, line in numbered_lines(path):
+        name, index = split_fields(path.name, line_no, line, "|", 2, "'|'-separated")
+        position = parse_int(path.name, line_no, index, "genre index")
         if position != len(names):
             raise MovieLensFormatError(
                 path.name, f"genre index {position} is out of order (expected {len(names)})", line_no
@@ -311,7 +208,7 @@ def _read_100k_items(path: Path, genres: tuple[str, ...]) -> pd.DataFrame:
     titles: list[str] = []
     flag_rows: list[list[str]] = []
     line_numbers: list[int] = []
-    for line_no, line in _lines(path):
+    for line_no, line in numbered_lines(path):
         fields = line.split("|")
         if len(fields) != expected:
             raise MovieLensFormatError(
@@ -319,7 +216,7 @@ def _read_100k_items(path: Path, genres: tuple[str, ...]) -> pd.DataFrame:
                 f"expected {expected} '|'-separated fields (5 + {len(genres)} genre flags), found {len(fields)}",
                 line_no,
             )
-        ids.append(_parse_id(path.name, line_no, fields[0], "movie id"))
+        ids.append(parse_id(path.name, line_no, fields[0], "movie id"))
         titles.append(fields[1])
         flags = fields[5:]
         for genre, flag in zip(genres, flags, strict=True):
@@ -331,7 +228,7 @@ def _read_100k_items(path: Path, genres: tuple[str, ...]) -> pd.DataFrame:
         line_numbers.append(line_no)
     if not ids:
         raise MovieLensFormatError(path.name, "the movie file is empty")
-    _check_unique(path.name, ids, line_numbers, "movie id")
+    check_unique(path.name, ids, line_numbers, "movie id")
     flags_array = np.asarray(flag_rows, dtype=np.int8).reshape(len(ids), len(genres))
     return _items_frame(ids, titles, flags_array, genres)
 
@@ -339,11 +236,11 @@ def _read_100k_items(path: Path, genres: tuple[str, ...]) -> pd.DataFrame:
 def _read_100k_users(path: Path, occupations: set[str] | None) -> pd.DataFrame:
     columns: tuple[list, ...] = ([], [], [], [], [])
     line_numbers: list[int] = []
-    for line_no, line in _lines(path):
-        user_id, age, gender, occupation, zip_code = _split(path.name, line_no, line, "|", 5, "'|'-separated")
-        columns[0].append(_parse_id(path.name, line_no, user_id, "user id"))
-        columns[1].append(_parse_int(path.name, line_no, age, "age"))
-        columns[2].append(_check_gender(path.name, line_no, gender))
+    for line_no, line in numbered_lines(path):
+        user_id, age, gender, occupation, zip_code = split_fields(path.name, line_no, line, "|", 5, "'|'-separated")
+        columns[0].append(parse_id(path.name, line_no, user_id, "user id"))
+        columns[1].append(parse_int(path.name, line_no, age, "age"))
+        columns[2].append(check_gender(path.name, line_no, gender))
         if occupations is not None and occupation not in occupations:
             raise MovieLensFormatError(
                 path.name, f"occupation {occupation!r} is not listed in u.occupation", line_no
@@ -351,14 +248,14 @@ def _read_100k_users(path: Path, occupations: set[str] | None) -> pd.DataFrame:
         columns[3].append(occupation)
         columns[4].append(zip_code)
         line_numbers.append(line_no)
-    _check_unique(path.name, columns[0], line_numbers, "user id")
+    check_unique(path.name, columns[0], line_numbers, "user id")
     return _users_frame(*columns)
 
 
 def _read_occupations(path: Path) -> set[str] | None:
     if not path.is_file():
         return None
-    return {line.strip() for _, line in _lines(path) if line.strip()}
+    return {line.strip() for _, line in numbered_lines(path) if line.strip()}
 
 
 # ml-1m -----------------------------------------------------------------------------------------------
@@ -369,29 +266,29 @@ def _read_1m_items(path: Path) -> tuple[pd.DataFrame, tuple[str, ...]]:
     titles: list[str] = []
     genre_strings: list[str] = []
     line_numbers: list[int] = []
-    for line_no, line in _lines(path):
-        movie_id, title, genres = _split(path.name, line_no, line, "::", 3, "'::'-separated")
-        ids.append(_parse_id(path.name, line_no, movie_id, "movie id"))
+    for line_no, line in numbered_lines(path):
+        movie_id, title, genres = split_fields(path.name, line_no, line, "::", 3, "'::'-separated")
+        ids.append(parse_id(path.name, line_no, movie_id, "movie id"))
         titles.append(title)
         genre_strings.append(genres)
         line_numbers.append(line_no)
     if not ids:
         raise MovieLensFormatError(path.name, "the movie file is empty")
-    _check_unique(path.name, ids, line_numbers, "movie id")
+    check_unique(path.name, ids, line_numbers, "movie id")
     return _items_from_genre_strings(ids, titles, genre_strings)
 
 
 def _read_1m_users(path: Path) -> pd.DataFrame:
     columns: tuple[list, ...] = ([], [], [], [], [])
     line_numbers: list[int] = []
-    for line_no, line in _lines(path):
-        user_id, gender, age, occupation, zip_code = _split(
+    for line_no, line in numbered_lines(path):
+        user_id, gender, age, occupation, zip_code = split_fields(
             path.name, line_no, line, "::", 5, "'::'-separated"
         )
-        columns[0].append(_parse_id(path.name, line_no, user_id, "user id"))
-        columns[1].append(_parse_int(path.name, line_no, age, "age"))
-        columns[2].append(_check_gender(path.name, line_no, gender))
-        code = _parse_int(path.name, line_no, occupation, "occupation code")
+        columns[0].append(parse_id(path.name, line_no, user_id, "user id"))
+        columns[1].append(parse_int(path.name, line_no, age, "age"))
+        columns[2].append(check_gender(path.name, line_no, gender))
+        code = parse_int(path.name, line_no, occupation, "occupation code")
         if not 0 <= code < len(ML1M_OCCUPATIONS):
             raise MovieLensFormatError(
                 path.name, f"occupation code {code} is not one of 0-{len(ML1M_OCCUPATIONS) - 1}", line_no
@@ -399,7 +296,7 @@ def _read_1m_users(path: Path) -> pd.DataFrame:
         columns[3].append(ML1M_OCCUPATIONS[code])
         columns[4].append(zip_code)
         line_numbers.append(line_no)
-    _check_unique(path.name, columns[0], line_numbers, "user id")
+    check_unique(path.name, columns[0], line_numbers, "user id")
     return _users_frame(*columns)
 
 
@@ -407,7 +304,7 @@ def _read_1m_users(path: Path) -> pd.DataFrame:
 
 
 def _read_csv_items(path: Path) -> tuple[pd.DataFrame, tuple[str, ...]]:
-    text = _read_text(path, "utf-8-sig")
+    text = read_text(path, "utf-8-sig")
     reader = csv.reader(io.StringIO(text, newline=""))
     ids: list[int] = []
     titles: list[str] = []
@@ -437,138 +334,14 @@ def _read_csv_items(path: Path) -> tuple[pd.DataFrame, tuple[str, ...]]:
             raise MovieLensFormatError(
                 path.name, f"expected 3 comma-separated fields, found {len(row)}", line_no
             )
-        ids.append(_parse_id(path.name, line_no, row[0], "movie id"))
+        ids.append(parse_id(path.name, line_no, row[0], "movie id"))
         titles.append(row[1])
         genre_strings.append(row[2])
         line_numbers.append(line_no)
     if not ids:
         raise MovieLensFormatError(path.name, "the movie file is empty")
-    _check_unique(path.name, ids, line_numbers, "movie id")
+    check_unique(path.name, ids, line_numbers, "movie id")
     return _items_from_genre_strings(ids, titles, genre_strings)
-
-
-# --------------------------------------------------------------------------------------------------
-# Ratings: fast pandas path, and a line-by-line diagnosis when it fails
-# --------------------------------------------------------------------------------------------------
-
-
-def _read_ratings_fast(path: Path, layout: _RatingsLayout) -> pd.DataFrame | None:
-    """Parse with pandas' C parser; ``None`` when the file is not in the expected shape."""
-    try:
-        if layout.separator == "::":
-            # The C parser takes single-character separators only, so split on ":" and expect the
-            # empty fields between the doubled colons: 1::2::5::9 -> 1, '', 2, '', 5, '', 9.
-            raw = pd.read_csv(path, sep=":", header=None, encoding="latin-1", engine="c")
-            if raw.shape[1] != 7 or raw[[1, 3, 5]].notna().to_numpy().any():
-                return None
-            frame = raw[[0, 2, 4, 6]]
-        else:
-            header = 0 if layout.header else None
-            frame = pd.read_csv(path, sep=layout.separator, header=header, encoding="latin-1", engine="c")
-            if layout.header and list(frame.columns) != layout.header:
-                return None
-            if frame.shape[1] != 4:
-                return None
-    except (ValueError, pd.errors.ParserError, OSError):  # EmptyDataError is a ValueError
-        return None
-    frame.columns = RATING_COLUMNS
-    dtypes = frame.dtypes
-    integer_columns = ["user_id", "item_id", "timestamp"]
-    if not all(pd.api.types.is_integer_dtype(dtypes[c]) for c in integer_columns):
-        return None
-    if not pd.api.types.is_numeric_dtype(dtypes["rating"]) or frame["rating"].isna().any():
-        return None
-    return pd.DataFrame(
-        {
-            "user_id": frame["user_id"].to_numpy(np.int64),
-            "item_id": frame["item_id"].to_numpy(np.int64),
-            "rating": frame["rating"].to_numpy(np.float64),
-            "timestamp": frame["timestamp"].to_numpy(np.int64),
-        }
-    )
-
-
-def _values_ok(
-    ratings: pd.DataFrame, scale: _Scale, item_ids: np.ndarray, user_ids: np.ndarray | None
-) -> bool:
-    if len(ratings) == 0:
-        return False
-    users = ratings["user_id"].to_numpy()
-    items = ratings["item_id"].to_numpy()
-    ok = (users >= 1).all() and (items >= 1).all() and scale.valid(ratings["rating"].to_numpy()).all()
-    ok = ok and np.isin(items, item_ids).all()
-    if user_ids is not None:
-        ok = ok and np.isin(users, user_ids).all()
-    return bool(ok)
-
-
-def _diagnose_ratings(
-    path: Path,
-    layout: _RatingsLayout,
-    release: str,
-    items_file: str,
-    item_ids: np.ndarray,
-    users_file: str | None,
-    user_ids: np.ndarray | None,
-) -> NoReturn:
-    """Find the first bad line of a ratings file and raise an error naming it."""
-    file = path.name
-    known_items = set(item_ids.tolist())
-    known_users = set(user_ids.tolist()) if user_ids is not None else None
-    rows = 0
-    with open(path, encoding="latin-1", newline="") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            line = line.rstrip("\r\n")
-            if not line:
-                continue
-            if layout.header and line_no == 1:
-                if line.split(",") != layout.header:
-                    raise MovieLensFormatError(
-                        file, f"expected header {','.join(layout.header)!r}, found {line!r}", line_no
-                    )
-                continue
-            user, item, rating, timestamp = _split(
-                file, line_no, line, layout.separator, 4, layout.separator_name
-            )
-            user_id = _parse_id(file, line_no, user, "user id")
-            item_id = _parse_id(file, line_no, item, "movie id")
-            if not _FLOAT_RE.fullmatch(rating):
-                raise MovieLensFormatError(file, f"rating {rating!r} is not a number", line_no)
-            _parse_int(file, line_no, timestamp, "timestamp")
-            if not layout.scale.valid(np.array([float(rating)])).all():
-                raise MovieLensFormatError(
-                    file,
-                    f"rating {rating.strip()} is outside the {release} scale ({layout.scale.describe()})",
-                    line_no,
-                )
-            if item_id not in known_items:
-                raise MovieLensFormatError(
-                    file, f"unknown ids: movie id {item_id} is not in {items_file}", line_no
-                )
-            if known_users is not None and user_id not in known_users:
-                raise MovieLensFormatError(
-                    file, f"unknown ids: user id {user_id} is not in {users_file}", line_no
-                )
-            rows += 1
-    if rows == 0:
-        raise MovieLensFormatError(file, "the ratings file is empty (no ratings)")
-    # Every line passed the checks, yet pandas could not read the file: report that rather than guess.
-    raise MovieLensFormatError(file, "could not be parsed as a ratings table, although each line looks valid")
-
-
-def _read_ratings(
-    path: Path,
-    layout: _RatingsLayout,
-    release: str,
-    items_file: str,
-    item_ids: np.ndarray,
-    users_file: str | None = None,
-    user_ids: np.ndarray | None = None,
-) -> pd.DataFrame:
-    ratings = _read_ratings_fast(path, layout)
-    if ratings is None or not _values_ok(ratings, layout.scale, item_ids, user_ids):
-        _diagnose_ratings(path, layout, release, items_file, item_ids, users_file, user_ids)
-    return ratings
 
 
 # --------------------------------------------------------------------------------------------------
@@ -578,9 +351,9 @@ def _read_ratings(
 
 def _load_100k(directory: Path) -> MovieLensData:
     files = "u.data, u.item, u.genre and u.user"
-    data_path = _require(directory, "u.data", "ml-100k", files)
-    item_path = _require(directory, "u.item", "ml-100k", files)
-    genre_path = _require(directory, "u.genre", "ml-100k", files)
+    data_path = require_file(directory, "u.data", "ml-100k", files)
+    item_path = require_file(directory, "u.item", "ml-100k", files)
+    genre_path = require_file(directory, "u.genre", "ml-100k", files)
     genres = _read_100k_genres(genre_path)
     items = _read_100k_items(item_path, genres)
     user_path = directory / "u.user"
@@ -589,8 +362,8 @@ def _load_100k(directory: Path) -> MovieLensData:
         if user_path.is_file()
         else None
     )
-    layout = _RatingsLayout("u.data", "\t", "tab-separated", None, WHOLE_STARS)
-    ratings = _read_ratings(
+    layout = RatingsLayout("u.data", "\t", "tab-separated", None, WHOLE_STARS)
+    ratings = read_ratings(
         data_path,
         layout,
         "ml-100k",
@@ -604,15 +377,15 @@ def _load_100k(directory: Path) -> MovieLensData:
 
 def _load_1m(directory: Path) -> MovieLensData:
     files = "ratings.dat, movies.dat and (ml-1m only) users.dat"
-    ratings_path = _require(directory, "ratings.dat", "ml-1m", files)
-    items, genres = _read_1m_items(_require(directory, "movies.dat", "ml-1m", files))
+    ratings_path = require_file(directory, "ratings.dat", "ml-1m", files)
+    items, genres = _read_1m_items(require_file(directory, "movies.dat", "ml-1m", files))
     user_path = directory / "users.dat"
     users = _read_1m_users(user_path) if user_path.is_file() else None
     # ml-1m (with users.dat) uses whole stars; ml-10m (same layout, no users.dat) uses half stars.
     scale = WHOLE_STARS if users is not None else HALF_STARS
     release = "ml-1m" if users is not None else "ml-10m style"
-    layout = _RatingsLayout("ratings.dat", "::", "'::'-separated", None, scale)
-    ratings = _read_ratings(
+    layout = RatingsLayout("ratings.dat", "::", "'::'-separated", None, scale)
+    ratings = read_ratings(
         ratings_path,
         layout,
         release,
@@ -626,10 +399,10 @@ def _load_1m(directory: Path) -> MovieLensData:
 
 def _load_csv(directory: Path) -> MovieLensData:
     files = "ratings.csv and movies.csv"
-    ratings_path = _require(directory, "ratings.csv", "csv", files)
-    items, genres = _read_csv_items(_require(directory, "movies.csv", "csv", files))
-    layout = _RatingsLayout("ratings.csv", ",", "comma-separated", CSV_RATINGS_HEADER, HALF_STARS)
-    ratings = _read_ratings(ratings_path, layout, "csv", "movies.csv", items["item_id"].to_numpy())
+    ratings_path = require_file(directory, "ratings.csv", "csv", files)
+    items, genres = _read_csv_items(require_file(directory, "movies.csv", "csv", files))
+    layout = RatingsLayout("ratings.csv", ",", "comma-separated", CSV_RATINGS_HEADER, HALF_STARS)
+    ratings = read_ratings(ratings_path, layout, "csv", "movies.csv", items["item_id"].to_numpy())
     return MovieLensData("csv", directory, ratings, items, genres, None)
 
 
