@@ -494,6 +494,10 @@ def test_overload_is_refused_at_once_with_retry_after(limited):
     assert status == 200, answer  # and serving again right after
 
 
+async def _discard(message) -> None:
+    """An ASGI ``send`` that drops what it is sent."""
+
+
 def test_ray_serves_own_refusal_is_answered_in_the_service_format():
     """A request that passes the in-flight limit as another finishes can still be refused by Ray Serve's admission
     control (plain text, Ray's own ASGI messages): the limit answers it with its JSON refusal; a JSON 503 of the
@@ -530,16 +534,21 @@ def test_ray_serves_own_refusal_is_answered_in_the_service_format():
 
 
 def test_the_in_flight_limit_shrinks_under_sustained_overload_and_grows_back():
-    """Windows of 0.1 s: a median latency above half the 50 ms target in two windows in a row halves the limit at
-    most (in proportion to the excess), down to 8; a single slow window (a stall) changes nothing; windows at or
-    under half the target grow it by an eighth back to the ceiling."""
+    """Windows of 0.1 s: a median latency above half the 50 ms target in two windows in a row that refused requests
+    halves the limit at most (in proportion to the excess), down to 8; a single slow window, or slow windows that
+    refused nothing (a stall at a sustainable rate), change nothing; windows at or under half the target grow it
+    by an eighth back to the ceiling."""
     from recbandits.serve.limits import InFlightLimit
 
     limiter = InFlightLimit(None, limit=128, retry_after_s=1, latency_target_s=0.05)
 
-    def window(latency_s: float) -> int:
-        """A window of 8 completions, the last one closing it."""
+    def window(latency_s: float, refused: bool = True) -> int:
+        """A window of 8 completions, the last one closing it, with or without a refusal in it."""
         start = limiter._window_start
+        if refused:
+            limiter.in_flight = limiter.limit
+            asyncio.run(limiter({"type": "http"}, None, _discard))
+            limiter.in_flight = 0
         for _ in range(InFlightLimit.MIN_WINDOW_REQUESTS - 1):
             limiter.completed(start + 0.01, latency_s)
         limiter.completed(start + InFlightLimit.WINDOW_S + 1e-6, latency_s)
@@ -547,6 +556,7 @@ def test_the_in_flight_limit_shrinks_under_sustained_overload_and_grows_back():
 
     assert [window(0.005) for _ in range(2)] == [128, 128]  # at the ceiling already
     assert [window(0.2), window(0.005)] == [128, 128]  # one stall
+    assert [window(0.2, refused=False) for _ in range(5)] == [128] * 5  # slow, but the limit was never reached
     assert [window(0.03125) for _ in range(2)] == [128, 102]  # 25 ms / 31.25 ms = 0.8
     assert [window(0.5) for _ in range(5)] == [51, 25, 12, 8, 8]  # by half at most, to the floor
     assert [window(0.025) for _ in range(6)] == [9, 10, 11, 12, 13, 14]  # at half the target: +1/8, at least 1

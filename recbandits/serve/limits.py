@@ -53,9 +53,10 @@ class InFlightLimit:
     and a fixed ceiling sized to absorb short stalls at the sustainable rate lets latency reach seconds under
     sustained overload. Every ``WINDOW_S`` the median latency of the requests completed in the window is compared
     with half the target (additive increase, multiplicative decrease, as TCP's congestion window): above it in
-    two windows in a row (a shorter stall changes nothing) and in each further one, the limit shrinks in
-    proportion (latency grows about linearly with the number in flight), by half at most; at or below it, the
-    limit grows by an eighth towards ``limit``. It stays between ``floor`` (``min(limit, 8)``) and ``limit``.
+    two windows in a row that each refused a request (the limit was reached: a stall at a sustainable rate, which
+    leaves it unreached, changes nothing), the limit shrinks in proportion (latency grows about linearly with the
+    number in flight), by half at most; at or below it, the limit grows by an eighth towards ``limit``. It stays
+    between ``floor`` (``min(limit, 8)``) and ``limit``.
     """
 
     WINDOW_S = 0.1
@@ -72,6 +73,7 @@ class InFlightLimit:
         self._window_start = time.monotonic()
         self._window: list[float] = []
         self._windows_over = 0
+        self._refused_in_window = 0
 
     def refusal(self) -> tuple[dict, dict]:
         """The 503's start and body messages (they name the limit in force)."""
@@ -89,6 +91,7 @@ class InFlightLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         if self.in_flight >= self.limit:
+            self._refused_in_window += 1
             start, body = self.refusal()
             await send(start)
             await send(body)
@@ -111,14 +114,16 @@ class InFlightLimit:
             return
         median = sorted(self._window)[len(self._window) // 2]
         half_target = self.latency_target_s / 2
-        if median > half_target:
+        if median > half_target and self._refused_in_window:
             self._windows_over += 1
             if self._windows_over >= 2:
                 self.limit = max(self.floor, int(self.limit * max(0.5, half_target / median)))
-        else:
+        elif median <= half_target:
             self._windows_over = 0
             self.limit = min(self.ceiling, self.limit + max(1, self.limit // 8))
-        self._window_start, self._window = now, []
+        else:
+            self._windows_over = 0  # slow, but the limit was not reached: not an overload
+        self._window_start, self._window, self._refused_in_window = now, [], 0
 
     def _in_service_format(self, send):
         """``send`` that answers Ray Serve's own refusal (a plain-text 503: its admission control refused a request
