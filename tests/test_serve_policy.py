@@ -260,14 +260,21 @@ def test_cli_options_override_the_config_file_only_when_given(tmp_path):
 
 
 def test_the_cli_a_config_file_and_serves_builder_args_resolve_the_same_settings(tmp_path):
-    """`recbandits serve ...`, a --config file and `serve run recbandits.serve.app:build_app key=value` (strings)
-    go through one parser: model settings at the top level or under model_config, arm_ids implying num_arms."""
-    from recbandits.serve.app import config_from_args
+    """`recbandits serve ...`, a --config file and `serve run recbandits.serve.app:build_app key=value` (strings,
+    validated by Ray Serve into the typed ServeArgs) resolve alike: model settings at the top level or under
+    model_config, arm_ids implying num_arms."""
+    from pydantic import ValidationError
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+    from ray.serve.deployment import Application
+
+    from recbandits.serve.app import build_app
     from recbandits.serve.cli import build_config
+    from recbandits.serve.config import ServeArgs, config_from_args
 
     expected_model = {"exploration": "greedy", "alpha": 0.5}
-    builder, builder_given = config_from_args({"state_dir": str(tmp_path), "context_dim": "3", "arm_ids": "a,b",
-                                               "exploration": "greedy", "alpha": "0.5", "fsync": "false"})
+    strings = {"state_dir": str(tmp_path / "built"), "context_dim": "3", "arm_ids": "a,b", "exploration": "greedy",
+               "alpha": "0.5", "fsync": "false"}
+    builder, builder_given = config_from_args(ServeArgs.model_validate(strings))
     settings = tmp_path / "serve.json"
     settings.write_text(json.dumps({"state_dir": str(tmp_path), "context_dim": 3, "arm_ids": ["a", "b"],
                                     "model_config": {"exploration": "ucb", "alpha": 0.5}, "fsync": False}))
@@ -276,10 +283,41 @@ def test_the_cli_a_config_file_and_serves_builder_args_resolve_the_same_settings
         assert config.model_config == expected_model and config.arm_ids == ["a", "b"] and config.num_arms == 2
         assert config.context_dim == 3 and config.fsync is False
         assert given == {"context_dim", "arm_ids", "num_arms", "model_config"}
-    with pytest.raises(ValueError, match=r"unknown service setting 'colour'"):
-        config_from_args({"colour": "blue"})
-    with pytest.raises(ValueError, match=r"context_dim='three' is not a valid value"):
-        config_from_args({"context_dim": "three"})
+    # Ray Serve's own builder call: it validates the strings into ServeArgs; the state dir records the policy.
+    app = call_user_app_builder_with_args_if_necessary(build_app, strings)
+    assert isinstance(app, Application)
+    service = json.loads((tmp_path / "built" / "service.json").read_text())["policy"]
+    assert (service["context_dim"], service["arm_ids"], service["model_config"]) == (3, ["a", "b"], expected_model)
+    assert ServeArgs.model_validate({"model_config": '{"alpha": 2}'}).model_dump(exclude_unset=True,
+                                                                                by_alias=True) == {
+        "model_config": {"alpha": 2}}
+    with pytest.raises(ValidationError, match=r"colour\n  Extra inputs are not permitted"):
+        call_user_app_builder_with_args_if_necessary(build_app, {"colour": "blue"})
+    with pytest.raises(ValidationError, match=r"context_dim\n  Input should be a valid integer"):
+        ServeArgs.model_validate({"context_dim": "three"})
+
+
+def test_every_serve_option_is_its_config_field(tmp_path):
+    """The serve command's options are ServeConfig's fields (spec_cli): names, scaled units, parsed lists."""
+    from typer.testing import CliRunner
+
+    from recbandits.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--state-dir", str(tmp_path), "--batch-wait-ms", "3",
+                                      "--latency-target-ms", "20", "--arm-ids", "x, y,z", "--join-window", "7.5",
+                                      "--no-fast-path", "--exploration", "greedy", "--lambda", "0.5",
+                                      "--drop-unrewarded", "--print-config"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert (printed["batch_wait_timeout_s"], printed["latency_target_s"], printed["join_window_s"]) == (
+        0.003, 0.02, 7.5)
+    assert (printed["arm_ids"], printed["num_arms"], printed["fast_path"], printed["default_reward"]) == (
+        ["x", "y", "z"], 3, False, None)
+    assert printed["model_config"] == {"exploration": "greedy", "lambda_": 0.5}
+    assert printed["state_dir"] == str(tmp_path)
+    help_text = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "240"}).stdout
+    assert "serve.batch wait, milliseconds. [default: 2.0]" in help_text
+    assert "Largest request body (413 beyond). [default: sized for --max-candidates, >= 1 MiB]" in help_text
 
 
 def test_metrics_interval_reaches_ray_and_is_checked():

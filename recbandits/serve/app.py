@@ -17,7 +17,6 @@ import asyncio
 import gc
 import hmac
 import inspect
-import json
 import logging
 import os
 import re
@@ -36,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 from recbandits.algos.candidates import Decision, LinearCandidatePolicy
-from recbandits.serve.config import ServeConfig
+from recbandits.serve.config import ServeArgs, ServeConfig, config_from_args
 from recbandits.serve.core import BanditCore, Rejection
 from recbandits.serve.eventlog import LogWriteError, dumps
 from recbandits.serve.learner import Learner, joined, raise_if_rejected, single_threaded_math
@@ -523,45 +522,19 @@ class Recommender:
         return _json({"service": "recbandits", "docs": "/docs", "openapi": "/openapi.json"})
 
 
-def config_from_args(args: dict[str, Any]) -> tuple[ServeConfig, set[str]]:
-    """A ServeConfig from application-builder args (``serve run ... key=value`` strings, or a RayService's YAML)."""
-    from dataclasses import fields
-
-    from recbandits.algos.options import MODEL_KEYS
-
-    text_fields = {"state_dir", "host", "checkpoint", "shape", "learning", "reward_rule", "user_table", "item_titles",
-                   "exploration"}
-    known = {item.name for item in fields(ServeConfig)} | set(MODEL_KEYS)
-    data: dict[str, Any] = {}
-    for key, value in args.items():
-        if key not in known:
-            raise ValueError(f"unknown service setting {key!r} (settings: {', '.join(sorted(known))})")
-        if isinstance(value, str) and key not in text_fields:
-            if key == "arm_ids" and not value.lstrip().startswith("["):
-                value = value.split(",")
-            else:
-                try:
-                    value = json.loads(value)
-                except json.JSONDecodeError:
-                    raise ValueError(f"{key}={value!r} is not a valid value") from None
-        data[key] = value
-    return ServeConfig.from_settings(data)
-
-
-def build_app(args: ServeConfig | dict[str, Any] | None = None):
-    """The Serve application (an application builder).
-
-    ``build_app(ServeConfig(...))`` from Python (``recbandits serve`` does this), or with Serve's builder
-    arguments: ``serve run recbandits.serve.app:build_app checkpoint=DIR state_dir=DIR`` or a RayService's
-    ``args``. The state dir is prepared here (first start: service.json and the initial policy).
-    """
+def build_app(args: ServeArgs):
+    """The Serve application, from Serve's typed builder arguments: ``serve run recbandits.serve.app:build_app
+    checkpoint=DIR state_dir=DIR`` or a RayService's ``args`` (Serve validates them into ``ServeArgs``, one
+    optional field per ServeConfig setting). The state dir is prepared here (first start: service.json and the
+    initial policy)."""
     from recbandits.serve.state import prepare_state_dir
 
-    if isinstance(args, ServeConfig):
-        config = prepare_state_dir(args)
-    else:
-        config, explicit = config_from_args(dict(args or {}))
-        config = prepare_state_dir(config, explicit)
+    config, explicit = config_from_args(args)
+    return service_app(prepare_state_dir(config, explicit))
+
+
+def service_app(config: ServeConfig):
+    """The Serve application of a prepared config (``recbandits serve`` builds it so)."""
     data = config.to_dict()
     actor_options = {"num_cpus": config.replica_num_cpus}
     # Ray Serve's admission control: beyond max_ongoing + max_queued requests a replica answers 503 with

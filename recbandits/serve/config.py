@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import json
 import math
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import pydantic
 
 from recbandits.algos.options import EXPLORATIONS, MODEL_KEYS
+from recbandits.spec_cli import option
 
 LEARNING_MODES = ("in_process", "learner")
 REWARD_RULES = ("first", "sum")
@@ -25,73 +29,94 @@ POLICY_FIELDS = ("shape", "context_dim", "num_arms", "arm_dim", "arm_ids", "inte
 SERVICE_FILE = "service.json"
 
 
+def _comma_separated(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 @dataclass
 class ServeConfig:
-    """Everything a service needs; see docs/serve.md for each field."""
+    """Everything a service needs; each field's help is its ``recbandits serve`` option (docs/serve.md)."""
 
     # Where the state lives (event log, policy versions, service.json) and where the service listens.
-    state_dir: str = "runs/serve"
-    host: str = "127.0.0.1"
-    port: int = 8000
+    state_dir: str = option("runs/serve", help="Event log, policy snapshots, service.json (restart: same dir).")
+    host: str = option("127.0.0.1", help="HTTP host.")
+    port: int = option(8000, help="HTTP port of Ray Serve's proxy (every replica behind it).")
     # Fast path (Ray Serve's throughput-optimized mode): each ingress replica also serves HTTP itself on a port
-    # of [replica_port, replica_port + num_replicas + 8); None: port + 1.
-    fast_path: bool = True
-    replica_port: int | None = None
-    metrics_port: int | None = None  # Prometheus export of Ray (and Serve) metrics; None: Ray picks one
-    # How often Ray's processes export their metrics to the node's agent (local Ray; Ray's default is 10 s). On a
-    # small machine each export stalls serving for a moment: see docs/serve.md.
-    metrics_interval_s: float = 60.0
-    # Local Ray: run Ray's dashboard agent (node stats, the metrics pipeline) at idle CPU priority, so that its
-    # bursts of work wait for the cores the replicas leave free instead of delaying requests (docs/serve.md).
-    idle_ray_agent: bool = True
+    # of [replica_port, replica_port + num_replicas + 8).
+    fast_path: bool = option(True, help="Ray Serve's throughput-optimized mode (replicas serve HTTP directly, gRPC "
+                                        "handles).")
+    replica_port: int | None = option(None, default_text="--port + 1",
+                                      help="Fast path: first port of the replicas' own HTTP servers.")
+    metrics_port: int | None = option(None, default_text="one Ray picks",
+                                      help="Prometheus port of Ray's metrics (local Ray).")
+    # On a small machine each export stalls serving for a moment: see docs/serve.md.
+    metrics_interval_s: float = option(60.0, flag="--metrics-interval",
+                                       help="Seconds between Ray's metric exports (local Ray; Ray's own: 10).")
+    # Its bursts of work wait for the cores the replicas leave free instead of delaying requests (docs/serve.md).
+    idle_ray_agent: bool = option(True, help="Local Ray: run Ray's dashboard agent at idle CPU priority "
+                                             "(SCHED_IDLE).")
 
-    # The starting policy: a checkpoint (recbandits simulate --out DIR, its DIR/checkpoint, or an RLModule
-    # checkpoint), or a cold start for this feature spec.
-    checkpoint: str | None = None
-    shape: str = "disjoint"
-    context_dim: int = 20
-    num_arms: int = 20  # disjoint: the arms (one model each); shared: unused
-    arm_dim: int = 0  # shared: per-arm feature dimension
-    arm_ids: list[str] | None = None  # disjoint: ids of the arms (default "0".."K-1")
-    interaction: bool = False
-    model_config: dict[str, Any] = field(default_factory=dict)
-    user_table: str | None = None  # .npz (ids, features) or .csv (user_id, f0, f1, ...) for user_id contexts
-    item_titles: str | None = None  # .json {id: title} or .csv (id, title): rankings carry the known items' titles
+    # The starting policy: a checkpoint, or a cold start for this feature spec.
+    checkpoint: str | None = option(None, default_text="a cold start", help=(
+        "Start from `recbandits simulate --out DIR` (DIR or DIR/checkpoint) or an RLModule checkpoint."))
+    shape: str = option("disjoint", help="Cold start: disjoint | shared.")
+    context_dim: int = option(20, help="Cold start: context (user / global) dimension.")
+    num_arms: int = option(20, help="Cold start, disjoint: number of arms (shared: unused).")
+    arm_dim: int = option(0, help="Cold start, shared: per-arm feature dimension.")
+    arm_ids: list[str] | None = option(None, parse=_comma_separated, default_text="0..K-1",
+                                       help="Disjoint: comma-separated arm ids.")
+    interaction: bool = option(False, help="Shared: add global x arm features.")
+    model_config: dict[str, Any] = field(default_factory=dict)  # MODEL_KEYS; the CLI's --exploration, --alpha, ...
+    user_table: str | None = option(None, help=".npz (ids, features) or .csv (user_id, f0, f1, ...) user table for "
+                                               "user_id contexts.")
+    item_titles: str | None = option(None, default_text="a simulate run's movie titles",
+                                     help=".json {id: title} or .csv (id, title): rankings carry titles.")
 
     # Serving.
-    learning: str = "in_process"
-    num_replicas: int = 1
-    max_batch_size: int = 64
-    batch_wait_timeout_s: float = 0.002
-    sync_wait_s: float = 0.005  # learner mode: a replica's decisions and rewards go to the learner in one call per wait
-    max_candidates: int = 1000
+    learning: str = option("in_process", help="in_process | learner")
+    num_replicas: int = option(1, help="Ingress replicas (learner mode).")
+    max_batch_size: int = option(64, help="serve.batch size for scoring.")
+    batch_wait_timeout_s: float = option(0.002, flag="--batch-wait-ms", scale=1000,
+                                         help="serve.batch wait, milliseconds.")
+    sync_wait_s: float = option(0.005, flag="--sync-wait-ms", scale=1000,
+                                help="Learner mode: a replica sends its decisions and rewards to the learner every "
+                                     "this many ms.")
+    max_candidates: int = option(1000, help="Largest candidate list accepted.")
     replica_num_cpus: float = 0.0
 
-    # Admission control and HTTP limits (docs/serve.md, "Limits"). A replica works on at most
-    # max_ongoing_requests at once and queues at most max_queued_requests more; a request beyond that gets 503
-    # with Retry-After at once (serve/limits.py, then Ray Serve), so that the accepted ones keep their latency.
-    max_ongoing_requests: int = 96
-    max_queued_requests: int = 32
-    retry_after_s: float = 1.0
-    # Under sustained overload the in-flight limits shrink to keep served requests within this (0: fixed limits).
-    latency_target_s: float = 0.05
-    max_connections: int = 1024  # per HTTP server; more get 503 before anything is parsed
-    max_body_bytes: int | None = None  # None: sized for max_candidates candidates with arm_dim features
-    header_timeout_s: float = 10.0  # a connection must complete its request headers within this
-    keep_alive_timeout_s: float = 5.0  # idle keep-alive connections are closed after this
-    admin_token_file: str | None = None  # None: <state_dir>/admin.token, created on the first start
+    # Admission control and HTTP limits (docs/serve.md, "Limits"): a request beyond them gets 503 with
+    # Retry-After at once (serve/limits.py, then Ray Serve), so that the accepted ones keep their latency.
+    max_ongoing_requests: int = option(96, help="Requests a replica works on at once (Ray Serve admission "
+                                                "control).")
+    max_queued_requests: int = option(32, help="Requests a replica queues beyond those; more get 503 with "
+                                               "Retry-After at once.")
+    retry_after_s: float = option(1.0, flag="--retry-after", help="Retry-After seconds of a 503.")
+    latency_target_s: float = option(0.05, flag="--latency-target-ms", scale=1000, help=(
+        "Under sustained overload the in-flight limits shrink to keep served requests within this; 0: fixed."))
+    max_connections: int = option(1024, help="Open connections per HTTP server; more get 503 before anything is "
+                                             "read.")
+    max_body_bytes: int | None = option(None, default_text="sized for --max-candidates, >= 1 MiB",
+                                        help="Largest request body (413 beyond).")
+    header_timeout_s: float = option(10.0, flag="--header-timeout",
+                                     help="Seconds a connection has to send complete request headers.")
+    keep_alive_timeout_s: float = option(5.0, flag="--keep-alive-timeout",
+                                         help="Seconds an idle keep-alive connection stays open.")
+    admin_token_file: str | None = option(None, default_text="STATE_DIR/admin.token, made on first start",
+                                          help="File holding the admin API's bearer token.")
 
     # Joining rewards with decisions.
-    join_window_s: float = 60.0
-    default_reward: float | None = 0.0  # None: an event without reward in the window is dropped
-    reward_rule: str = "first"
+    join_window_s: float = option(60.0, flag="--join-window", help="Seconds a reward may follow its decision.")
+    default_reward: float | None = option(0.0, help="Reward learned when none came in the window (see "
+                                                    "--drop-unrewarded).")
+    reward_rule: str = option("first", help="first | sum: several rewards for one event.")
 
     # Learning, versions and durability.
-    update_interval_s: float | None = None  # None: 0.05 s in-process (checked before each scoring batch), 0.1 s learner
-    snapshot_interval_s: float = 10.0
-    keep_snapshots: int = 20
+    update_interval_s: float | None = option(None, flag="--update-interval", default_text="0.05 in-process, 0.1 "
+                                             "learner", help="Seconds between policy updates.")
+    snapshot_interval_s: float = option(10.0, flag="--snapshot-interval", help="Seconds between policy snapshots.")
+    keep_snapshots: int = option(20, help="Snapshots kept (besides rollbacks).")
     closed_retention: int = 200_000  # closed event ids remembered (409 instead of 404 for late rewards)
-    fsync: bool = True
+    fsync: bool = option(True, help="fsync the event log before every acknowledgement.")
 
     def __post_init__(self):
         if self.arm_ids is not None:
@@ -249,3 +274,43 @@ def reconcile_with_state(config: ServeConfig, stored: dict[str, Any] | None, exp
             "use a new --state-dir or leave these settings out"
         )
     return ServeConfig.from_dict(data)
+
+
+def _text_list(value: Any) -> Any:
+    """``a,b`` (a builder argument on Serve's command line) or a JSON list."""
+    if isinstance(value, str):
+        return json.loads(value) if value.lstrip().startswith("[") else _comma_separated(value)
+    return value
+
+
+def _json_text(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _builder_args_model() -> type[pydantic.BaseModel]:
+    """Ray Serve's typed builder arguments: every ServeConfig field and model setting, each optional (left out:
+    the config's default, or the state dir's on a restart). Serve validates the ``key=value`` strings of
+    ``serve run`` (or a RayService's ``args``) into it; an unknown key is refused."""
+    hints = typing.get_type_hints(ServeConfig)
+    definitions: dict[str, Any] = {}
+    for item in fields(ServeConfig):
+        kind = hints[item.name]
+        if item.name == "arm_ids":
+            kind = Annotated[kind, pydantic.BeforeValidator(_text_list)]
+        elif item.name == "model_config":  # a name pydantic reserves: the field is model_settings, aliased
+            definitions["model_settings"] = (Annotated[dict[str, Any] | None, pydantic.BeforeValidator(_json_text)],
+                                             pydantic.Field(None, alias="model_config"))
+            continue
+        definitions[item.name] = (kind | None, None)
+    model_types = {"exploration": str, "seed": int}
+    definitions.update({key: (model_types.get(key, float) | None, None) for key in MODEL_KEYS})
+    return pydantic.create_model("ServeArgs", __config__=pydantic.ConfigDict(extra="forbid", populate_by_name=True),
+                                 **definitions)
+
+
+ServeArgs = _builder_args_model()
+
+
+def config_from_args(args: pydantic.BaseModel) -> tuple[ServeConfig, set[str]]:
+    """The ServeConfig of Serve's builder arguments, and the policy fields they give."""
+    return ServeConfig.from_settings(args.model_dump(exclude_unset=True, by_alias=True))

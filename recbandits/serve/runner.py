@@ -3,7 +3,7 @@
 ``python -m recbandits.serve --state-dir DIR --port 8000 ...`` (or ``recbandits serve``) runs ``run_service``:
 it prepares the state dir (first start: ``service.json`` and the initial policy), starts Ray Serve with the
 fast path switched on through Ray Serve's environment variables (they must be set before Ray starts), deploys
-``build_app(config)``, prints one JSON line ``{"ready": true, "url": ..., "replica_urls": [...], ...}`` on
+``service_app(config)``, prints one JSON line ``{"ready": true, "url": ..., "replica_urls": [...], ...}`` on
 stdout, and serves until SIGINT/SIGTERM (then shuts Serve down gracefully: a final snapshot is written).
 A SIGKILL loses nothing acknowledged: the next start on the same state dir restores and replays.
 """
@@ -228,7 +228,7 @@ def start_service(config: ServeConfig, address: str | None = None, explicit: set
     """
     from ray import serve
 
-    from recbandits.serve.app import build_app
+    from recbandits.serve.app import service_app
     from recbandits.serve.state import admin_token_path, check_state_dir, prepare_state_dir, read_admin_token
 
     started = time.perf_counter()
@@ -237,7 +237,7 @@ def start_service(config: ServeConfig, address: str | None = None, explicit: set
     config = prepare_state_dir(config, explicit)
     start_ray_serve(config, address, output)
     try:
-        serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
+        serve.run(service_app(config), name=APP_NAME, route_prefix="/", blocking=False)
     except RuntimeError as error:
         cause = deployment_failure()
         raise RuntimeError(f"the service did not start: {cause}" if cause else str(error).splitlines()[0]) from None
