@@ -32,7 +32,13 @@ from typing import Annotated, Any
 
 import typer
 
+from recbandits.console import fail
+
 _CLI = "recbandits.cli"
+
+# Options several commands share.
+DATA_DIR_HELP = "MovieLens directory (default: $RECBANDITS_DATA_DIR or the embedded data)."
+ADDRESS_HELP = "Ray cluster: auto, host:port or ray://host:port (default: a local Ray)."
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = None, scale: float = 1.0,
@@ -121,7 +127,10 @@ def spec_command(spec: type, run: Callable[..., Any], *, doc: str, extra: Sequen
                 continue
             meta = item.metadata[_CLI]
             if meta["parse"] is not None:
-                value = meta["parse"](value)
+                try:
+                    value = meta["parse"](value)
+                except ValueError as error:  # the parser's message names the option
+                    raise fail(str(error)) from None
             elif meta["scale"] != 1.0:
                 value = value / meta["scale"]
             settings[item.name] = value

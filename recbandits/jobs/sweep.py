@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from recbandits.algos.options import TF_AGENTS_ALGOS
+from recbandits.algos.options import LINEAR_ALGOS, TF_AGENTS_ALGOS
+from recbandits.spec_cli import DATA_DIR_HELP, option
 
 if TYPE_CHECKING:
     from ray.tune.search.sample import Domain
@@ -119,21 +120,23 @@ def parse_seeds(text: str) -> list[int]:
 class SweepSpec:
     """Everything that defines a sweep (written to ``sweep.json``; ``--resume`` reads it back)."""
 
-    env: str = "movielens"
-    algo: str = "linucb"
-    steps: int = 100_000
-    space: dict[str, str] = field(default_factory=dict)  # parameter -> "1,5,10" | "0.1:20" | "50x50,100"
-    seeds: list[int] = field(default_factory=lambda: [0])
-    num_samples: int = 1
-    search: str = "grid"
-    search_seed: int = 0
-    asha: bool = False
-    grace_steps: int | None = None
-    max_concurrent: int | None = None
-    num_env_runners: int = 0
-    num_envs_per_env_runner: int = 256
-    rollout_fragment_length: int = 8
-    data_dir: str | None = None
+    env: str = option("movielens", help="movielens | movielens-per-arm | movielens-ranking")
+    algo: str = option("linucb", help=" | ".join(LINEAR_ALGOS + TF_AGENTS_ALGOS))
+    steps: int = option(100_000, help="Env steps per trial.")
+    # parameter -> "1,5,10" | "0.1:20" | "50x50,100": the --alpha, --lambda, ... options of tune_command
+    space: dict[str, str] = field(default_factory=dict)
+    seeds: list[int] = option(default_factory=lambda: [0], parse=parse_seeds, default_text="0",
+                              help="Seeds every configuration runs with, e.g. 0,1,2.")
+    num_samples: int = option(1, help="Draws per grid point of the ranges (and of the lists with --search random).")
+    search: str = option("grid", help="grid: cross the lists; random: draw from them.")
+    search_seed: int = option(0, help="Seed of the draws from ranges and random choices.")
+    asha: bool = option(False, help="Stop bad trials early (ASHA on cumulative regret).")
+    grace_steps: int | None = option(None, default_text="steps/9", help="Env steps before ASHA may stop a trial.")
+    max_concurrent: int | None = option(None, default_text="as many as the CPUs hold", help="Trials at once.")
+    num_env_runners: int = option(0, help="Env runner actors per trial (0: sample in the trial).")
+    num_envs_per_env_runner: int = option(256, flag="--num-envs", help="Sub-envs per env runner.")
+    rollout_fragment_length: int = option(8, help="Vector steps per runner per iteration.")
+    data_dir: str | None = option(None, help=DATA_DIR_HELP)
 
     def __post_init__(self) -> None:
         from recbandits.algos.options import USES, check_applicable

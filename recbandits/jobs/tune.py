@@ -31,11 +31,8 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
-
-from recbandits.algos.options import LINEAR_ALGOS, TF_AGENTS_ALGOS
 from recbandits.console import fail
 from recbandits.jobs.sweep import (
     CONFIG_ID,
@@ -46,9 +43,9 @@ from recbandits.jobs.sweep import (
     PARAMETERS,
     STEPS_KEY,
     SweepSpec,
-    parse_seeds,
 )
 from recbandits.jobs.sweep_results import results_table, write_outputs
+from recbandits.spec_cli import ADDRESS_HELP, cli_option, spec_command
 
 # ------------------------------------------------------------------------------------------------------------
 # Trainables: the RLlib Algorithm classes
@@ -333,107 +330,34 @@ def _print_summary(summary: dict[str, Any]) -> None:
     )
 
 
-def tune_command(
-    env: Annotated[str, typer.Option(help="movielens | movielens-per-arm | movielens-ranking")] = "movielens",
-    algo: Annotated[
-        str, typer.Option(help=f"{' | '.join(LINEAR_ALGOS)} | {' | '.join(TF_AGENTS_ALGOS)}")
-    ] = "linucb",
-    steps: Annotated[int, typer.Option(help="Env steps per trial.")] = 100_000,
-    num_samples: Annotated[
-        int, typer.Option(help="Draws per grid point of the ranges (and of the lists with --search random).")
-    ] = 1,
-    alpha: Annotated[
-        str | None, typer.Option(help="UCB width: a list (1,5,10) or a range (0.1:20, log-uniform)." + NOT_SWEPT)
-    ] = None,
-    lambda_: Annotated[
-        str | None,
-        typer.Option(
-            "--lambda",
-            help="Ridge regularization (TF-Agents: tikhonov_weight): list or range (log-uniform)." + NOT_SWEPT,
-        ),
-    ] = None,
-    gamma: Annotated[
-        str | None, typer.Option(help="Forgetting factor per batch: list or range (uniform)." + NOT_SWEPT)
-    ] = None,
-    epsilon: Annotated[
-        str | None, typer.Option(help="Exploration rate: list or range (log-uniform)." + NOT_SWEPT)
-    ] = None,
-    layers: Annotated[
-        str | None,
-        typer.Option(help="Hidden layers of TF-Agents' neural policies: networks like 50x50x50,100x100." + NOT_SWEPT),
-    ] = None,
-    seeds: Annotated[str, typer.Option(help="Seeds every configuration runs with, e.g. 0,1,2.")] = "0",
-    search: Annotated[str, typer.Option(help="grid: cross the lists; random: draw from them.")] = "grid",
-    search_seed: Annotated[int, typer.Option(help="Seed of the draws from ranges and random choices.")] = 0,
-    asha: Annotated[
-        bool, typer.Option("--asha/--no-asha", help="Stop bad trials early (ASHA on cumulative regret).")
-    ] = False,
-    grace_steps: Annotated[
-        int | None, typer.Option(help="Env steps before ASHA may stop a trial (default steps/9).")
-    ] = None,
-    max_concurrent: Annotated[
-        int | None, typer.Option(help="Trials at once (default: as many as the CPUs hold).")
-    ] = None,
-    num_env_runners: Annotated[
-        int, typer.Option(help="Env runner actors per trial (0: sample in the trial).")
-    ] = 0,
-    num_envs: Annotated[int, typer.Option(help="Sub-envs per env runner.")] = 256,
-    rollout_fragment_length: Annotated[int, typer.Option(help="Vector steps per runner per iteration.")] = 8,
-    data_dir: Annotated[
-        str | None,
-        typer.Option(
-            "--data-dir", help="MovieLens directory (default: $RECBANDITS_DATA_DIR or the embedded data)."
-        ),
-    ] = None,
-    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/tune"),
-    address: Annotated[
-        str | None,
-        typer.Option(
-            "--address", help="Ray cluster: auto, host:port or ray://host:port (default: a local Ray)."
-        ),
-    ] = None,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume",
-            help="Continue the interrupted sweep in --out (its other settings come from sweep.json).",
-        ),
-    ] = False,
-    tune_output: Annotated[
-        int, typer.Option(help="Ray Tune's own progress output: 0 none (recbandits' progress bar), 1 status "
-                               "tables, 2 every result.")
-    ] = 0,
-) -> None:
-    """Ray Tune sweep of a bandit's hyperparameters and seeds: results.csv/.md, best_config.json, plots."""
-    space = {
-        name: value
-        for name, value in dict(
-            alpha=alpha, **{"lambda": lambda_}, gamma=gamma, epsilon=epsilon, layers=layers
-        ).items()
-        if value is not None
-    }
+def _tune(settings: dict[str, Any], *, alpha: str | None, lambda_: str | None, gamma: str | None,
+          epsilon: str | None, layers: str | None, out: Path, address: str | None, resume: bool,
+          tune_output: int) -> None:
+    space = {name: value for name, value in
+             {"alpha": alpha, "lambda": lambda_, "gamma": gamma, "epsilon": epsilon, "layers": layers}.items()
+             if value is not None}
     try:
-        spec = None
-        if not resume:
-            spec = SweepSpec(
-                env=env,
-                algo=algo,
-                steps=steps,
-                space=space,
-                seeds=parse_seeds(seeds),
-                num_samples=num_samples,
-                search=search,
-                search_seed=search_seed,
-                asha=asha,
-                grace_steps=grace_steps,
-                max_concurrent=max_concurrent,
-                num_env_runners=num_env_runners,
-                num_envs_per_env_runner=num_envs,
-                rollout_fragment_length=rollout_fragment_length,
-                data_dir=data_dir,
-            )
+        spec = None if resume else SweepSpec(**settings, space=space)
         summary = run_sweep(spec, out, address=address, resume=resume, verbose=tune_output,
                             progress=tune_output == 0)
     except (ValueError, ConnectionError) as error:
         raise fail(str(error)) from None
     _print_summary(summary)
+
+
+# SweepSpec's fields are the options; the hyperparameters (SweepSpec.space) and where the sweep runs are these.
+tune_command = spec_command(SweepSpec, _tune, name="tune", extra=[
+    cli_option("alpha", str | None, None, "UCB width: a list (1,5,10) or a range (0.1:20, log-uniform)." + NOT_SWEPT),
+    cli_option("lambda_", str | None, None, "Ridge regularization (TF-Agents: tikhonov_weight): list or range "
+               "(log-uniform)." + NOT_SWEPT, "--lambda"),
+    cli_option("gamma", str | None, None, "Forgetting factor per batch: list or range (uniform)." + NOT_SWEPT),
+    cli_option("epsilon", str | None, None, "Exploration rate: list or range (log-uniform)." + NOT_SWEPT),
+    cli_option("layers", str | None, None, "Hidden layers of TF-Agents' neural policies: networks like "
+               "50x50x50,100x100." + NOT_SWEPT),
+    cli_option("out", Path, Path("runs/tune"), "Output directory."),
+    cli_option("address", str | None, None, ADDRESS_HELP),
+    cli_option("resume", bool, False, "Continue the interrupted sweep in --out (its other settings come from "
+               "sweep.json).", "--resume"),
+    cli_option("tune_output", int, 0, "Ray Tune's own progress output: 0 none (recbandits' progress bar), 1 status "
+               "tables, 2 every result."),
+], doc="Ray Tune sweep of a bandit's hyperparameters and seeds: results.csv/.md, best_config.json, plots.")
