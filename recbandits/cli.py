@@ -10,9 +10,12 @@ import typer
 
 from recbandits.console import fail
 from recbandits.data.cli import data_app
+from recbandits.jobs.cli_options import ENV_OPTIONS, TRAINING_OPTIONS, options
+from recbandits.jobs.simulate import SimulationSpec
 from recbandits.jobs.tune import tune_command
 from recbandits.loadgen.cli import loadtest_command
 from recbandits.serve.cli import serve_command
+from recbandits.spec_cli import ADDRESS_HELP, DATA_DIR_HELP, cli_option, spec_command, with_options
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Contextual-bandit recommendation on Ray.")
 
@@ -31,14 +34,8 @@ app.command("tune")(tune_command)
 app.command("serve")(serve_command)
 app.command("loadtest")(loadtest_command)
 
-DataDir = Annotated[
-    str | None,
-    typer.Option("--data-dir", help="MovieLens directory (default: $RECBANDITS_DATA_DIR or the embedded data)."),
-]
-Address = Annotated[
-    str | None,
-    typer.Option("--address", help="Ray cluster: auto, host:port or ray://host:port (default: a local Ray)."),
-]
+DataDir = Annotated[str | None, typer.Option("--data-dir", help=DATA_DIR_HELP)]
+Address = Annotated[str | None, typer.Option("--address", help=ADDRESS_HELP)]
 
 
 
@@ -68,75 +65,35 @@ def _print_summary(summary: dict) -> None:
                     "checkpoint/", soft_wrap=True)
 
 
-@app.command()
-def simulate(
-    env: Annotated[str, typer.Option(help="movielens | movielens-per-arm | movielens-ranking")] = "movielens",
-    algo: Annotated[str, typer.Option(help="linucb | lints | eps-greedy | random | oracle | tfa-linucb | tfa-lints "
-                                           "| tfa-neural-eps-greedy | tfa-neural-linucb")] = "linucb",
-    steps: Annotated[int, typer.Option(help="Env steps to train for.")] = 100_000,
-    num_env_runners: Annotated[int, typer.Option(help="Parallel env runner actors (0: sample in the driver).")] = 1,
-    num_envs: Annotated[int, typer.Option(help="Sub-envs per env runner (the batch of one vector step).")] = 256,
-    rollout_fragment_length: Annotated[int, typer.Option(help="Vector steps per runner per iteration.")] = 8,
-    data_dir: DataDir = None,
-    seed: Annotated[int, typer.Option(help="Seed of the simulators and the policies.")] = 0,
-    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/simulate"),
-    address: Address = None,
-    alpha: Annotated[float | None, typer.Option(
-        help="UCB width (tfa-lints: sample scale) \\[default: linucb 1.0, tfa-* 10.0]")] = None,
-    lambda_: Annotated[float | None, typer.Option(
-        "--lambda", help="Ridge regularization \\[default: 1.0; tfa-linucb 0.001, tfa-lints 1.0]")] = None,
-    gamma: Annotated[float | None, typer.Option(help="Forgetting factor per batch \\[default: 1.0, none]")] = None,
-    epsilon: Annotated[float | None, typer.Option(
-        help="Exploration rate (eps-greedy, neural tfa-*) \\[default: 0.05]")] = None,
-    interaction: Annotated[bool | None, typer.Option(
-        "--interaction/--no-interaction",
-        help="Per-arm envs: learn on the outer product of user and movie features too \\[default: on there]")] = None,
-    posterior_scale: Annotated[float | None, typer.Option(
-        help="LinTS: a fixed v of N(theta, v^2 A^-1) \\[default: estimated from the residuals]")] = None,
-    rank: Annotated[int | None, typer.Option(help="Rank of the rating factorization \\[default: 20]")] = None,
-    num_movies: Annotated[int | None, typer.Option(help="movielens: movies to recommend \\[default: 20]")] = None,
-    num_actions: Annotated[int | None, typer.Option(
-        help="movielens-per-arm: candidates per step \\[default: 20]")] = None,
-    num_candidates: Annotated[int | None, typer.Option(
-        help="movielens-ranking: candidates per step \\[default: 20]")] = None,
-    slate_size: Annotated[int | None, typer.Option(help="movielens-ranking: slots per slate \\[default: 5]")] = None,
-    reward_type: Annotated[str | None, typer.Option(
-        help="rating | click (movielens, movielens-per-arm) \\[default: rating]")] = None,
-    choice_model: Annotated[str | None, typer.Option(
-        help="cascade | position_based (movielens-ranking) \\[default: cascade]")] = None,
-    feedback: Annotated[str | None, typer.Option(
-        help="cascading | score_vector (movielens-ranking) \\[default: cascading for cascade, score_vector for "
-        "position_based]")] = None,
-    drift_rate: Annotated[float | None, typer.Option(
-        help="Env preference drift, radians per step \\[default: 0.0]")] = None,
-    references: Annotated[bool, typer.Option(help="Also run the random and oracle references.")] = True,
-    overwrite: Annotated[bool, typer.Option(help="Replace a run already in --out (else refused).")] = False,
-    resume: Annotated[Path | None, typer.Option(
-        help="Continue the run in this directory from its checkpoint to --steps in all (its other settings come "
-             "from its config.json). \\[default: a new run]")] = None,
-) -> None:
-    """Train a bandit on a simulated MovieLens env; write metrics.csv, TensorBoard events, regret.png, a checkpoint."""
+def _simulate(settings: dict, *, env_config: dict, training: dict, out: Path, address: str | None,
+              references: bool, overwrite: bool, resume: Path | None) -> None:
     from recbandits.algos.options import training_options
-    from recbandits.jobs.simulate import SimulationSpec, env_options
+    from recbandits.jobs.simulate import env_options
     from recbandits.jobs.simulate import simulate as run_simulation
 
     try:
-        env_config = env_options(env, {
-            "rank": rank, "num_movies": num_movies, "num_actions": num_actions, "num_candidates": num_candidates,
-            "slate_size": slate_size, "reward_type": reward_type, "choice_model": choice_model, "feedback": feedback,
-            "drift_rate": drift_rate})
-        training = training_options(algo, {"alpha": alpha, "lambda": lambda_, "gamma": gamma, "epsilon": epsilon,
-                                           "interaction": interaction, "posterior_scale": posterior_scale})
-        spec = SimulationSpec(env=env, algo=algo, steps=steps, num_env_runners=num_env_runners,
-                              num_envs_per_env_runner=num_envs, rollout_fragment_length=rollout_fragment_length,
-                              data_dir=data_dir, seed=seed, env_config=env_config, training=training)
-        if resume is not None:
-            out = resume
-        summary = run_simulation(spec, out, address=address, references=references, overwrite=overwrite,
+        spec = SimulationSpec(**settings)
+        spec.env_config = env_options(spec.env, env_config)
+        spec.training = training_options(spec.algo, training)
+        summary = run_simulation(spec, resume or out, address=address, references=references, overwrite=overwrite,
                                  resume=resume is not None)
     except (ValueError, ConnectionError) as error:
         raise fail(str(error)) from None
     _print_summary(summary)
+
+
+# SimulationSpec's fields are the options; the env's settings and the hyperparameters are shared groups.
+_simulate_command = spec_command(SimulationSpec, _simulate, name="simulate", extra=[
+    cli_option("out", Path, Path("runs/simulate"), "Output directory."),
+    cli_option("address", str | None, None, ADDRESS_HELP),
+    cli_option("references", bool, True, "Also run the random and oracle references.", "--references/--no-references"),
+    cli_option("overwrite", bool, False, "Replace a run already in --out (else refused).",
+               "--overwrite/--no-overwrite"),
+    cli_option("resume", Path | None, None, "Continue the run in this directory from its checkpoint to --steps in all "
+               "(its other settings come from its config.json). \\[default: a new run]"),
+], doc="Train a bandit on a simulated MovieLens env; write metrics.csv, TensorBoard events, regret.png, a checkpoint.")
+app.command("simulate")(with_options("env_config", options(ENV_OPTIONS))(
+    with_options("training", options(TRAINING_OPTIONS))(_simulate_command)))
 
 
 @app.command()
@@ -244,6 +201,7 @@ def logs_from_ratings(
 
 
 @logs_app.command("collect")
+@with_options("env_config", options(ENV_OPTIONS, leave_out=("feedback", "drift_rate")))
 def logs_collect(
     out: Annotated[Path, typer.Argument(help="Output dataset directory.")],
     env: Annotated[str, typer.Option(help="movielens | movielens-per-arm | movielens-ranking")] = "movielens",
@@ -256,16 +214,7 @@ def logs_collect(
     temperature: Annotated[float, typer.Option(help="softmax: temperature on the expected rewards.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed of the simulators and the logging policy.")] = 0,
     data_dir: DataDir = None,
-    rank: Annotated[int | None, typer.Option(help="Rank of the rating factorization \\[default: 20]")] = None,
-    num_movies: Annotated[int | None, typer.Option(help="movielens: movies to recommend \\[default: 20]")] = None,
-    num_actions: Annotated[int | None, typer.Option(
-        help="movielens-per-arm: candidates per step \\[default: 20]")] = None,
-    reward_type: Annotated[str | None, typer.Option(help="rating | click \\[default: rating]")] = None,
-    num_candidates: Annotated[int | None, typer.Option(
-        help="movielens-ranking: candidates per step \\[default: 20]")] = None,
-    slate_size: Annotated[int | None, typer.Option(help="movielens-ranking: slots per slate \\[default: 5]")] = None,
-    choice_model: Annotated[str | None, typer.Option(
-        help="cascade | position_based (movielens-ranking) \\[default: cascade]")] = None,
+    env_config: dict | None = None,
     address: Address = None,
 ) -> None:
     """Log a known policy on a simulator: exact propensities and every candidate's expected reward."""
@@ -274,11 +223,9 @@ def logs_collect(
     from recbandits.logs import LogFormatError
 
     try:
-        env_config = env_options(env, {"rank": rank, "num_movies": num_movies, "num_actions": num_actions,
-                                       "reward_type": reward_type, "num_candidates": num_candidates,
-                                       "slate_size": slate_size, "choice_model": choice_model})
-        summary = collect(env, policy, steps, out, data_dir=data_dir, env_config=env_config, workers=workers,
-                          num_envs=num_envs, epsilon=epsilon, temperature=temperature, seed=seed, address=address)
+        summary = collect(env, policy, steps, out, data_dir=data_dir, env_config=env_options(env, env_config),
+                          workers=workers, num_envs=num_envs, epsilon=epsilon, temperature=temperature, seed=seed,
+                          address=address)
     except (ValueError, LogFormatError, ConnectionError) as error:
         raise fail(str(error)) from None
     value = "" if summary["policy_value"] is None else f", expected reward per decision {summary['policy_value']:.4f}"
@@ -304,23 +251,14 @@ def logs_export(
 
 
 @app.command()
+@with_options("training", options(TRAINING_OPTIONS, leave_out=("gamma",)))
 def train(
     data: Annotated[Path, typer.Option(help="A logged-feedback dataset directory.")],
     algo: Annotated[str, typer.Option(help="linucb | lints | eps-greedy | tfa-linucb | tfa-lints | "
                                            "tfa-neural-eps-greedy | tfa-neural-linucb")] = "linucb",
     out: Annotated[Path, typer.Option(help="Output directory (checkpoint/, train.json).")] = Path("runs/train"),
     address: Address = None,
-    alpha: Annotated[float | None, typer.Option(
-        help="UCB width (tfa-lints: sample scale) \\[default: 1.0; tfa-* 10.0]")] = None,
-    lambda_: Annotated[float | None, typer.Option(
-        "--lambda", help="Ridge regularization \\[default: 1.0; tfa-linucb 0.001, tfa-lints 1.0]")] = None,
-    epsilon: Annotated[float | None, typer.Option(
-        help="Exploration rate (eps-greedy, neural tfa-*) \\[default: 0.05]")] = None,
-    interaction: Annotated[bool | None, typer.Option(
-        "--interaction/--no-interaction",
-        help="Shared datasets: learn on the outer product of context and candidate features \\[default: on]")] = None,
-    posterior_scale: Annotated[float | None, typer.Option(
-        help="LinTS: a fixed v of N(theta, v^2 A^-1) \\[default: estimated from the residuals]")] = None,
+    training: dict | None = None,
 ) -> None:
     """Train a bandit on logged data (linear: Ray Data, exact ridge statistics; tfa-*: TF-Agents' agent.train)."""
     from recbandits.algos.options import training_options
@@ -328,9 +266,7 @@ def train(
     from recbandits.logs import LogFormatError
 
     try:
-        options = training_options(algo, {"alpha": alpha, "lambda": lambda_, "epsilon": epsilon,
-                                          "interaction": interaction, "posterior_scale": posterior_scale})
-        summary = run_training(data, algo, out, options, address=address)
+        summary = run_training(data, algo, out, training_options(algo, training), address=address)
     except (ValueError, LogFormatError, ConnectionError) as error:
         raise fail(str(error)) from None
     typer.echo(f"learned {summary['learned_rows']:,.0f} rewards from {summary['rows']:,} rows in {summary['files']} "

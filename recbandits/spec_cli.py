@@ -140,3 +140,24 @@ def spec_command(spec: type, run: Callable[..., Any], *, doc: str, extra: Sequen
     command.__doc__ = doc
     command.__name__ = name or f"{spec.__name__.lower()}_command"
     return command
+
+
+def with_options(group: str, parameters: Sequence[inspect.Parameter]) -> Callable[[Callable], Callable]:
+    """A command decorator: ``parameters`` (options several commands share, e.g. an env's settings) become
+    options of the command, which receives them as one keyword ``group``: a dict of the given ones by name
+    (a trailing ``_`` dropped: ``lambda_`` is ``"lambda"``)."""
+
+    def decorate(function: Callable) -> Callable:
+        signature = inspect.signature(function, eval_str=True)  # typer needs the types, not their text
+
+        def command(**values: Any) -> Any:
+            given = {parameter.name: values.pop(parameter.name) for parameter in parameters}
+            values[group] = {key.rstrip("_"): value for key, value in given.items() if value is not None}
+            return function(**values)
+
+        own = [parameter for parameter in signature.parameters.values() if parameter.name != group]
+        command.__signature__ = signature.replace(parameters=own + list(parameters))
+        command.__doc__, command.__name__ = function.__doc__, function.__name__
+        return command
+
+    return decorate

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from recbandits.algos import metrics as bandit_metrics
-from recbandits.algos.options import USES
+from recbandits.algos.options import LINEAR_ALGOS, TF_AGENTS_ALGOS, USES
 from recbandits.envs import ENV_IDS
+from recbandits.spec_cli import DATA_DIR_HELP, option
 
 if TYPE_CHECKING:
     from recbandits.algos.linear import LinearBanditConfig
@@ -77,16 +78,17 @@ METRIC_COLUMNS = (
 class SimulationSpec:
     """Everything that defines a run (written to ``config.json`` so it can be repeated)."""
 
-    env: str = "movielens"
-    algo: str = "linucb"
-    steps: int = 100_000
-    num_env_runners: int = 1
-    num_envs_per_env_runner: int = 256
-    rollout_fragment_length: int = 8
-    data_dir: str | None = None
-    seed: int = 0
-    env_config: dict[str, Any] = field(default_factory=dict)
-    training: dict[str, Any] = field(default_factory=dict)
+    env: str = option("movielens", help="movielens | movielens-per-arm | movielens-ranking")
+    algo: str = option("linucb", help=" | ".join(LINEAR_ALGOS + TF_AGENTS_ALGOS))
+    steps: int = option(100_000, help="Env steps to train for.")
+    num_env_runners: int = option(1, help="Parallel env runner actors (0: sample in the driver).")
+    num_envs_per_env_runner: int = option(256, flag="--num-envs",
+                                          help="Sub-envs per env runner (the batch of one vector step).")
+    rollout_fragment_length: int = option(8, help="Vector steps per runner per iteration.")
+    data_dir: str | None = option(None, help=DATA_DIR_HELP)
+    seed: int = option(0, help="Seed of the simulators and the policies.")
+    env_config: dict[str, Any] = field(default_factory=dict)  # the env options (jobs/cli_options.py)
+    training: dict[str, Any] = field(default_factory=dict)  # the hyperparameter options, as training() keywords
 
     def __post_init__(self):
         if self.env not in ENV_IDS:
