@@ -15,9 +15,9 @@ import torch
 
 from recbandits.algos.candidates import CandidateSet, LearningRecord, LinearCandidatePolicy, build_module
 from recbandits.serve.config import ServeConfig
-from recbandits.serve.core import BanditCore, Rejection
+from recbandits.serve.core import BanditCore
 from recbandits.serve.eventlog import LOG_FILE, read_event_log, scan_log
-from recbandits.serve.schemas import RankRequest, RequestValidator
+from recbandits.serve.schemas import RankRequest, Rejection, RequestValidator
 from recbandits.serve.state import prepare_state_dir
 
 

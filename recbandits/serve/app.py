@@ -36,7 +36,7 @@ from starlette.routing import Route
 
 from recbandits.algos.candidates import Decision, LinearCandidatePolicy
 from recbandits.serve.config import ServeArgs, ServeConfig, config_from_args
-from recbandits.serve.core import BanditCore, Rejection
+from recbandits.serve.core import BanditCore
 from recbandits.serve.eventlog import LogWriteError, dumps
 from recbandits.serve.learner import Learner, joined, raise_if_rejected, single_threaded_math
 from recbandits.serve.limits import error_response_bytes
@@ -46,6 +46,7 @@ from recbandits.serve.schemas import (
     RankJob,
     RankRequest,
     RankResponse,
+    Rejection,
     RequestValidator,
     RewardBatchRequest,
     RewardBatchResponse,

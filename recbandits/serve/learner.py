@@ -14,7 +14,8 @@ from typing import Any
 from ray import serve
 
 from recbandits.serve.config import ServeConfig
-from recbandits.serve.core import BanditCore, Rejection
+from recbandits.serve.core import BanditCore
+from recbandits.serve.schemas import Rejection
 
 
 async def joined(core: BanditCore, event_id: str, reward: float, reward_id: str | None) -> dict[str, Any]:

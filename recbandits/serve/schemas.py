@@ -22,7 +22,6 @@ from recbandits.algos.candidates import CandidateSet
 from recbandits.logs.features import read_feature_table
 from recbandits.ope.estimators import ESTIMATORS
 from recbandits.serve.config import ServeConfig
-from recbandits.serve.core import Rejection
 
 HARD_MAX_ITEMS = 100_000  # a schema-level bound; the configured max_candidates is checked after
 
@@ -40,6 +39,23 @@ Id = Annotated[str, BeforeValidator(_as_id)]
 EventId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 MAX_ABS_VALUE = 1e9  # features and rewards beyond this would overflow the statistics (x x^T, r^2) or the scores
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_ABS_VALUE, le=MAX_ABS_VALUE)]
+
+
+class Rejection(Exception):
+    """A request the service refuses, with its HTTP status and the field at fault."""
+
+    def __init__(self, status: int, field: str, message: str, code: str = "rejected", location: str = "body"):
+        super().__init__(message)
+        self.status, self.field, self.message, self.code = status, field, message, code
+        self.location = location  # where the field is: body, path, query or header
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "field": self.field, "message": self.message, "code": self.code,
+                "location": self.location}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Rejection:
+        return cls(data["status"], data["field"], data["message"], data["code"], data.get("location", "body"))
 
 
 class _Strict(BaseModel):
