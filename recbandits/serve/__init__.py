@@ -4,13 +4,14 @@
 |---|---|
 | ``app`` | the Serve application (``build_app``): the FastAPI ingress ``Recommender`` |
 | ``learner`` | the ``Learner`` deployment (``learning=learner``): one BanditCore for every replica |
-| ``core`` | ``BanditCore``: event log, reward joins, online learning, policy versions, restart replay |
+| ``core`` | ``BanditCore``: event log, reward joins, online learning, restart replay |
+| ``versions`` | the policy versions of a ``BanditCore``: rollback, promotion installs, snapshots, lineage |
 | ``policy`` | the starting policy: a checkpoint's or a cold start's fields and statistics |
 | ``eventlog`` / ``store`` | the durable JSONL event log, policy snapshots on disk |
-| ``schemas`` | request/response models and validation against the feature spec |
+| ``schemas`` | request/response models, validation against the feature spec, ``Rejection`` |
 | ``runner`` / ``cli`` | ``recbandits serve`` / ``python -m recbandits.serve`` |
 | ``limits`` | admission in front of Ray Serve: in-flight and connection limits, body size, header timeout |
-| ``state`` / ``config`` | the state dir's checks and preparation, the service's settings |
+| ``state`` / ``config`` | the state dir's checks and preparation, the service's settings (``ServeConfig``, the CLI's options, and ``ServeArgs``, Serve's typed builder arguments) |
 
 The load generator (``recbandits loadtest``) and the service-subprocess helpers are ``recbandits.loadgen``.
 """
