@@ -11,7 +11,7 @@
 | ``schemas`` | request/response models, validation against the feature spec, ``Rejection`` |
 | ``runner`` / ``cli`` | ``recbandits serve`` / ``python -m recbandits.serve`` |
 | ``limits`` | admission in front of Ray Serve: in-flight and connection limits, body size, header timeout |
-| ``state`` / ``config`` | the state dir's checks and preparation, the service's settings (``ServeConfig``, the CLI's options, and ``ServeArgs``, Serve's typed builder arguments) |
+| ``state`` / ``config`` | the state dir's checks and preparation; the settings (``ServeConfig``, ``ServeArgs``) |
 
 The load generator (``recbandits loadtest``) and the service-subprocess helpers are ``recbandits.loadgen``.
 """
