@@ -105,8 +105,8 @@ def compare(
                                              "NAME:gamma_scale=X:learning_rate=X, ...).")]
     = "linucb,lints,tfa-linucb,tfa-lints,tfa-neural-eps-greedy,tfa-neural-linucb,random",
     env: Annotated[str, typer.Option(
-        help="movielens, or movielens-per-arm (recbandits and VW; the TF-Agents baselines exist for the MF env; "
-             "20 candidates per step).")] = "movielens",
+        help="movielens (MF env), movielens-per-arm (recbandits and VW) or movielens-ranking (recbandits and "
+             "TF-Agents' RankingAgent: tfa-ranking, tfa-ranking-descending); 20 candidates per step.")] = "movielens",
     steps: Annotated[int, typer.Option(help="Samples per contender and seed.")] = 20_000,
     seeds: Annotated[int, typer.Option(help="How many seeds every contender runs.")] = 5,
     first_seed: Annotated[int, typer.Option(help="The first seed (seeds FIRST..FIRST+N-1).")] = 0,

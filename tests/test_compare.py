@@ -35,12 +35,13 @@ def test_contenders_parse_and_reject_bad_entries():
         Contender.parse("linucb:alpha=x")
     with pytest.raises(ValueError, match=r"--posterior-scale 0 must be > 0"):
         Contender.parse("lints:posterior_scale=0")
-    with pytest.raises(ValueError, match="TF-Agents baselines run with the example's batch of 8"):
+    with pytest.raises(ValueError, match="TF-Agents baselines run with their example's batch"):
         Contender.parse("tfa-linucb:batch=64")
-    with pytest.raises(ValueError, match="MF env 'movielens' only"):
-        ComparisonSpec(algos=["linucb"], env="movielens-ranking")
-    with pytest.raises(ValueError, match="--env movielens-per-arm: tfa-linucb: the TF-Agents baselines exist for the "
-                                         "MF env 'movielens' only"):
+    with pytest.raises(ValueError, match="--env 'movielens-slates': compare runs 'movielens', 'movielens-per-arm', "
+                                         "'movielens-ranking'"):
+        ComparisonSpec(algos=["linucb"], env="movielens-slates")
+    with pytest.raises(ValueError, match=r"--env movielens-per-arm: tfa-linucb runs on --env movielens \(TF-Agents "
+                                         r"contenders here: none\)"):
         ComparisonSpec(algos=["linucb", "tfa-linucb"], env="movielens-per-arm")
 
 

@@ -32,10 +32,11 @@ import pandas as pd
 
 from recbandits.algos.linear import ALGORITHM_CONFIGS
 from recbandits.algos.options import TF_AGENTS_ALGOS, USES
+from recbandits.algos.tf_agents_ranking import RANKING_POLICIES
 from recbandits.algos.vw_baseline import COMMON, VW_ALGOS, VW_HYPERPARAMETERS
 
 BUDGETS = (1_000, 5_000, 20_000, 100_000)
-COMPARE_ENVS = ("movielens", "movielens-per-arm")
+COMPARE_ENVS = ("movielens", "movielens-per-arm", "movielens-ranking")
 
 
 def budgets(steps: int) -> tuple[int, ...]:
@@ -54,8 +55,14 @@ CONTENDER_HYPERPARAMETERS = {
 }
 
 
+# Which env each library's contenders run on (recbandits' run on every one).
+TF_AGENTS_ENVS = {**{algo: "movielens" for algo in TF_AGENTS_ALGOS},
+                  **{algo: "movielens-ranking" for algo in RANKING_POLICIES}}
+VW_ENVS = ("movielens", "movielens-per-arm")
+
+
 def library_of(algo: str) -> str:
-    return "TF-Agents" if algo in TF_AGENTS_ALGOS else "VW" if algo in VW_ALGOS else "recbandits"
+    return "TF-Agents" if algo in TF_AGENTS_ENVS else "VW" if algo in VW_ALGOS else "recbandits"
 
 
 def _applies(algo: str) -> tuple[str, ...]:
@@ -63,6 +70,8 @@ def _applies(algo: str) -> tuple[str, ...]:
     library's runs take (VW: its own, ``vw_baseline``)."""
     if algo in VW_ALGOS:
         return (*VW_HYPERPARAMETERS[algo], *COMMON)
+    if algo in RANKING_POLICIES:
+        return ()  # as TF-Agents' ranking example ships it
     return tuple(name for name in USES[algo] if name in CONTENDER_HYPERPARAMETERS[library_of(algo)])
 
 
@@ -94,7 +103,7 @@ class Contender:
         from recbandits.algos.options import check_value
 
         algo, _, options = text.strip().partition(":")
-        known = (*ALGORITHM_CONFIGS, *TF_AGENTS_ALGOS, *VW_ALGOS)
+        known = (*ALGORITHM_CONFIGS, *TF_AGENTS_ENVS, *VW_ALGOS)
         if algo not in known:
             raise ValueError(f"--algos entry {algo!r} is not one of {', '.join(known)}")
         layout: dict[str, int] = {}
@@ -120,8 +129,8 @@ class Contender:
             from recbandits.algos.vw_baseline import VWBaselineConfig
 
             VWBaselineConfig(algo, settings=hyperparameters)  # a bad value is named here
-        if layout and algo in TF_AGENTS_ALGOS:
-            raise ValueError(f"--algos entry {text!r}: TF-Agents baselines run with the example's batch of 8")
+        if layout and algo in TF_AGENTS_ENVS:
+            raise ValueError(f"--algos entry {text!r}: TF-Agents baselines run with their example's batch")
         if layout and algo in VW_ALGOS:
             raise ValueError(f"--algos entry {text!r}: VW learns one decision at a time (no batch or runners)")
         if layout.get("batch", 1) < 1:
@@ -143,18 +152,21 @@ class ComparisonSpec:
 
     def __post_init__(self):
         if self.env not in COMPARE_ENVS:
-            raise ValueError(f"--env {self.env!r}: compare runs {' and '.join(map(repr, COMPARE_ENVS))} (the TF-Agents "
-                             "baselines exist for the MF env 'movielens' only)")
+            raise ValueError(f"--env {self.env!r}: compare runs {', '.join(map(repr, COMPARE_ENVS))}")
         if self.steps < 16 or self.seeds < 1 or self.first_seed < 0:
             raise ValueError(f"--steps {self.steps} must be >= 16, --seeds {self.seeds} >= 1 and --first-seed "
                              f"{self.first_seed} >= 0")
         self.contenders = [Contender.parse(text) for text in self.algos]
         if not self.contenders:
             raise ValueError("--algos is empty")
-        tf_agents = [contender.name for contender in self.contenders if contender.library == "TF-Agents"]
-        if self.env != "movielens" and tf_agents:
-            raise ValueError(f"--env {self.env}: {', '.join(tf_agents)}: the TF-Agents baselines exist for the MF env "
-                             "'movielens' only")
+        for contender in self.contenders:
+            if contender.library == "TF-Agents" and TF_AGENTS_ENVS[contender.algo] != self.env:
+                here = [algo for algo, env in TF_AGENTS_ENVS.items() if env == self.env]
+                raise ValueError(f"--env {self.env}: {contender.name} runs on --env {TF_AGENTS_ENVS[contender.algo]} "
+                                 f"(TF-Agents contenders here: {', '.join(here) or 'none'})")
+            if contender.library == "VW" and self.env not in VW_ENVS:
+                raise ValueError(f"--env {self.env}: {contender.name} picks one arm, not a slate (VW runs on "
+                                 f"{' and '.join(VW_ENVS)})")
 
     def env_config(self) -> dict[str, Any]:
         """The env's settings: the MF env with ``rank`` and ``num_movies``; the per-arm env as ``simulate`` runs it
@@ -163,7 +175,8 @@ class ComparisonSpec:
             return {"rank": self.rank, "num_movies": self.num_movies}
         from recbandits.jobs.simulate import ENV_DEFAULTS
 
-        return {**ENV_DEFAULTS[self.env], "rank": self.rank, "num_actions": self.num_movies}
+        candidates = "num_actions" if self.env == "movielens-per-arm" else "num_candidates"
+        return {**ENV_DEFAULTS[self.env], "rank": self.rank, candidates: self.num_movies}
 
 
 def _run_recbandits(contender: Contender, spec: ComparisonSpec, seed: int, data_dir: str) -> dict[str, Any]:
@@ -197,6 +210,14 @@ def _run_recbandits(contender: Contender, spec: ComparisonSpec, seed: int, data_
 
 def _run_tf_agents(contender: Contender, spec: ComparisonSpec, seed: int, data_dir: str) -> dict[str, Any]:
     from recbandits.algos.tf_agents_baseline import TFAgentsBaselineConfig, run_tf_agents_baseline
+
+    if contender.algo in RANKING_POLICIES:
+        from recbandits.algos.tf_agents_ranking import TFAgentsRankingConfig, run_tf_agents_ranking
+
+        ranking = run_tf_agents_ranking(TFAgentsRankingConfig(contender.algo, data_dir=data_dir,
+                                                              env_config=spec.env_config(), seed=seed), spec.steps)
+        return {"samples": ranking.samples, "cumulative_regret": ranking.cumulative_regret,
+                "suboptimal": ranking.suboptimal, "wall_time_s": ranking.wall_time_s}
 
     # As TF-Agents' examples ship each agent (tf_agents_baseline.AS_SHIPPED), whatever recbandits' own settings.
     config = TFAgentsBaselineConfig(algo=contender.algo, ratings_file=Path(data_dir) / "u.data", rank=spec.rank,
@@ -264,6 +285,13 @@ def hyperparameter_text(contender: Contender, spec: ComparisonSpec) -> str:
         from recbandits.algos.vw_baseline import VWBaselineConfig, describe
 
         return describe(VWBaselineConfig(contender.algo, settings=contender.settings())) + "; one decision per update"
+    if contender.algo in RANKING_POLICIES:
+        from recbandits.algos.tf_agents_ranking import EXAMPLE
+
+        towers = " / ".join("-".join(map(str, tower)) for tower in EXAMPLE["towers"])
+        return (f"RankingAgent, policy {RANKING_POLICIES[contender.algo].lower()}, common tower {towers}, Adam lr "
+                f"{EXAMPLE['learning_rate']} (as its example ships); batch {EXAMPLE['batch_size']}, "
+                f"{EXAMPLE['steps_per_loop']} steps/loop")
     if contender.library == "TF-Agents":
         from recbandits.algos.tf_agents_baseline import TFAgentsBaselineConfig
 
@@ -340,7 +368,7 @@ def plot_curves(runs: pd.DataFrame, spec: ComparisonSpec, path: Path) -> None:
     axis.set_xlabel("samples")
     axis.set_ylabel("cumulative regret")
     axis.set_yscale("symlog", linthresh=10)
-    what = "MF env" if spec.env == "movielens" else "per-arm env"
+    what = {"movielens": "MF env", "movielens-per-arm": "per-arm env", "movielens-ranking": "ranking env"}[spec.env]
     unit = "movies" if spec.env == "movielens" else "candidates per step"
     axis.set_title(f"MovieLens {what} (rank {spec.rank}, {spec.num_movies} {unit}), mean and 95% CI over "
                    f"{spec.seeds} seeds")
