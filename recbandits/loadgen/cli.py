@@ -1,5 +1,5 @@
-"""``recbandits loadtest``: the typer command (registered in recbandits/cli.py; ``python -m
-recbandits.loadgen.loadtest`` runs it on its own)."""
+"""``recbandits loadtest``: the typer command (registered in recbandits/cli.py; ``python -m recbandits.loadgen``
+runs it on its own)."""
 
 from __future__ import annotations
 

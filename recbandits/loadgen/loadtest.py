@@ -494,14 +494,3 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     return "\n".join(lines)
 
-
-def main() -> None:
-    import typer
-
-    from recbandits.loadgen.cli import loadtest_command
-
-    typer.run(loadtest_command)
-
-
-if __name__ == "__main__":
-    main()
