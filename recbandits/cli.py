@@ -11,6 +11,7 @@ import typer
 from recbandits.console import fail
 from recbandits.data.cli import data_app
 from recbandits.jobs.cli_options import ENV_OPTIONS, TRAINING_OPTIONS, options
+from recbandits.jobs.compare import ComparisonSpec
 from recbandits.jobs.simulate import SimulationSpec
 from recbandits.jobs.tune import tune_command
 from recbandits.loadgen.cli import loadtest_command
@@ -96,37 +97,13 @@ app.command("simulate")(with_options("env_config", options(ENV_OPTIONS))(
     with_options("training", options(TRAINING_OPTIONS))(_simulate_command)))
 
 
-@app.command()
-def compare(
-    algos: Annotated[str, typer.Option(help="Comma-separated contenders, e.g. linucb,lints,tfa-linucb,tfa-lints,random "
-                                             "or Vowpal Wabbit's vw-squarecb,vw-egreedy,vw-bag,vw-cover "
-                                             "(NAME:batch=N:runners=N for another recbandits sampling layout, "
-                                             "NAME:alpha=X:lambda=X for other hyperparameters, VW's "
-                                             "NAME:gamma_scale=X:learning_rate=X, ...).")]
-    = "linucb,lints,tfa-linucb,tfa-lints,tfa-neural-eps-greedy,tfa-neural-linucb,random",
-    env: Annotated[str, typer.Option(
-        help="movielens (MF env), movielens-per-arm (recbandits and VW) or movielens-ranking (recbandits and "
-             "TF-Agents' RankingAgent: tfa-ranking, tfa-ranking-descending); 20 candidates per step.")] = "movielens",
-    steps: Annotated[int, typer.Option(help="Samples per contender and seed.")] = 20_000,
-    seeds: Annotated[int, typer.Option(help="How many seeds every contender runs.")] = 5,
-    first_seed: Annotated[int, typer.Option(help="The first seed (seeds FIRST..FIRST+N-1).")] = 0,
-    data_dir: DataDir = None,
-    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/compare"),
-    address: Address = None,
-    alpha: Annotated[float, typer.Option(help="UCB/TS exploration scale (TF-Agents example: 10).")] = 10.0,
-    lambda_: Annotated[float, typer.Option(
-        "--lambda", help="Ridge regularization (TF-Agents example: 0.001).")] = 0.001,
-) -> None:
-    """Compare recbandits bandits with TF-Agents and Vowpal Wabbit: table (mean +- 95% CI), regret.png, config.json."""
+def _compare(settings: dict, *, alpha: float, lambda_: float, out: Path, address: str | None) -> None:
     from rich.console import Console
 
-    from recbandits.jobs.compare import ComparisonSpec
     from recbandits.jobs.compare import compare as run_comparison
 
     try:
-        spec = ComparisonSpec(algos=[name for name in algos.split(",") if name.strip()], steps=steps, seeds=seeds,
-                              first_seed=first_seed, data_dir=data_dir, env=env,
-                              hyperparameters={"alpha": alpha, "lambda_": lambda_})
+        spec = ComparisonSpec(**settings, hyperparameters={"alpha": alpha, "lambda_": lambda_})
         table, _ = run_comparison(spec, out, address=address)
     except (ValueError, ConnectionError) as error:
         raise fail(str(error)) from None
@@ -140,6 +117,15 @@ def compare(
     console = Console()
     console.print(f"outputs in {out}: table.md, table.csv, runs.csv, regret.png, config.json", soft_wrap=True)
     console.print("(table.md and table.csv: every budget, library, wall time, hyperparameters)")
+
+
+# ComparisonSpec's fields are the options; recbandits' hyperparameters and where it runs are these.
+app.command("compare")(spec_command(ComparisonSpec, _compare, name="compare", extra=[
+    cli_option("out", Path, Path("runs/compare"), "Output directory."),
+    cli_option("address", str | None, None, ADDRESS_HELP),
+    cli_option("alpha", float, 10.0, "UCB/TS exploration scale (TF-Agents example: 10)."),
+    cli_option("lambda_", float, 0.001, "Ridge regularization (TF-Agents example: 0.001).", "--lambda"),
+], doc="Compare recbandits bandits with TF-Agents and Vowpal Wabbit: table (mean +- 95% CI), regret.png, config.json."))
 
 
 @app.command()

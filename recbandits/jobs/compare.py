@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recbandits.algos.linear import ALGORITHM_CONFIGS
-from recbandits.algos.options import TF_AGENTS_ALGOS, USES
+from recbandits.algos.options import LINEAR_ALGOS, TF_AGENTS_ALGOS, USES
 from recbandits.algos.tf_agents_ranking import RANKING_POLICIES
 from recbandits.algos.vw_baseline import COMMON, VW_ALGOS, VW_HYPERPARAMETERS
+from recbandits.spec_cli import DATA_DIR_HELP, option
 
 BUDGETS = (1_000, 5_000, 20_000, 100_000)
 COMPARE_ENVS = ("movielens", "movielens-per-arm", "movielens-ranking")
@@ -103,13 +103,13 @@ class Contender:
         from recbandits.algos.options import check_value
 
         algo, _, options = text.strip().partition(":")
-        known = (*ALGORITHM_CONFIGS, *TF_AGENTS_ENVS, *VW_ALGOS)
+        known = (*LINEAR_ALGOS, *TF_AGENTS_ENVS, *VW_ALGOS)
         if algo not in known:
             raise ValueError(f"--algos entry {algo!r} is not one of {', '.join(known)}")
         layout: dict[str, int] = {}
         hyperparameters: dict[str, float] = {}
-        for option in filter(None, options.split(":")):
-            key, _, value = option.partition("=")
+        for setting in filter(None, options.split(":")):
+            key, _, value = setting.partition("=")
             if key in ("batch", "runners") and value.isdigit():
                 layout[key] = int(value)
                 continue
@@ -117,7 +117,7 @@ class Contender:
                 takes = ", ".join(f"{name}=X" for name in _applies(algo))
                 raise ValueError(f"--algos entry {text!r}: options are batch=N and runners=N"
                                  f"{' (recbandits only)' if library_of(algo) != 'recbandits' else ''}"
-                                 f"{', ' + takes if takes else ''}; got {option!r}")
+                                 f"{', ' + takes if takes else ''}; got {setting!r}")
             try:
                 number = float(value)
             except ValueError:
@@ -138,14 +138,32 @@ class Contender:
         return Contender(text.strip(), algo, **layout, hyperparameters=tuple(hyperparameters.items()))
 
 
+def _contender_list(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+DEFAULT_CONTENDERS = ["linucb", "lints", "tfa-linucb", "tfa-lints", "tfa-neural-eps-greedy", "tfa-neural-linucb",
+                      "random"]
+
+
 @dataclass
 class ComparisonSpec:
-    algos: list[str]
-    steps: int = 20_000
-    seeds: int = 5
-    first_seed: int = 0  # seeds first_seed .. first_seed + seeds - 1 (a sweep tunes on seeds it is not judged on)
-    data_dir: str | None = None
-    env: str = "movielens"
+    """What a comparison runs (``config.json``); its option fields are the ``compare`` command's options."""
+
+    algos: list[str] = option(
+        default_factory=lambda: list(DEFAULT_CONTENDERS), parse=_contender_list, default_text=",".join(
+            DEFAULT_CONTENDERS), help="Comma-separated contenders, e.g. linucb,lints,tfa-linucb,tfa-lints,random or "
+        "Vowpal Wabbit's vw-squarecb,vw-egreedy,vw-bag,vw-cover (NAME:batch=N:runners=N for another recbandits "
+        "sampling layout, NAME:alpha=X:lambda=X for other hyperparameters, VW's NAME:gamma_scale=X:learning_rate=X, "
+        "...).")
+    env: str = option("movielens", help=(
+        "movielens (MF env), movielens-per-arm (recbandits and VW) or movielens-ranking (recbandits and TF-Agents' "
+        "RankingAgent: tfa-ranking, tfa-ranking-descending); 20 candidates per step."))
+    steps: int = option(20_000, help="Samples per contender and seed.")
+    seeds: int = option(5, help="How many seeds every contender runs.")
+    # A sweep tunes on seeds a comparison does not judge it on.
+    first_seed: int = option(0, help="The first seed (seeds FIRST..FIRST+N-1).")
+    data_dir: str | None = option(None, help=DATA_DIR_HELP)
     rank: int = 20
     num_movies: int = 20
     hyperparameters: dict[str, Any] = field(default_factory=lambda: {"alpha": 10.0, "lambda_": 0.001})
