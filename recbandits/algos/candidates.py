@@ -53,6 +53,7 @@ def module_policy_fields(module) -> dict[str, Any]:
         "arm_ids": [str(k) for k in range(num_arms)] if num_arms else None,
         "interaction": bool(module.interaction),
         "model_config": model_config,
+        "slate_size": int(module.slate_size),
     }
 
 
@@ -76,6 +77,11 @@ class Decision:
     probabilities: list[float] | None  # [c] probability of each candidate being the chosen one
     model: int  # model the chosen candidate's reward updates
     features: np.ndarray = field(repr=False)  # [D] features of the chosen candidate (what the reward teaches)
+    # A ranking policy's slate: candidate indices top slot first (``chosen`` is the first), the probability that
+    # each slot shows its candidate (None for Thompson sampling), each slot's features [S, D].
+    slate: list[int] | None = None
+    slot_probabilities: list[float] | None = None
+    slate_features: np.ndarray | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -125,6 +131,7 @@ class LinearCandidatePolicy(CandidatePolicy):
         self.feature_dim = module.feature_dim
         self.interaction = bool(fields["interaction"])
         self.arm_ids: list[str] | None = fields.get("arm_ids")
+        self.slate_size = int(fields.get("slate_size") or 0)  # 0: one action per decision
         self.arm_index = {arm: k for k, arm in enumerate(self.arm_ids or [])}
         model_seed = fields["model_config"].get("seed", 0) if seed is None else seed
         self.generator = torch.Generator().manual_seed(int(model_seed))
@@ -201,24 +208,44 @@ class LinearCandidatePolicy(CandidatePolicy):
         if not bool(torch.isfinite(scores[valid]).all()):
             # Inputs are finite and bounded (schemas.MAX_ABS_VALUE): this is a broken model, never logged.
             raise FloatingPointError(f"the policy scored candidates {scores[valid].tolist()}: not finite")
-        chosen = kernel.choose(scores, self.exploration, self.epsilon, self.generator, valid=valid).tolist()
+        sizes = valid.sum(-1).tolist()
+        slates = slot_probabilities = None
+        if self.slate_size:
+            # Rows with fewer candidates than slots get shorter slates (their padding sorts last).
+            width = min(self.slate_size, max(sizes))
+            slates = kernel.choose(scores, self.exploration, self.epsilon, self.generator, width, valid=valid)
+            chosen = slates[:, 0].tolist()
+            slot_probabilities = kernel.slot_probabilities(scores, slates, self.exploration, self.epsilon, valid)
+            slot_probabilities = slot_probabilities.tolist() if slot_probabilities is not None else None
+            slates = slates.tolist()
+        else:
+            chosen = kernel.choose(scores, self.exploration, self.epsilon, self.generator, valid=valid).tolist()
         probabilities = kernel.action_probabilities(scores, self.exploration, self.epsilon, valid)
         probabilities = probabilities.tolist() if probabilities is not None else None
         decisions = []
         for b, (job, row) in enumerate(zip(jobs, scores.tolist(), strict=True)):
-            count = int(valid[b].sum())
+            count = sizes[b]
             values = row[:count]
             # Best first; the sort is stable (reverse=True included), so ties stay in index order.
             order = sorted(range(count), key=values.__getitem__, reverse=True)
-            order.remove(chosen[b])
-            order.insert(0, chosen[b])
+            slate = slot_chances = slate_features = None
+            if slates is not None:
+                length = min(self.slate_size, count)
+                slate = slates[b][:length]
+                slot_chances = slot_probabilities[b][:length] if slot_probabilities is not None else None
+                slate_features = features[b, slate].numpy()
+                shown = set(slate)
+                order = slate + [index for index in order if index not in shown]
+            else:
+                order.remove(chosen[b])
+                order.insert(0, chosen[b])
             if self.shape == "disjoint":
                 model, chosen_features = int(job.arms[chosen[b]]), job.context
             else:
                 model, chosen_features = 0, features[b, chosen[b]].numpy()
             decisions.append(Decision(chosen[b], order, values,
                                       probabilities[b][:count] if probabilities is not None else None,
-                                      model, chosen_features))
+                                      model, chosen_features, slate, slot_chances, slate_features))
         return decisions
 
     # ----------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from ray.rllib.utils.checkpoints import Checkpointable
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED, NUM_ENV_STEPS_SAMPLED_LIFETIME, WEIGHTS_SEQ_NO
 
 import recbandits.envs  # noqa: F401  (registers the env ids in this process)
+from recbandits.algos import kernel
 from recbandits.algos import metrics as bandit_metrics
 from recbandits.algos.module import LinearBanditModule
 
@@ -214,23 +215,15 @@ class BanditEnvRunner(EnvRunner, Checkpointable):
         self._batches_learned += 1
 
     def _slate_feedback(self, features, actions, infos, rows):
-        """Per-slot observations of a slate: (features, model index, click) of every slot the user examined.
-
-        Cascading feedback reveals the slots down to the click (all of them when nothing was clicked): the
-        ones above the click were seen and skipped (0), the clicked one is 1, the ones below are unknown.
-        A score vector reveals a 0/1 click for every slot.
-        """
+        """Per-slot observations of a slate: (features, model index, click) of every slot the user examined
+        (``kernel.slate_feedback``: the rule the service learns a slate's feedback by, too)."""
         slate = actions[rows]  # [N, S]
         slots = slate.shape[1]
         slot_features = features[rows.unsqueeze(1), slate]  # [N, S, d]
         if "slot_clicks" in infos:
-            clicks = torch.as_tensor(infos["slot_clicks"][rows.numpy()], dtype=torch.float64)
-            observed = torch.ones_like(clicks, dtype=torch.bool)
+            observed, clicks = kernel.slate_feedback(slots, slot_rewards=infos["slot_clicks"][rows.numpy()])
         else:
-            position = torch.as_tensor(infos["clicked_position"][rows.numpy()], dtype=torch.int64)
-            last_seen = torch.where(position >= 0, position, torch.full_like(position, slots - 1))
-            observed = torch.arange(slots).unsqueeze(0) <= last_seen.unsqueeze(1)
-            clicks = (torch.arange(slots).unsqueeze(0) == position.unsqueeze(1)).to(torch.float64)
+            observed, clicks = kernel.slate_feedback(slots, clicked_position=infos["clicked_position"][rows.numpy()])
         chosen = slot_features[observed]
         return chosen, torch.zeros(len(chosen), dtype=torch.int64), clicks[observed]
 

@@ -22,6 +22,13 @@ Features of candidate k: ``disjoint`` (one model per arm) the context x, scored 
 
 Ties are exact equalities of scores; a chosen candidate is uniform among them, so the probabilities are those of
 the choices actually made.
+
+A slate (``slate_size`` slots, best first) is the top of the scores, ties in uniform random order; epsilon-greedy
+shows a uniformly random ordering instead with probability epsilon. The probability that slot j shows the
+candidate it shows (``slot_probabilities``): for ucb and greedy 1/m when the candidate is one of m tied ones
+whose block of the sorted scores covers slot j (else 0), for eps_greedy epsilon/n + (1 - epsilon) times that,
+for random 1/n, for thompson None. A slate's feedback (``slate_feedback``) is learned slot by slot, as the
+ranking env reveals it.
 """
 
 from __future__ import annotations
@@ -265,7 +272,10 @@ def choose(scores: torch.Tensor, exploration: str, epsilon: float, generator: to
     tie_break = torch.rand(scores.shape, dtype=torch.float64, generator=generator)
     if slate_size:
         # Scores are compared first; the random key only orders exact ties (cold start, equal widths).
-        actions = (scores + tie_break * 1e-9 * (1.0 + scores.abs())).topk(slate_size, dim=-1).indices
+        keys = scores + tie_break * 1e-9 * (1.0 + scores.abs())
+        if valid is not None:  # padding (-inf) must stay last: -inf + inf would be NaN, which topk ranks first
+            keys = keys.masked_fill(~valid, -torch.inf)
+        actions = keys.topk(slate_size, dim=-1).indices
     else:
         best = scores.max(-1, keepdim=True).values
         actions = torch.where(scores == best, tie_break, -1.0).argmax(-1)
@@ -301,3 +311,46 @@ def action_probabilities(scores: torch.Tensor, exploration: str, epsilon: float,
     if exploration == "eps_greedy":
         return (1.0 - epsilon) * greedy + epsilon * uniform
     return greedy
+
+
+def slot_probabilities(scores: torch.Tensor, slates: torch.Tensor, exploration: str, epsilon: float,
+                       valid: torch.Tensor | None = None) -> torch.Tensor | None:
+    """The probability [B, S] that ``choose(..., slate_size=S)`` shows in slot j the candidate ``slates[:, j]``.
+
+    See the module docstring for the rule; n counts the ``valid`` candidates of each row. None for Thompson
+    sampling (no closed form).
+    """
+    if exploration == "thompson":
+        return None
+    valid = torch.ones_like(scores, dtype=torch.bool) if valid is None else valid
+    count = valid.sum(-1, keepdim=True).to(torch.float64)
+    uniform = (1.0 / count).expand(slates.shape)
+    if exploration == "random":
+        return uniform.clone()
+    shown = scores.gather(1, slates)  # [B, S]
+    real = scores.masked_fill(~valid, -torch.inf).unsqueeze(1)  # [B, 1, C]
+    above = (real > shown.unsqueeze(-1)).sum(-1)  # candidates sorted before the shown one
+    tied = (real == shown.unsqueeze(-1)).sum(-1)  # the shown one and its exact ties
+    slot = torch.arange(slates.shape[1]).unsqueeze(0)
+    greedy = torch.where((above <= slot) & (slot < above + tied), 1.0 / tied.to(torch.float64), 0.0)
+    if exploration == "eps_greedy":
+        return (1.0 - epsilon) * greedy + epsilon * uniform
+    return greedy
+
+
+def slate_feedback(num_slots: int, clicked_position: torch.Tensor | None = None,
+                   slot_rewards: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(observed [N, S] bool, target [N, S] float64): which slots of N slates a reward teaches, and what.
+
+    Cascading feedback (``clicked_position`` [N], -1 for no click) reveals the slots down to the click, all of
+    them when nothing was clicked: those above it were examined and skipped (0), the clicked one is 1, those
+    below are unknown. A score vector (``slot_rewards`` [N, S]) reveals every slot's reward.
+    """
+    if slot_rewards is not None:
+        targets = torch.as_tensor(slot_rewards, dtype=torch.float64)
+        return torch.ones_like(targets, dtype=torch.bool), targets
+    position = torch.as_tensor(clicked_position, dtype=torch.int64)
+    last_seen = torch.where(position >= 0, position, torch.full_like(position, num_slots - 1))
+    slots = torch.arange(num_slots).unsqueeze(0)
+    observed = slots <= last_seen.unsqueeze(1)
+    return observed, (slots == position.unsqueeze(1)).to(torch.float64)

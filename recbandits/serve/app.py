@@ -38,7 +38,7 @@ from recbandits.algos.candidates import Decision, LinearCandidatePolicy
 from recbandits.serve.config import ServeArgs, ServeConfig, config_from_args
 from recbandits.serve.core import BanditCore
 from recbandits.serve.eventlog import LogWriteError, dumps
-from recbandits.serve.learner import Learner, joined, raise_if_rejected, single_threaded_math
+from recbandits.serve.learner import Learner, joined, raise_if_rejected, reward_item, single_threaded_math
 from recbandits.serve.limits import error_response_bytes
 from recbandits.serve.schemas import (
     ErrorResponse,
@@ -64,7 +64,8 @@ logger = logging.getLogger("recbandits.serve")
 DESCRIPTION = """Contextual-bandit recommendation with online learning.
 
 * `POST /v1/rank`: choose and rank candidate actions for a context; log the decision (`event_id`).
-* `POST /v1/reward`: the reward of a decision, joined within the join window.
+* `POST /v1/reward`: the reward of a decision (a slate: its clicked positions or one reward per slot), joined
+  within the join window.
 * `GET /healthz`: readiness.
 * Admin API (`Authorization: Bearer <token>`, the token in `--admin-token-file`, default `STATE_DIR/admin.token`):
   `GET /v1/policy`, `GET /v1/policy/versions`, `GET /v1/policy/versions/{v}[/state]`, `POST /v1/policy/rollback`,
@@ -308,9 +309,19 @@ class Recommender:
     # Ranking
     # ----------------------------------------------------------------------------------------------
 
+    @staticmethod
+    def _shown(job: RankJob, decision: Decision) -> list[int]:
+        """The candidates answered, best first: a slate (``top_k`` may shorten it), or the ranking's top_k."""
+        return (decision.slate if decision.slate is not None else decision.order)[: job.top_k]
+
     def _row(self, job: RankJob, decision: Decision, version: dict[str, Any], event_id: str) -> dict[str, Any]:
         ids = job.candidate_ids
-        ranking = [ids[index] for index in decision.order[: job.top_k]]
+        shown = self._shown(job, decision)
+        ranking = [ids[index] for index in shown]
+        slate = {}
+        if decision.slate is not None:  # what its per-slot feedback teaches (replay.open_event)
+            probabilities = decision.slot_probabilities
+            slate = {"slate": shown, "slot_probabilities": probabilities[: len(shown)] if probabilities else None}
         return {
             "kind": "decision",
             "event_id": event_id,
@@ -332,6 +343,7 @@ class Recommender:
             "ranking": ranking,
             "scores": decision.scores,
             "propensity": None if decision.probabilities is None else decision.probabilities[decision.chosen],
+            **slate,
         }
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002, max_concurrent_batches=4)
@@ -352,14 +364,18 @@ class Recommender:
             if "rejection" in result:
                 answers.append(result)
                 continue
-            ids, scores, probabilities = job.candidate_ids, decision.scores, decision.probabilities
-            if probabilities is None:
-                probabilities = [None] * len(scores)
+            ids, scores, shown = job.candidate_ids, decision.scores, self._shown(job, decision)
+            if decision.slate is not None:
+                probabilities = row["slot_probabilities"] or [None] * len(shown)
+            else:
+                chosen = decision.probabilities or [None] * len(scores)
+                probabilities = [chosen[index] for index in shown]
             answers.append({
                 "event_id": row["event_id"],
                 "action": row["action"],
                 "ranking": [{"id": ids[index], "title": self.titles.get(ids[index]), "score": scores[index],
-                             "probability": probabilities[index]} for index in decision.order[: job.top_k]],
+                             "probability": probability}
+                            for index, probability in zip(shown, probabilities, strict=True)],
                 "policy_version": row["policy_version"],
                 "policy_watermark": row["watermark"],
                 "exploration": row["exploration"],
@@ -387,10 +403,9 @@ class Recommender:
         """Join a reward with its decision (404 unknown event, 409 expired or already rewarded)."""
         request = await _parse(http, RewardRequest)
         if self.core is not None:
-            result = await self.core.record_reward(request.event_id, request.reward, request.reward_id)
+            result = await self.core.record_reward(*reward_item(request))
         else:
-            result = raise_if_rejected(await self._forward(("reward", (request.event_id, request.reward,
-                                                                    request.reward_id))))
+            result = raise_if_rejected(await self._forward(("reward", reward_item(request))))
         return _json(result)
 
     @api.post("/v1/rewards", response_model=RewardBatchResponse, responses={422: {"model": ErrorResponse}},
@@ -399,7 +414,7 @@ class Recommender:
         """Several rewards in one request (an event collector's batch): each is joined as by /v1/reward, in order;
         each item has its own outcome (a refused item does not refuse the others)."""
         batch = await _parse(http, RewardBatchRequest)
-        items = [(item.event_id, item.reward, item.reward_id) for item in batch.rewards]
+        items = [reward_item(item) for item in batch.rewards]
         if self.core is not None:
             # Tasks start in order and each joins before its first await: a second reward for an event sees the
             # first; the log writes them all in one group commit.
@@ -407,7 +422,7 @@ class Recommender:
         else:
             results = list(await asyncio.gather(*(self._forward(("reward", item)) for item in items)))
         answer, rejected = [], 0
-        for (event_id, _, _), result in zip(items, results, strict=True):
+        for (event_id, *_), result in zip(items, results, strict=True):
             if "rejection" in result:
                 rejected += 1
                 error = {key: result["rejection"][key] for key in ("status", "code", "message")}

@@ -25,7 +25,8 @@ REWARD_RULES = ("first", "sum")
 SHAPES = ("disjoint", "shared")
 
 # The fields that define the policy: fixed for the lifetime of a state directory.
-POLICY_FIELDS = ("shape", "context_dim", "num_arms", "arm_dim", "arm_ids", "interaction", "model_config")
+POLICY_FIELDS = ("shape", "context_dim", "num_arms", "arm_dim", "arm_ids", "interaction", "model_config",
+                 "slate_size")
 SERVICE_FILE = "service.json"
 
 
@@ -66,6 +67,8 @@ class ServeConfig:
     arm_ids: list[str] | None = option(None, parse=_comma_separated, default_text="0..K-1",
                                        help="Disjoint: comma-separated arm ids.")
     interaction: bool = option(False, help="Shared: add global x arm features.")
+    slate_size: int = option(0, default_text="a ranking checkpoint's, else 0", help=(
+        "Shared: serve slates of this many slots, learned from per-slot feedback (0: one action per decision)."))
     model_config: dict[str, Any] = field(default_factory=dict)  # MODEL_KEYS; the CLI's --exploration, --alpha, ...
     user_table: str | None = option(None, help=".npz (ids, features) or .csv (user_id, f0, f1, ...) user table for "
                                                "user_id contexts.")
@@ -146,6 +149,9 @@ class ServeConfig:
         check(self.context_dim >= 1, f"context_dim={self.context_dim} must be >= 1")
         check(self.shape != "disjoint" or self.num_arms >= 1, f"num_arms={self.num_arms} must be >= 1")
         check(self.shape != "shared" or self.arm_dim >= 1, f"arm_dim={self.arm_dim} must be >= 1 (shared shape)")
+        check(self.slate_size >= 0, f"slate_size={self.slate_size} must be >= 0")
+        check(self.slate_size == 0 or self.shape == "shared" or self.checkpoint is not None,
+              f"slate_size={self.slate_size}: slates are served by the shared shape (candidates with features)")
         if self.arm_ids is not None:
             check(len(set(self.arm_ids)) == len(self.arm_ids), "arm_ids must be distinct")
             check(self.shape != "disjoint" or len(self.arm_ids) == self.num_arms,

@@ -35,12 +35,20 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-import numpy as np
-
 from recbandits.algos.candidates import LearningRecord, LinearCandidatePolicy
 from recbandits.serve.config import ServeConfig
 from recbandits.serve.eventlog import LOG_FILE, EventLog
-from recbandits.serve.replay import COUNTERS, ClosedEvent, ClosedEvents, OpenEvent, replay_log, reward_result
+from recbandits.serve.replay import (
+    COUNTERS,
+    ClosedEvent,
+    ClosedEvents,
+    OpenEvent,
+    expiry_records,
+    open_event,
+    replay_log,
+    reward_result,
+    slate_records,
+)
 from recbandits.serve.schemas import Rejection
 from recbandits.serve.state import StateLock, prepare_state_dir, read_service_file
 from recbandits.serve.store import SnapshotStore, read_npz
@@ -60,6 +68,31 @@ LEARNING_STUCK_S = 30.0  # a learning record waiting longer than this turns /hea
 # --------------------------------------------------------------------------------------------------
 # The core
 # --------------------------------------------------------------------------------------------------
+
+
+def slate_feedback_total(event: OpenEvent, event_id: str, reward: float | None, clicks: list[int] | None,
+                         slot_rewards: list[float] | None) -> float:
+    """Check a slate's feedback against its slate (a Rejection naming the field if wrong); its total reward."""
+    if reward is not None:
+        raise Rejection(422, "reward", f"event {event_id!r} is a slate of {event.slots} slots: send clicks (the "
+                        "clicked positions) or slot_rewards (one per slot) instead", "slate_feedback")
+    if slot_rewards is not None:
+        if len(slot_rewards) != event.slots:
+            raise Rejection(422, "slot_rewards", f"expected {event.slots} values (one per slot of the slate), got "
+                            f"{len(slot_rewards)}", "wrong_dimension")
+        return float(sum(slot_rewards))
+    if clicks is None:
+        raise Rejection(422, "clicks", f"required for the slate of event {event_id!r}: the clicked positions "
+                        "([] for none), or slot_rewards", "missing")
+    seen: set[int] = set()
+    for index, position in enumerate(clicks):
+        if not 0 <= position < event.slots:
+            raise Rejection(422, f"clicks[{index}]", f"position {position} is outside the slate of {event.slots} "
+                            f"slots (0..{event.slots - 1})", "outside_slate")
+        if position in seen:
+            raise Rejection(422, f"clicks[{index}]", f"position {position} is given twice", "duplicate")
+        seen.add(position)
+    return float(len(clicks))
 
 
 class BanditCore(PolicyVersions):
@@ -229,14 +262,9 @@ class BanditCore(PolicyVersions):
     # ----------------------------------------------------------------------------------------------
 
     def _open_event(self, row: dict[str, Any]) -> None:
-        chosen = row.get("chosen_features")
-        features = self.policy.learning_features(
-            np.asarray(row["context"], dtype=np.float64),
-            None if chosen is None else np.asarray(chosen, dtype=np.float64),
-        )
-        deadline = row["ts"] + self.window
-        self.open[row["event_id"]] = OpenEvent(row["ts"], deadline, int(row["model"]), features)
-        heapq.heappush(self._deadlines, (deadline, row["event_id"]))
+        event = open_event(row, self.policy, self.window)
+        self.open[row["event_id"]] = event
+        heapq.heappush(self._deadlines, (event.deadline, row["event_id"]))
 
     async def log_decisions(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Log decisions durably; per row ``{"seq", "ts"}``, or ``{"rejection": ...}`` (event id in use)."""
@@ -278,8 +306,14 @@ class BanditCore(PolicyVersions):
         return Rejection(409, "event_id", f"event {event_id!r} expired: its {self.window:g} s join window has "
                          f"closed ({what})", "expired")
 
-    async def record_reward(self, event_id: str, reward: float, reward_id: str | None = None) -> dict[str, Any]:
-        """Join a reward with its decision (see the module docstring for the rules); raise a Rejection if refused."""
+    async def record_reward(self, event_id: str, reward: float | None, reward_id: str | None = None,
+                            clicks: list[int] | None = None,
+                            slot_rewards: list[float] | None = None) -> dict[str, Any]:
+        """Join a reward with its decision (see the module docstring for the rules); raise a Rejection if refused.
+
+        A slate's feedback is ``clicks`` (the clicked positions, 0 the top slot) or ``slot_rewards`` (one per
+        slot) instead of ``reward``; it is complete, so it closes the event under either reward rule.
+        """
         now = time.time()
         event = self.open.get(event_id)
         if event is not None and now > event.deadline:
@@ -295,26 +329,38 @@ class BanditCore(PolicyVersions):
                             "unknown_event")
         if reward_id is not None and reward_id in event.reward_ids:
             return {**event.reward_ids[reward_id], "status": "duplicate"}
+        if event.slots:
+            reward = slate_feedback_total(event, event_id, reward, clicks, slot_rewards)
+        elif clicks is not None or slot_rewards is not None:
+            raise Rejection(422, "clicks" if clicks is not None else "slot_rewards", f"event {event_id!r} is not a "
+                            "slate (its policy chose one action): send reward", "not_a_slate")
+        elif reward is None:
+            raise Rejection(422, "reward", "required (or clicks / slot_rewards for a slate)", "missing")
         first = event.count == 0
         previous = event.total
         event.total = previous + reward
         event.count += 1
-        closes = self.config.reward_rule == "first"
+        closes = self.config.reward_rule == "first" or bool(event.slots)
         row = {"kind": "reward", "event_id": event_id, "reward": reward, "total": event.total,
                "previous_total": previous, "reward_count": event.count, "first": first, "closes": closes,
                "reward_id": reward_id}
+        if event.slots:
+            row["clicks" if clicks is not None else "slot_rewards"] = clicks if clicks is not None else slot_rewards
+            records = slate_records(0, event, event_id, clicks, slot_rewards)
+        else:
+            records = [LearningRecord(0, event.model, event.features, reward, full=first, previous=previous,
+                                      event_id=event_id)]
         result_holder = reward_result(row)  # filled with seq below
         if reward_id is not None:
             event.reward_ids[reward_id] = result_holder
         if closes:
             del self.open[event_id]
             self.closed.add(event_id, ClosedEvent("rewarded", None, event.total, now, event.reward_ids))
-        record = LearningRecord(0, event.model, event.features, reward, full=first, previous=previous,
-                                event_id=event_id)
 
         def durable() -> None:
-            record.seq = row["seq"]
-            self._enqueue(record)
+            for record in records:
+                record.seq = row["seq"]
+                self._enqueue(record)
             self.counters["rewards"] += 1
 
         await self.log.append([row], on_durable=durable)
@@ -342,14 +388,15 @@ class BanditCore(PolicyVersions):
                    "total": event.total if event.count else reward}
             rows.append(row)
             if outcome == "default":
-                records.append((row, LearningRecord(0, event.model, event.features, reward, event_id=event_id)))
+                records.append((row, expiry_records(0, event, event_id, reward)))
             self.closed.add(event_id, ClosedEvent("expired", outcome, row["total"], now, event.reward_ids))
             self.counters[f"expired_{outcome}"] += 1
         if rows:
             def durable() -> None:
-                for row, record in records:
-                    record.seq = row["seq"]
-                    self._enqueue(record)
+                for row, learned in records:
+                    for record in learned:
+                        record.seq = row["seq"]
+                        self._enqueue(record)
 
             self.log.submit(rows, on_durable=durable)
         return len(rows)

@@ -67,7 +67,11 @@ class LearnedRewards:
 
 
 def service_dataset_spec(fields: dict[str, Any], producer: dict[str, Any]) -> DatasetSpec:
-    """The dataset spec of a service's decisions (its policy fields)."""
+    """The dataset spec of a service's decisions (its policy fields); a slate service has none yet."""
+    if fields.get("slate_size"):
+        raise ValueError(f"this service serves slates of {fields['slate_size']} slots: the logged dataset "
+                         "(docs/logged-data.md) holds single-action decisions, so its log cannot be exported or "
+                         "evaluated as one; the slates and their feedback are in the event log (events.jsonl)")
     return DatasetSpec(shape=fields["shape"], context_dim=int(fields["context_dim"]),
                        arm_dim=int(fields.get("arm_dim") or 0), arm_ids=fields.get("arm_ids"),
                        interaction=bool(fields.get("interaction")), producer=producer)

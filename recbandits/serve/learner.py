@@ -18,9 +18,15 @@ from recbandits.serve.core import BanditCore
 from recbandits.serve.schemas import Rejection
 
 
-async def joined(core: BanditCore, event_id: str, reward: float, reward_id: str | None) -> dict[str, Any]:
+def reward_item(request) -> tuple:
+    """A reward request as ``BanditCore.record_reward``'s arguments (what a replica sends the learner)."""
+    return request.event_id, request.reward, request.reward_id, request.clicks, request.slot_rewards
+
+
+async def joined(core: BanditCore, *item) -> dict[str, Any]:
+    """``record_reward(*item)``; a Rejection as a dict."""
     try:
-        return await core.record_reward(event_id, reward, reward_id)
+        return await core.record_reward(*item)
     except Rejection as rejection:
         return {"rejection": rejection.to_dict()}
 

@@ -18,6 +18,11 @@ def policy_fields_of_module(module, config: ServeConfig) -> dict[str, Any]:
     """The policy fields (see ``config.POLICY_FIELDS``) describing a loaded module, with the config's overrides."""
     fields = module_policy_fields(module)
     fields["model_config"].update(config.model_config)
+    if config.slate_size:
+        if module.shape != "shared":
+            raise ValueError(f"slate_size={config.slate_size}: slates are served by the shared shape, and this "
+                             "checkpoint is disjoint")
+        fields["slate_size"] = config.slate_size
     if module.shape == "disjoint" and config.arm_ids is not None:
         if len(config.arm_ids) != fields["num_arms"]:
             raise ValueError(f"{len(config.arm_ids)} arm_ids for a checkpoint with {fields['num_arms']} arms")

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+import torch
 
+from recbandits.algos import kernel
 from recbandits.algos.candidates import LearningRecord, LinearCandidatePolicy
 from recbandits.serve.eventlog import repair_log, scan_log
 
@@ -23,10 +25,40 @@ class OpenEvent:
     ts: float
     deadline: float
     model: int
-    features: np.ndarray = field(repr=False)
+    features: np.ndarray = field(repr=False)  # [D], or a slate's [slots, D]
     total: float = 0.0
     count: int = 0
     reward_ids: dict[str, dict[str, Any]] = field(default_factory=dict)
+    slots: int = 0  # a ranking policy's slate: its number of slots (0: one action)
+
+
+def open_event(row: dict[str, Any], policy: LinearCandidatePolicy, window: float) -> OpenEvent:
+    """The open event of a decision row: what its reward (or a slate's per-slot feedback) will teach."""
+    context = np.asarray(row["context"], dtype=np.float64)
+    slate = row.get("slate")
+    if slate is not None:
+        features = policy.candidate_features(context, np.asarray(row["candidate_features"], dtype=np.float64)[slate])
+        return OpenEvent(row["ts"], row["ts"] + window, int(row["model"]), features, slots=len(slate))
+    chosen = row.get("chosen_features")
+    features = policy.learning_features(context, None if chosen is None else np.asarray(chosen, dtype=np.float64))
+    return OpenEvent(row["ts"], row["ts"] + window, int(row["model"]), features)
+
+
+def slate_records(seq: int, event: OpenEvent, event_id: str, clicks: list[int] | None = None,
+                  slot_rewards: list[float] | None = None, default: float | None = None) -> list[LearningRecord]:
+    """A slate's learning records, one per slot its feedback reveals (``kernel.slate_feedback``, as simulation
+    learns): ``clicks`` (cascading: the slots down to the first click), ``slot_rewards`` (a score per slot), or
+    ``default`` (no feedback in the window: every slot learns the default reward)."""
+    if slot_rewards is not None:
+        observed, targets = kernel.slate_feedback(event.slots, slot_rewards=torch.tensor([slot_rewards]))
+    elif clicks is not None:
+        first = torch.tensor([min(clicks) if clicks else -1])
+        observed, targets = kernel.slate_feedback(event.slots, clicked_position=first)
+    else:
+        observed = torch.ones(1, event.slots, dtype=torch.bool)
+        targets = torch.full((1, event.slots), float(default), dtype=torch.float64)
+    return [LearningRecord(seq, event.model, event.features[slot], float(targets[0, slot]), event_id=event_id)
+            for slot in torch.nonzero(observed[0]).flatten().tolist()]
 
 
 class ClosedEvent(NamedTuple):
@@ -126,22 +158,21 @@ def replay_log(path: Path, fields: dict[str, Any], window: float, after: int | N
         counters = replay.counters
         if kind == "decision":
             counters["decisions"] += 1
-            chosen = row.get("chosen_features")
-            features = helper.learning_features(
-                np.asarray(row["context"], dtype=np.float64),
-                None if chosen is None else np.asarray(chosen, dtype=np.float64),
-            )
-            replay.open[row["event_id"]] = OpenEvent(row["ts"], row["ts"] + window, int(row["model"]), features)
+            replay.open[row["event_id"]] = open_event(row, helper, window)
         elif kind == "reward":
             event = replay.open.get(row["event_id"])
             if event is None:
                 continue  # its decision precedes a truncated history: nothing to learn
             counters["rewards"] += 1
-            counters["learning_records"] += 1
+            if event.slots:
+                records = slate_records(seq, event, row["event_id"], row.get("clicks"), row.get("slot_rewards"))
+            else:
+                records = [LearningRecord(seq, event.model, event.features, float(row["reward"]),
+                                          full=bool(row["first"]), previous=float(row["previous_total"]),
+                                          event_id=row["event_id"])]
+            counters["learning_records"] += len(records)
             if seq > after:
-                replay.records.append(LearningRecord(seq, event.model, event.features, float(row["reward"]),
-                                                     full=bool(row["first"]), previous=float(row["previous_total"]),
-                                                     event_id=row["event_id"]))
+                replay.records.extend(records)
             event.total, event.count = float(row["total"]), int(row["reward_count"])
             result = reward_result(row)
             if row.get("reward_id") is not None:
@@ -156,10 +187,10 @@ def replay_log(path: Path, fields: dict[str, Any], window: float, after: int | N
                 continue
             counters[f"expired_{row['outcome']}"] += 1
             if row["outcome"] == "default":
-                counters["learning_records"] += 1
+                records = expiry_records(seq, event, row["event_id"], float(row["reward"]))
+                counters["learning_records"] += len(records)
                 if seq > after:
-                    replay.records.append(LearningRecord(seq, event.model, event.features, float(row["reward"]),
-                                                         event_id=row["event_id"]))
+                    replay.records.extend(records)
             replay.closed.add(row["event_id"], ClosedEvent("expired", row["outcome"], row.get("total"), row["ts"],
                                                            event.reward_ids))
         elif kind == "version":
@@ -169,6 +200,13 @@ def replay_log(path: Path, fields: dict[str, Any], window: float, after: int | N
             counters["learning_records"] -= 1
             replay.quarantine_rows.append(row)
     return replay
+
+
+def expiry_records(seq: int, event: OpenEvent, event_id: str, default: float) -> list[LearningRecord]:
+    """What an event learns when its window ends without a reward: the default reward (every slot of a slate)."""
+    if event.slots:
+        return slate_records(seq, event, event_id, default=default)
+    return [LearningRecord(seq, event.model, event.features, default, event_id=event_id)]
 
 
 def reward_result(row: dict[str, Any]) -> dict[str, Any]:

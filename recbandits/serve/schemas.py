@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from recbandits.algos.candidates import CandidateSet
 from recbandits.logs.features import read_feature_table
@@ -94,7 +94,8 @@ class RankedItem(BaseModel):
     id: str
     title: str | None = Field(None, description="The item's title, where the service knows it (item_titles).")
     score: float
-    probability: float | None = Field(None, description="Probability that the policy chooses it (null: unknown).")
+    probability: float | None = Field(None, description="Probability that the policy chooses it (null: unknown); "
+                                      "a ranking policy's slate: that this slot shows it.")
 
 
 class RankResponse(BaseModel):
@@ -106,12 +107,28 @@ class RankResponse(BaseModel):
     exploration: str
 
 
+MAX_SLOTS = 1000  # a schema-level bound on a slate's feedback; the event's own slate is checked after
+
+
 class RewardRequest(_Strict):
     event_id: EventId
-    reward: Number
+    reward: Number | None = Field(None, description="The decision's reward (a single-action policy).")
+    clicks: list[Annotated[int, Field(strict=True)]] | None = Field(
+        None, max_length=MAX_SLOTS, description="A slate's feedback: the clicked positions (0: the top slot; [] for "
+        "none). Cascade rule: the slots down to the first click are learned (0 above it, 1 at it).")
+    slot_rewards: list[Number] | None = Field(
+        None, max_length=MAX_SLOTS, description="A slate's feedback: one reward per slot, every slot learned.")
     reward_id: EventId | None = Field(
         None, description="Idempotency key: a retried reward with the same id is acknowledged once."
     )
+
+    @model_validator(mode="after")
+    def _one_feedback(self) -> RewardRequest:
+        given = [name for name in ("reward", "clicks", "slot_rewards") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of reward, clicks (a slate's clicked positions) or slot_rewards, "
+                             f"not {' and '.join(given) if given else 'none'}")
+        return self
 
 
 class RewardResponse(BaseModel):

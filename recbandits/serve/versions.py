@@ -145,6 +145,10 @@ class PolicyVersions:
         from recbandits.serve.export import recent_dataset
         from recbandits.serve.promotion import candidate_statistics, evaluate_promotion
 
+        if self.fields.get("slate_size"):
+            raise Rejection(422, "checkpoint", f"this service serves slates of {self.fields['slate_size']} slots; the "
+                            "promotion gate evaluates single-action policies only (no slate estimator yet)",
+                            "slates_not_evaluated")
         self._begin_change("promotion")
         loop = asyncio.get_running_loop()
         try:
