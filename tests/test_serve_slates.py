@@ -143,3 +143,105 @@ def test_core_learns_slates_slot_by_slot_and_replays_them(tmp_path):
 def test_a_slate_needs_the_shared_shape():
     with pytest.raises(ValueError, match="slates are served by the shared shape"):
         ServeConfig(shape="disjoint", slate_size=3)
+
+
+def _served_version_covers(url: str, token: str, seq: int, timeout_s: float = 30.0) -> dict:
+    """``GET /v1/policy`` once the replica serves the version that learned every reward up to ``seq``."""
+    from recbandits.loadgen.service_process import http_json
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, info = http_json("GET", f"{url}/v1/policy", token=token)
+        assert status == 200, info
+        if info["watermark"] >= seq and info["served_by_this_replica"] == info["policy_version"]:
+            return info
+        assert time.monotonic() < deadline, f"no served version covers seq {seq}: {info}"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_local")
+def test_a_simulated_ranking_checkpoint_serves_and_learns_over_http_as_in_simulation(small_data_dir, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from recbandits.algos.candidates import module_policy_fields
+    from recbandits.algos.checkpoints import load_linear_module
+    from recbandits.cli import app
+    from recbandits.envs import MovieLensRankingVectorEnv
+    from recbandits.loadgen.service_process import ServiceProcess, free_port_block, http_json
+
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, [
+        "simulate", "--env", "movielens-ranking", "--steps", "512", "--num-env-runners", "0", "--num-envs", "64",
+        "--rollout-fragment-length", "4", "--rank", "6", "--num-candidates", "8", "--slate-size", "3",
+        "--data-dir", str(small_data_dir), "--no-references", "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    module = load_linear_module(run, "the test")  # what simulation trained; it keeps learning here as it would there
+    fields = module_policy_fields(module)
+    assert fields["slate_size"] == 3 and fields["model_config"]["exploration"] == "ucb"
+    env = MovieLensRankingVectorEnv(num_envs=24, **json.loads((run / "config.json").read_text())["env_settings"])
+    observations, _ = env.reset(seed=5)
+
+    port = free_port_block(12)
+    args = ["--state-dir", tmp_path / "state", "--port", port, "--replica-port", port + 1, "--learning", "in_process",
+            "--update-interval", 0.0, "--join-window", 600.0, "--snapshot-interval", 1.0]  # nothing expires here
+    service = ServiceProcess([*args, "--checkpoint", run], log_path=tmp_path / "service.log")
+    ready = service.start()
+    url, token = ready["replica_urls"][0], service.admin_token
+    last_seq, clicks_sent = 0, 0
+    try:
+        for _ in range(3):
+            _served_version_covers(url, token, last_seq)
+            global_features = observations["global"].astype(np.float64)
+            arm_features = observations["per_arm"].astype(np.float64)
+            mirror = LinearCandidatePolicy(fields, module.get_state())
+            expected = mirror.decide([CandidateSet(context=global_features[row], arm_features=arm_features[row])
+                                      for row in range(env.num_envs)])
+            answers = []
+            for row in range(env.num_envs):
+                candidates = [{"id": f"c{k}", "features": features.tolist()}
+                              for k, features in enumerate(arm_features[row])]
+                status, answer = http_json("POST", f"{url}/v1/rank",
+                                           {"context": global_features[row].tolist(), "candidates": candidates})
+                assert status == 200, answer
+                answers.append(answer)
+            slates = np.array([[int(item["id"][1:]) for item in answer["ranking"]] for answer in answers])
+            # The slates served are the simulation-trained policy's, each slot shown with probability 1 (UCB).
+            assert slates.tolist() == [decision.slate for decision in expected]
+            assert all(item["probability"] == 1.0 for answer in answers for item in answer["ranking"])
+            observations, _, _, _, infos = env.step(slates)
+            for row, answer in enumerate(answers):  # the simulator's cascading clicks, through HTTP
+                position = int(infos["clicked_position"][row])
+                status, joined = http_json("POST", f"{url}/v1/reward", {"event_id": answer["event_id"],
+                                                                        "clicks": [position] if position >= 0 else []})
+                assert status == 200 and joined["status"] == "joined", joined
+                last_seq, clicks_sent = max(last_seq, joined["seq"]), clicks_sent + (position >= 0)
+            # The simulation's learning step on the same feedback (env_runner._slate_feedback).
+            features = kernel.candidate_features(torch.from_numpy(global_features), torch.from_numpy(arm_features),
+                                                 fields["interaction"])
+            observed, targets = kernel.slate_feedback(3, clicked_position=infos["clicked_position"])
+            slot_features = features[torch.arange(env.num_envs).unsqueeze(1), torch.from_numpy(slates)][observed]
+            module.absorb(*module.statistics(slot_features, torch.zeros(len(slot_features), dtype=torch.int64),
+                                             targets[observed]), decay=module.gamma)
+        assert 0 < clicks_sent < 3 * env.num_envs  # the feedback had both clicks and skips
+        info = _served_version_covers(url, token, last_seq)
+        status, served = http_json("GET", f"{url}/v1/policy/versions/{info['policy_version']}/state", token=token)
+        assert status == 200, served
+    finally:
+        service.stop()
+    want = module.get_state()
+    for key in ("data_precision", "data_response", "response_square", "counts"):
+        np.testing.assert_allclose(np.asarray(served["state"][key]), want[key], rtol=1e-9, atol=1e-9, err_msg=key)
+    # A restart from the state dir alone (its snapshot and log) serves the same statistics.
+    restarted = ServiceProcess(args, log_path=tmp_path / "restarted.log")
+    ready = restarted.start()
+    try:
+        url, token = ready["replica_urls"][0], restarted.admin_token
+        info = _served_version_covers(url, token, last_seq)
+        status, again = http_json("GET", f"{url}/v1/policy/versions/{info['policy_version']}/state", token=token)
+        assert status == 200, again
+    finally:
+        restarted.stop()
+    np.testing.assert_allclose(np.asarray(again["state"]["data_precision"]), want["data_precision"], rtol=1e-9)

@@ -140,6 +140,20 @@ class RankingSimulator(CandidateSimulator):
         # the cascade any order of the top movies is optimal and we report the sorted one.
         return np.argsort(-attraction, axis=1, kind="stable")[:, : self.slate_size]
 
+    def slate_values(self, slates: np.ndarray, idx=slice(None)) -> tuple[np.ndarray, np.ndarray]:
+        """(expected clicks of ``slates`` [n, slate_size], expected clicks of the oracle slate) for the current
+        users and candidates of the sub-envs ``idx``."""
+        attraction = self._attraction(idx)[1]
+        expected = slate_expected_clicks(np.take_along_axis(attraction, slates, axis=1), self.choice_model,
+                                         self.examination)
+        return expected, self._oracle(attraction)[1]
+
+    def _oracle(self, attraction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the oracle slates, their expected clicks) given each candidate's attraction."""
+        optimal_slate = self._optimal_slates(attraction)
+        optimal = np.take_along_axis(attraction, optimal_slate, axis=1)
+        return optimal_slate, slate_expected_clicks(optimal, self.choice_model, self.examination)
+
     def _act(self, actions, idx):
         ratings, attraction = self._attraction(idx)
         slate_attraction = np.take_along_axis(attraction, actions, axis=1)
@@ -153,10 +167,7 @@ class RankingSimulator(CandidateSimulator):
         else:
             clicks = draws < slate_attraction * self.examination
         expected = slate_expected_clicks(slate_attraction, self.choice_model, self.examination)
-        optimal_slate = self._optimal_slates(attraction)
-        optimal_reward = slate_expected_clicks(
-            np.take_along_axis(attraction, optimal_slate, axis=1), self.choice_model, self.examination
-        )
+        optimal_slate, optimal_reward = self._oracle(attraction)
         info = {
             "user_id": self.factorization.user_ids[self.users[idx]],
             "candidate_ids": self.candidate_ids(idx),
@@ -180,11 +191,7 @@ class RankingSimulator(CandidateSimulator):
         return self._optimal_slates(self._attraction()[1])
 
     def oracle_info(self) -> dict[str, np.ndarray]:
-        attraction = self._attraction()[1]
-        optimal_slate = self._optimal_slates(attraction)
-        optimal_reward = slate_expected_clicks(
-            np.take_along_axis(attraction, optimal_slate, axis=1), self.choice_model, self.examination
-        )
+        optimal_slate, optimal_reward = self._oracle(self._attraction()[1])
         return {
             "optimal_action": optimal_slate, "optimal_reward": optimal_reward, "candidate_ids": self.candidate_ids()
         }

@@ -31,7 +31,12 @@ def loadtest_command(
         help="Radians per arrival that the users' shared taste rotation turns (0: tastes stand still).")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of the simulated users.")] = 0,
     warmup: Annotated[float, typer.Option(help="Seconds excluded from the throughput/latency figures.")] = 2.0,
-    top_k: Annotated[int, typer.Option(help="Ranking length asked for (0: the whole ranking).")] = 5,
+    top_k: Annotated[int, typer.Option(
+        help="Ranking length asked for (0: the whole ranking; a ranking service shows its whole slate).")] = 5,
+    num_candidates: Annotated[int, typer.Option(help="Ranking service: candidate movies per arrival.")] = 20,
+    choice_model: Annotated[str, typer.Option(
+        help="Ranking service: how users click a slate, cascade (sends clicks) or position_based (sends "
+             "slot_rewards).")] = "cascade",
     reward_batch_ms: Annotated[float, typer.Option(
         help="0: one /v1/reward call per reward; "
              "> 0: rewards due are posted to /v1/rewards every this many ms.")] = 0.0,
@@ -39,7 +44,8 @@ def loadtest_command(
         help="The service's admin token (it reads the policy's state): STATE_DIR/admin.token by default.")] = None,
     out: Annotated[Path | None, typer.Option(help="Write the report (JSON) here.")] = None,
 ) -> None:
-    """Load-test a running service with simulated MovieLens users; report throughput, latency, regret."""
+    """Load-test a running service with simulated MovieLens users (the MF env's for a disjoint service, the ranking
+    env's click model for a ranking one); report throughput, latency, regret."""
     from recbandits.loadgen.loadtest import LoadTestSpec, format_report, run_loadtest
 
     try:
@@ -48,7 +54,8 @@ def loadtest_command(
         spec = LoadTestSpec(urls=list(url), rate=rate, concurrency=concurrency, max_requests=requests,
                             duration_s=duration, reward_delay=(low, high), data_dir=data_dir, rank=rank,
                             reward_noise=reward_noise, drift_rate=drift_rate, seed=seed, warmup_s=warmup,
-                            top_k=top_k or None, reward_batch_s=reward_batch_ms / 1000.0, admin_token=token)
+                            top_k=top_k or None, reward_batch_s=reward_batch_ms / 1000.0, admin_token=token,
+                            num_candidates=num_candidates, choice_model=choice_model)
         report = run_loadtest(spec)
     except (ValueError, OSError) as error:
         raise fail(str(error)) from None

@@ -1,17 +1,18 @@
 """``recbandits loadtest``: simulated MovieLens users against a running service, over HTTP.
 
-Each simulated arrival draws a user of the MovieLens matrix-factorization env (``MovieLensEnv``: the user's
-factor vector is the context, the movies are the arms), calls ``POST /v1/rank``, and after a random delay
-(uniform in ``reward_delay``) sends the env's reward of the chosen movie (its approximated rating, plus optional
-noise) to ``POST /v1/reward``. Arrivals are open-loop at ``rate`` per second (or closed-loop with
-``concurrency`` users when ``rate`` is 0), bounded by ``max_requests`` and ``duration_s``.
+Each simulated arrival (``recbandits.loadgen.users``: the MF env's users for a disjoint service, the ranking
+env's users and click model for a ranking service) calls ``POST /v1/rank``, and after a random delay (uniform in
+``reward_delay``) sends its feedback on what it was shown to ``POST /v1/reward``: the env's reward of the chosen
+movie (its approximated rating, plus optional noise), or the clicks on the slate. Arrivals are open-loop at
+``rate`` per second (or closed-loop with ``concurrency`` users when ``rate`` is 0), bounded by ``max_requests``
+and ``duration_s``.
 
 Reported: rank and reward requests/s, latency percentiles, errors by status, the click-to-policy latency (from
 a reward's 2xx to the first rank answer whose ``policy_watermark`` reaches the reward's ``seq``: the first
-decision by a version that learned from it) and the cumulative regret of the served decisions against a frozen
-copy of the starting policy (fetched from ``/v1/policy/versions/{v}/state``) on the same users: with a
-service started from a ``simulate`` run (its MovieLens movie ids as arm ids), a policy trained on earlier data
-and then frozen. ``drift_rate`` > 0 turns the users' tastes (``PreferenceDrift``: one world, a step of about
+decision by a version that learned from it) and the cumulative regret of the served decisions (slates: in
+expected clicks) against a frozen copy of the starting policy (fetched from ``/v1/policy/versions/{v}/state``)
+on the same users: with a service started from a ``simulate`` run, a policy trained on earlier data and then
+frozen. ``drift_rate`` > 0 turns the users' tastes (``PreferenceDrift``: one world, a step of about
 ``drift_rate`` radians per arrival, shared by every user) while contexts keep showing the users' profiles,
 the case online learning exists for; both policies' regret is measured against the world at each arrival. After
 the load stops, a decision is probed every 10 ms until a served version covers every acknowledged reward, so the
@@ -33,6 +34,7 @@ import numpy as np
 import orjson
 
 from recbandits.loadgen.http_client import REQUEST_ERRORS, KeepAliveClient, parse_base_url
+from recbandits.loadgen.users import LoadTestUsers, simulated_users
 
 PROBE_INTERVAL_S = 0.01  # decisions probed after the load, to time the last rewards' click-to-policy
 PROBE_TIMEOUT_S = 5.0  # give up on covering the last rewards this long after the last one was acknowledged
@@ -56,6 +58,8 @@ class LoadTestSpec:
     drift_rate: float = 0.0  # radians per arrival that the users' shared taste rotation turns (0: stationary)
     reward_batch_s: float = 0.0  # > 0: rewards due are collected and posted to /v1/rewards every this many seconds
     admin_token: str | None = None  # the service's admin token (GET /v1/policy and the starting policy's state)
+    num_candidates: int = 20  # ranking service: candidates per arrival
+    choice_model: str = "cascade"  # ranking service: how users click a slate ("cascade" or "position_based")
 
     def __post_init__(self):
         if not self.urls:
@@ -70,56 +74,6 @@ class LoadTestSpec:
             raise ValueError(f"reward delay {self.reward_delay} must satisfy 0 <= MIN <= MAX")
         if not (np.isfinite(self.drift_rate) and self.drift_rate >= 0):
             raise ValueError(f"--drift-rate {self.drift_rate} must be a finite number >= 0 (radians per arrival)")
-
-
-@dataclass
-class SimulatedUsers:
-    """The env's users as the load test offers them: arrival i is user ``arrival_users[i]``."""
-
-    contexts: np.ndarray  # [U, d] float32 (what the env observes)
-    bodies: list[bytes]  # [U] each user's rank request
-    arrival_users: np.ndarray  # [N] int64
-    movie_of_arm: dict[str, int]  # the service's arm id -> the env's movie index
-    expected: np.ndarray  # [U, K] expected reward of each movie while tastes stand still
-    arrival_expected: np.ndarray | None  # [N, K] expected rewards in the world of each arrival (drift only)
-
-    def expected_at(self, arrivals: np.ndarray) -> np.ndarray:
-        """[n, K] expected reward of every movie for the given arrivals."""
-        if self.arrival_expected is not None:
-            return self.arrival_expected[arrivals]
-        return self.expected[self.arrival_users[arrivals]]
-
-
-def simulated_users(spec: LoadTestSpec, context_dim: int, arm_ids: list[str]) -> SimulatedUsers:
-    """The env's users: contexts, each user's rank request, who arrives when, and the expected rewards."""
-    from recbandits.envs import MovieLensEnv
-    from recbandits.envs._random import key_from_seed
-    from recbandits.envs.core import PreferenceDrift
-
-    env = MovieLensEnv(data_dir=spec.data_dir, rank=spec.rank or context_dim, num_movies=len(arm_ids))
-    simulator = env.unwrapped.simulator
-    factorization = simulator.factorization
-    contexts = factorization.user_factors.astype(np.float32)
-    if contexts.shape[1] != context_dim:
-        raise ValueError(f"the env's users have {contexts.shape[1]} features, the service expects {context_dim}")
-    movie_ids = [str(movie) for movie in factorization.item_ids]
-    if arm_ids == [str(k) for k in range(len(arm_ids))]:
-        movie_of_arm = {arm: k for k, arm in enumerate(arm_ids)}
-    elif sorted(arm_ids) == sorted(movie_ids):
-        movie_of_arm = {movie: k for k, movie in enumerate(movie_ids)}
-    else:
-        raise ValueError("the load test's movies are the env's: the service's arm ids must be 0..K-1 or the env's "
-                         f"MovieLens movie ids ({', '.join(movie_ids[:5])}, ...); it has {', '.join(arm_ids[:5])}, ...")
-    extra = {} if spec.top_k is None else {"top_k": spec.top_k}
-    bodies = [orjson.dumps({"context": row.astype(np.float64).tolist(), **extra}) for row in contexts]
-    arrival_users = np.random.default_rng([spec.seed, 1]).integers(len(contexts), size=spec.max_requests)
-    expected = simulator.reward_model.expected(factorization.approx_ratings())
-    arrival_expected = None
-    if spec.drift_rate > 0:
-        drift = PreferenceDrift(factorization.rank, spec.drift_rate)
-        tastes = drift.along_one_path(key_from_seed(spec.seed), factorization.user_factors[arrival_users])
-        arrival_expected = simulator.reward_model.expected(tastes @ factorization.item_factors.T)
-    return SimulatedUsers(contexts, bodies, arrival_users, movie_of_arm, expected, arrival_expected)
 
 
 async def _get_json(client: KeepAliveClient, path: str, token: str | None) -> dict[str, Any]:
@@ -174,7 +128,7 @@ async def open_loop(fire: Callable[[int], Awaitable[None]], rate: float, max_req
 
 
 async def _run(spec: LoadTestSpec) -> dict[str, Any]:
-    from recbandits.algos.candidates import CandidateSet, LinearCandidatePolicy
+    from recbandits.algos.candidates import LinearCandidatePolicy
 
     clients = {url: KeepAliveClient(url, spec.timeout_s, max_connections=max(spec.concurrency * 2, 64))
                for url in spec.urls}
@@ -182,13 +136,11 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
     try:
         info = await _get_json(first, "/v1/policy", spec.admin_token)
         fields = info["policy"]
-        if fields["shape"] != "disjoint":
-            raise ValueError("the load test simulates the MovieLens env: it needs a disjoint-shape service")
+        users = simulated_users(spec, fields)
         start_version = int(info["policy_version"])
         start_state = await _get_json(first, f"/v1/policy/versions/{start_version}/state", spec.admin_token)
         frozen = LinearCandidatePolicy(fields, {key: np.asarray(value) for key, value in start_state["state"].items()},
                                seed=spec.seed + 1)
-        users = simulated_users(spec, fields["context_dim"], fields["arm_ids"])
         # Building the users blocks the event loop for longer than the server's keep-alive timeout may last: a
         # connection it closed meanwhile would look reusable. The load starts on fresh connections.
         await first.close()
@@ -198,8 +150,8 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
         gc.collect()
         gc.freeze()
 
-        # send, recv, status, arrival, movie (the env's index of the chosen arm), version, watermark
-        ranks: list[tuple[float, float, int, int, int, int, int]] = []
+        # send, recv, status, arrival, what was shown (users.shown), version, watermark
+        ranks: list[tuple[float, float, int, int, Any, int, int]] = []
         rewards: list[tuple[float, float, int, int]] = []  # send, ack, status, seq
         errors: dict[str, int] = {}
         pending_rewards: set[asyncio.Task] = set()
@@ -209,7 +161,7 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
         def error(kind: str) -> None:
             errors[kind] = errors.get(kind, 0) + 1
 
-        collected: dict[str, list[tuple[str, float]]] = {url: [] for url in spec.urls}
+        collected: dict[str, list[tuple[str, dict[str, Any]]]] = {url: [] for url in spec.urls}
 
         async def post(kind: str, url: str, path: str, body: bytes) -> tuple[float, float, int, bytes] | None:
             """(sent, received, status, payload) of one POST; None (counted as an error) if it never answered."""
@@ -224,8 +176,8 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
                 error(f"{kind}:{status}")
             return sent, received, status, payload
 
-        async def post_batch(url: str, items: list[tuple[str, float]]) -> None:
-            body = orjson.dumps({"rewards": [{"event_id": event_id, "reward": value} for event_id, value in items]})
+        async def post_batch(url: str, items: list[tuple[str, dict[str, Any]]]) -> None:
+            body = orjson.dumps({"rewards": [{"event_id": event_id, **fields} for event_id, fields in items]})
             answer = await post("reward", url, "/v1/rewards", body)
             if answer is None or answer[2] != 200:
                 return
@@ -256,12 +208,12 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
                 if final:
                     return
 
-        async def send_reward(url: str, event_id: str, reward: float, delay: float) -> None:
+        async def send_reward(url: str, event_id: str, feedback: dict[str, Any], delay: float) -> None:
             await asyncio.sleep(delay)
             if spec.reward_batch_s > 0:
-                collected[url].append((event_id, reward))
+                collected[url].append((event_id, feedback))
                 return
-            answer = await post("reward", url, "/v1/reward", orjson.dumps({"event_id": event_id, "reward": reward}))
+            answer = await post("reward", url, "/v1/reward", orjson.dumps({"event_id": event_id, **feedback}))
             if answer is None:
                 return
             sent, acked, status, payload = answer
@@ -269,7 +221,7 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
 
         async def one(index: int) -> None:
             url = spec.urls[index % len(spec.urls)]
-            answer = await post("rank", url, "/v1/rank", users.bodies[users.arrival_users[index]])
+            answer = await post("rank", url, "/v1/rank", users.body(index))
             if answer is None:
                 return
             sent, received, status, payload = answer
@@ -277,14 +229,11 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
                 ranks.append((sent, received, status, index, -1, -1, -1))
                 return
             answer = orjson.loads(payload)
-            movie = users.movie_of_arm[answer["action"]]
-            ranks.append((sent, received, status, index, movie, int(answer["policy_version"]),
+            shown = users.shown(index, answer)
+            ranks.append((sent, received, status, index, shown, int(answer["policy_version"]),
                           int(answer["policy_watermark"])))
-            reward = float(users.expected_at(np.array([index]))[0, movie])
-            if spec.reward_noise > 0:
-                reward += float(rng.normal(0.0, spec.reward_noise))
             task = asyncio.get_running_loop().create_task(
-                send_reward(url, answer["event_id"], reward, float(rng.uniform(low, high))))
+                send_reward(url, answer["event_id"], users.feedback(index, shown, rng), float(rng.uniform(low, high))))
             pending_rewards.add(task)
             task.add_done_callback(pending_rewards.discard)
 
@@ -322,7 +271,7 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
             nonlocal covered
             for index in itertools.count():
                 url = spec.urls[index % len(spec.urls)]
-                status, payload = await clients[url].request("POST", "/v1/rank", users.bodies[0])
+                status, payload = await clients[url].request("POST", "/v1/rank", probe)
                 if status == 200:
                     tail.append((time.perf_counter(), int(orjson.loads(payload)["policy_watermark"])))
                     covered = max(covered, tail[-1][1])
@@ -332,6 +281,7 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
                     return
                 await asyncio.sleep(PROBE_INTERVAL_S)
 
+        probe = users.body(0)
         prober = asyncio.get_running_loop().create_task(probe_after_load())
         if tasks:
             await asyncio.gather(*tasks)
@@ -350,12 +300,12 @@ async def _run(spec: LoadTestSpec) -> dict[str, Any]:
         for client in clients.values():
             await client.close()
 
-    return _report(spec, users, frozen, CandidateSet, ranks, rewards, tail, errors, started, stopped, rank_done, issued,
-                   lag, start_version, end_info, generator_cpu_s, fields["arm_ids"])
+    return _report(spec, users, frozen, ranks, rewards, tail, errors, started, stopped, rank_done, issued, lag,
+                   start_version, end_info, generator_cpu_s)
 
 
-def _report(spec, users, frozen, score_job, ranks, rewards, tail, errors, started, stopped, rank_done, issued, lag,
-            start_version, end_info, generator_cpu_s, arm_ids) -> dict[str, Any]:
+def _report(spec, users: LoadTestUsers, frozen, ranks, rewards, tail, errors, started, stopped, rank_done, issued,
+            lag, start_version, end_info, generator_cpu_s) -> dict[str, Any]:
     ok = [row for row in ranks if row[2] == 200]
     window_start = started + spec.warmup_s
     steady = [row for row in ok if row[0] >= window_start]
@@ -379,19 +329,8 @@ def _report(spec, users, frozen, score_job, ranks, rewards, tail, errors, starte
     # Regret of the served decisions against a frozen copy of the starting policy on the same arrivals, in the
     # world of each arrival.
     arrivals = np.array([row[3] for row in ok], dtype=np.int64)
-    served_movies = np.array([row[4] for row in ok], dtype=np.int64)
-    frozen_movies = np.empty_like(served_movies)
-    positions = np.arange(len(arm_ids))
-    movie_at_position = np.array([users.movie_of_arm[arm] for arm in arm_ids], dtype=np.int64)
-    for begin in range(0, len(arrivals), 2048):
-        chunk = users.arrival_users[arrivals[begin:begin + 2048]]
-        decisions = frozen.decide([score_job(context=users.contexts[user].astype(np.float64), arms=positions)
-                                   for user in chunk])
-        frozen_movies[begin:begin + len(chunk)] = movie_at_position[[decision.chosen for decision in decisions]]
-    expected = users.expected_at(arrivals)
-    rows = np.arange(len(arrivals))
-    online_regret = expected.max(axis=1) - expected[rows, served_movies]
-    frozen_regret = expected.max(axis=1) - expected[rows, frozen_movies]
+    online_regret = users.regret(arrivals, [row[4] for row in ok])
+    frozen_regret = users.frozen_regret(frozen, arrivals)
     half = len(online_regret) // 2
 
     return {

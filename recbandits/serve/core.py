@@ -70,9 +70,22 @@ LEARNING_STUCK_S = 30.0  # a learning record waiting longer than this turns /hea
 # --------------------------------------------------------------------------------------------------
 
 
-def slate_feedback_total(event: OpenEvent, event_id: str, reward: float | None, clicks: list[int] | None,
-                         slot_rewards: list[float] | None) -> float:
-    """Check a slate's feedback against its slate (a Rejection naming the field if wrong); its total reward."""
+def reward_feedback(event: OpenEvent, event_id: str, reward: float | None, clicks: list[int] | None,
+                    slot_rewards: list[float] | None) -> tuple[float, list[LearningRecord], dict[str, Any]]:
+    """(the reward it adds, its learning records with seq 0 until durable, its fields of the reward row) of one
+    feedback for an open event; a Rejection naming the field when it does not fit the decision.
+
+    A single action takes ``reward``; a slate takes ``clicks`` (distinct positions inside the slate) or
+    ``slot_rewards`` (one per slot), learned slot by slot (``replay.slate_records``).
+    """
+    if not event.slots:
+        if clicks is not None or slot_rewards is not None:
+            raise Rejection(422, "clicks" if clicks is not None else "slot_rewards", f"event {event_id!r} is not a "
+                            "slate (its policy chose one action): send reward", "not_a_slate")
+        if reward is None:
+            raise Rejection(422, "reward", "required (or clicks / slot_rewards for a slate)", "missing")
+        return reward, [LearningRecord(0, event.model, event.features, reward, full=event.count == 0,
+                                       previous=event.total, event_id=event_id)], {}
     if reward is not None:
         raise Rejection(422, "reward", f"event {event_id!r} is a slate of {event.slots} slots: send clicks (the "
                         "clicked positions) or slot_rewards (one per slot) instead", "slate_feedback")
@@ -80,7 +93,8 @@ def slate_feedback_total(event: OpenEvent, event_id: str, reward: float | None, 
         if len(slot_rewards) != event.slots:
             raise Rejection(422, "slot_rewards", f"expected {event.slots} values (one per slot of the slate), got "
                             f"{len(slot_rewards)}", "wrong_dimension")
-        return float(sum(slot_rewards))
+        return float(sum(slot_rewards)), slate_records(0, event, event_id, None, slot_rewards), {
+            "slot_rewards": slot_rewards}
     if clicks is None:
         raise Rejection(422, "clicks", f"required for the slate of event {event_id!r}: the clicked positions "
                         "([] for none), or slot_rewards", "missing")
@@ -92,7 +106,7 @@ def slate_feedback_total(event: OpenEvent, event_id: str, reward: float | None, 
         if position in seen:
             raise Rejection(422, f"clicks[{index}]", f"position {position} is given twice", "duplicate")
         seen.add(position)
-    return float(len(clicks))
+    return float(len(clicks)), slate_records(0, event, event_id, clicks), {"clicks": clicks}
 
 
 class BanditCore(PolicyVersions):
@@ -329,13 +343,7 @@ class BanditCore(PolicyVersions):
                             "unknown_event")
         if reward_id is not None and reward_id in event.reward_ids:
             return {**event.reward_ids[reward_id], "status": "duplicate"}
-        if event.slots:
-            reward = slate_feedback_total(event, event_id, reward, clicks, slot_rewards)
-        elif clicks is not None or slot_rewards is not None:
-            raise Rejection(422, "clicks" if clicks is not None else "slot_rewards", f"event {event_id!r} is not a "
-                            "slate (its policy chose one action): send reward", "not_a_slate")
-        elif reward is None:
-            raise Rejection(422, "reward", "required (or clicks / slot_rewards for a slate)", "missing")
+        reward, records, feedback = reward_feedback(event, event_id, reward, clicks, slot_rewards)
         first = event.count == 0
         previous = event.total
         event.total = previous + reward
@@ -343,13 +351,7 @@ class BanditCore(PolicyVersions):
         closes = self.config.reward_rule == "first" or bool(event.slots)
         row = {"kind": "reward", "event_id": event_id, "reward": reward, "total": event.total,
                "previous_total": previous, "reward_count": event.count, "first": first, "closes": closes,
-               "reward_id": reward_id}
-        if event.slots:
-            row["clicks" if clicks is not None else "slot_rewards"] = clicks if clicks is not None else slot_rewards
-            records = slate_records(0, event, event_id, clicks, slot_rewards)
-        else:
-            records = [LearningRecord(0, event.model, event.features, reward, full=first, previous=previous,
-                                      event_id=event_id)]
+               "reward_id": reward_id, **feedback}
         result_holder = reward_result(row)  # filled with seq below
         if reward_id is not None:
             event.reward_ids[reward_id] = result_holder

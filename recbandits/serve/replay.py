@@ -49,14 +49,12 @@ def slate_records(seq: int, event: OpenEvent, event_id: str, clicks: list[int] |
     """A slate's learning records, one per slot its feedback reveals (``kernel.slate_feedback``, as simulation
     learns): ``clicks`` (cascading: the slots down to the first click), ``slot_rewards`` (a score per slot), or
     ``default`` (no feedback in the window: every slot learns the default reward)."""
-    if slot_rewards is not None:
-        observed, targets = kernel.slate_feedback(event.slots, slot_rewards=torch.tensor([slot_rewards]))
-    elif clicks is not None:
+    if clicks is not None:
         first = torch.tensor([min(clicks) if clicks else -1])
         observed, targets = kernel.slate_feedback(event.slots, clicked_position=first)
-    else:
-        observed = torch.ones(1, event.slots, dtype=torch.bool)
-        targets = torch.full((1, event.slots), float(default), dtype=torch.float64)
+    else:  # the default is the score vector of the default reward on every slot
+        scores = slot_rewards if slot_rewards is not None else [float(default)] * event.slots
+        observed, targets = kernel.slate_feedback(event.slots, slot_rewards=torch.tensor([scores]))
     return [LearningRecord(seq, event.model, event.features[slot], float(targets[0, slot]), event_id=event_id)
             for slot in torch.nonzero(observed[0]).flatten().tolist()]
 
