@@ -94,3 +94,50 @@ def test_further_rewards_add_to_the_response_only():
     np.testing.assert_allclose(response.numpy(), [[3.5, 7.0], [-0.5, 1.0]])
     np.testing.assert_allclose(response_square.numpy(), [3.5**2, 1.0])
     np.testing.assert_array_equal(counts.numpy(), [1.0, 1.0])
+
+
+@pytest.mark.parametrize("candidates", [2, 20])
+def test_structured_interaction_widths_equal_the_dense_product(candidates):
+    """``Posterior.candidate_variance`` (N(g) once per row, (p+1)^2 per candidate) is f^T A^-1 f exactly."""
+    generator = torch.Generator().manual_seed(2)
+    global_dim, arm_dim, rows = 5, 4, 64
+    users = torch.randn(rows, global_dim, dtype=torch.float64, generator=generator)
+    arms = torch.randn(rows, candidates, arm_dim, dtype=torch.float64, generator=generator)
+    arms[:3, 1:] = 0.0  # padded candidates, as the service pads short candidate sets
+    features = kernel.candidate_features(users, arms, interaction=True)
+    history = torch.randn(500, features.shape[-1], dtype=torch.float64, generator=generator)
+    posterior = kernel.Posterior.from_statistics(
+        "shared", (history.T @ history).unsqueeze(0), torch.randn(1, features.shape[-1], dtype=torch.float64),
+        torch.ones(1, dtype=torch.float64), torch.full((1,), 500.0, dtype=torch.float64), lambda_=1.0,
+        posterior_scale=None, noise_prior=1.0)
+    dense = ((features @ posterior.covariance[0]) * features).sum(-1)
+    posterior.layout = (global_dim, arm_dim, True)
+    np.testing.assert_allclose(posterior.variance(features).numpy(), dense.numpy(), rtol=1e-12)
+    with pytest.raises(ValueError, match="features of dimension 7 are not candidate_features of g=5, p=4"):
+        kernel.kron_positions(5, 4, 7)
+
+
+def test_a_seeded_per_arm_run_learns_the_same_statistics_with_structured_widths(small_data_dir, monkeypatch):
+    from recbandits.algos import LinUCBConfig
+    from recbandits.algos import metrics as bandit_metrics
+    from recbandits.algos.env_runner import BanditEnvRunner
+
+    def learned(dense: bool) -> dict:
+        if dense:  # the width as computed before the structured path
+            monkeypatch.setattr(kernel.Posterior, "candidate_variance",
+                                lambda self, features: ((features @ self.covariance[0]) * features).sum(-1))
+        config = (LinUCBConfig().environment("recbandits/MovieLensPerArm-v0",
+                                             env_config={"data_dir": str(small_data_dir), "rank": 6})
+                  .env_runners(num_env_runners=0, num_envs_per_env_runner=64, rollout_fragment_length=8)
+                  .debugging(seed=3, log_level="ERROR"))
+        runner = BanditEnvRunner(config=config)
+        module = runner.module
+        assert module.interaction and module.posterior.layout == (module.global_dim, module.arm_dim, True)
+        regret = sum(runner.sample_statistics()["sums"][bandit_metrics.REGRET_SUM] for _ in range(4))
+        return {**runner.module.get_state(), "regret": regret}
+
+    structured = learned(dense=False)
+    dense = learned(dense=True)
+    for key in ("data_precision", "data_response", "response_square", "counts", "regret"):
+        np.testing.assert_allclose(np.asarray(structured[key]), np.asarray(dense[key]), rtol=1e-6, atol=1e-6,
+                                   err_msg=key)

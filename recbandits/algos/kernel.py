@@ -66,6 +66,21 @@ def candidate_features(global_features: torch.Tensor, arm_features: torch.Tensor
     return torch.cat(parts, dim=-1)
 
 
+def kron_positions(global_dim: int, arm_dim: int, feature_dim: int) -> torch.Tensor:
+    """Where each coordinate of ``candidate_features``' rows [g, a, g (x) a] (interaction) or [g, a] sits in the
+    Kronecker product [1, g] (x) [1, a] (index i * (p + 1) + j for the i-th of [1, g] and the j-th of [1, a])."""
+    width = arm_dim + 1
+    users = torch.arange(1, global_dim + 1) * width  # g_i * 1
+    arms = torch.arange(1, arm_dim + 1)  # 1 * a_j
+    parts = [users, arms]
+    if feature_dim == global_dim + arm_dim + global_dim * arm_dim:
+        parts.append((users.unsqueeze(1) + arms.unsqueeze(0)).flatten())  # g_i * a_j, i-major as in the features
+    elif feature_dim != global_dim + arm_dim:
+        raise ValueError(f"features of dimension {feature_dim} are not candidate_features of g={global_dim}, "
+                         f"p={arm_dim}")
+    return torch.cat(parts)
+
+
 def grouped_gram(features: torch.Tensor, models: torch.Tensor, num_models: int) -> torch.Tensor:
     """sum of x x^T per model [M, d, d], as one batched product of the rows grouped by model.
 
@@ -158,8 +173,12 @@ class Posterior:
     noise_scale: torch.Tensor  # [M]
     ill_conditioned: int  # models whose A needed the eigendecomposition fallback
     width_dtype: torch.dtype = torch.float64
+    # Shared shape: (global dim g, per-arm dim p, interaction) of ``candidate_features``' rows, which lets the
+    # widths of interaction features use their structure (``candidate_variance``); None: general feature rows.
+    layout: tuple[int, int, bool] | None = None
     _factor: torch.Tensor | None = field(default=None, repr=False)
     _stacked: torch.Tensor | None = field(default=None, repr=False)
+    _kron_covariance: torch.Tensor | None = field(default=None, repr=False)
 
     @classmethod
     def from_statistics(cls, shape: str, data_precision, data_response, response_square, counts, *,
@@ -224,6 +243,8 @@ class Posterior:
     def variance(self, features: torch.Tensor) -> torch.Tensor:
         """f^T A^-1 f of every (row, candidate), shaped as ``mean_scores``."""
         if self.shape == "shared":
+            if self.layout is not None and self.layout[2] and features.dim() == 3 and features.shape[1] > 1:
+                return self.candidate_variance(features)
             return ((features @ self.covariance[0]) * features).sum(-1)
         if self._stacked is None:
             # Every arm's A_k^-1 side by side [d, K*d]: x^T A_k^-1 for every k is one matrix product.
@@ -232,6 +253,33 @@ class Posterior:
         projected = (contexts @ self._stacked).view(len(contexts), self.num_models, self.feature_dim)
         # In place: a second [B, K, d] temporary costs 4x the time (fresh pages from the allocator).
         return projected.mul_(contexts.unsqueeze(1)).sum(-1).to(torch.float64)
+
+    def candidate_variance(self, features: torch.Tensor) -> torch.Tensor:
+        """The shared shape's f^T A^-1 f for rows [B, C, D] of ``candidate_features`` (``layout``), by structure.
+
+        A row's features are f = [g, a, g (x) a] (or [g, a]): the Kronecker product of g~ = [1, g] and a~ = [1, a]
+        without its constant coordinate. With A^-1 laid out on that product (M~, zero on the constant), f^T A^-1 f
+        = a~^T N(g) a~ where N(g) = sum_ij g~_i g~_j M~[i, :, j, :] is built once per row ((g+1)^2 (p+1)^2
+        flops, about D^2) and each candidate then costs (p+1)^2 flops, where the dense product costs D^2 per
+        candidate.
+        """
+        global_dim, arm_dim, _ = self.layout
+        rows, _, dim = features.shape
+        if self._kron_covariance is None:
+            positions = kron_positions(global_dim, arm_dim, dim)
+            size = (global_dim + 1) * (arm_dim + 1)
+            embedded = torch.zeros(size, size, dtype=torch.float64)
+            embedded[positions.unsqueeze(1), positions.unsqueeze(0)] = self.covariance[0]
+            # M^[(i, j), (a, c)] = M~[(i, a), (j, c)]: N(g) is then one product with the outer product g~ g~^T.
+            self._kron_covariance = (embedded.view(global_dim + 1, arm_dim + 1, global_dim + 1, arm_dim + 1)
+                                     .permute(0, 2, 1, 3).reshape((global_dim + 1) ** 2, (arm_dim + 1) ** 2))
+        ones = torch.ones(rows, 1, dtype=torch.float64)
+        users = torch.cat([ones, features[:, 0, :global_dim]], dim=1)  # g~ [B, g+1]: g repeats over candidates
+        arms = torch.cat([ones.unsqueeze(1).expand(rows, features.shape[1], 1),
+                          features[:, :, global_dim:global_dim + arm_dim]], dim=2)  # a~ [B, C, p+1]
+        outer = (users.unsqueeze(2) * users.unsqueeze(1)).view(rows, -1)  # g~ g~^T [B, (g+1)^2]
+        user_matrix = (outer @ self._kron_covariance).view(rows, arm_dim + 1, arm_dim + 1)  # N(g) [B, p+1, p+1]
+        return ((arms @ user_matrix) * arms).sum(-1)
 
     def sampled_scores(self, features: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Thompson sampling: one theta~ ~ N(theta, v^2 A^-1) per decision (and model), scored on every candidate."""

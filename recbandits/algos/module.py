@@ -139,6 +139,8 @@ class LinearBanditModule(TorchRLModule):
             lambda_=self.lambda_, posterior_scale=self.posterior_scale, noise_prior=self.noise_prior,
             width_dtype=self.width_dtype,
         )
+        if self.shape == "shared":
+            self.posterior.layout = (int(self.global_dim), int(self.arm_dim), bool(self.interaction))
 
     @property
     def theta(self) -> torch.Tensor:
